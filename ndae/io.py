@@ -1,0 +1,92 @@
+"""Atomic file writing: every file the project writes goes through here.
+
+A reader (or a killed process) never sees a half-written file: we write to a temporary file in
+the same folder, flush it to disk, then `os.replace` it over the target, which is atomic on POSIX.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success it replaces `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Human-readable JSON (indented, sorted keys), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_save_npz(path: str | os.PathLike, compressed: bool = True, **arrays: Any) -> None:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_save_figure(path: str | os.PathLike, figure: Any, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_save_nifti(path: str | os.PathLike, image: Any) -> None:
+    """Save a nibabel image (.nii or .nii.gz, by the target's suffix) atomically."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmpdir:
+        tmp = Path(tmpdir) / f"image{suffix}"
+        nib.save(image, tmp)
+        atomic_write_bytes(path, tmp.read_bytes())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
