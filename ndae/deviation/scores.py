@@ -1,0 +1,134 @@
+"""Deviation scores of a subject's z_sem from the normative model (one row per subject).
+
+- `cosine`: the NDAE paper's score, the cosine similarity between the subject's latent and the
+  normative expected latent for their covariates, both standardised with the healthy controls'
+  mean and sd (from the model's sufficient statistics). Raw z_sem sits on a large shared mean,
+  so without standardising every pair of subjects has cosine ≈ 1 (docs: dae-latent-study.md).
+  Higher = more typical.
+- per-dimension z-scores (predictive mean and variance of the model) and their summaries:
+  `mean_abs_z`, `max_abs_z`, `count_abs_z_gt_2`.
+- `mahalanobis`: √(eᵀ Σ⁻¹ e) of the standardised residual e = std(z_sem) − std(expected).
+  Σ is the controls' residual covariance computed from the sufficient statistics (ΣYYᵀ etc.),
+  so it is federatable, shrunk with the Oracle Approximating Shrinkage rule (Chen et al. 2010,
+  as in sklearn.covariance.oas), which needs only the covariance and n, not the subjects'
+  fourth moments that Ledoit–Wolf would need (eigenvalues are first clipped at a small floor,
+  since noisy statistics can make the estimate indefinite). For subjects at a site without controls the
+  site variance τ² is added to Σ's diagonal. β's estimation uncertainty is ignored here.
+  Without cross-products in the statistics Σ is diagonal (σ²).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.linalg import cho_factor, cho_solve
+
+from ndae.errors import NdaeError
+from ndae.normative.model import NormativeModel
+
+SCORE_COLUMNS = ("cosine", "mean_abs_z", "max_abs_z", "count_abs_z_gt_2", "mahalanobis")
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays (0 where a row is all zero)."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sum(a * b, axis=1) / norms, 0.0)
+
+
+def normative_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
+    """Cosine between standardised z_sem and the standardised normative expected latent."""
+    expected, _ = model.predict_standardised(covariates)
+    return cosine_similarity(model.standardise(z_sem), expected)
+
+
+def z_summaries(z: np.ndarray) -> pd.DataFrame:
+    absolute = np.abs(z)
+    return pd.DataFrame(
+        {
+            "mean_abs_z": absolute.mean(1),
+            "max_abs_z": absolute.max(1),
+            "count_abs_z_gt_2": (absolute > 2).sum(1),
+        }
+    )
+
+
+def oas_shrinkage(covariance: np.ndarray, n_samples: float) -> tuple[np.ndarray, float]:
+    """Oracle Approximating Shrinkage toward tr(Σ)/d · I, from a covariance and its n."""
+    d = covariance.shape[0]
+    alpha = np.mean(covariance**2)
+    mu = np.trace(covariance) / d
+    numerator = alpha + mu**2
+    denominator = (n_samples + 1) * (alpha - mu**2 / d)
+    shrinkage = 1.0 if denominator == 0 else float(min(numerator / denominator, 1.0))
+    shrunk = (1.0 - shrinkage) * covariance
+    shrunk.flat[:: d + 1] += shrinkage * mu
+    return shrunk, shrinkage
+
+
+def residual_covariance(model: NormativeModel) -> tuple[np.ndarray, float]:
+    """The shrunk residual covariance of the controls (standardised scale) and its shrinkage."""
+    if model.residual_covariance is None:
+        return np.diag(model.noise_variance), 0.0
+    return oas_shrinkage(_positive_definite(model.residual_covariance), model.n_controls)
+
+
+def _positive_definite(covariance: np.ndarray, relative_floor: float = 1e-6) -> np.ndarray:
+    """Clip eigenvalues at a small floor: statistics with DP noise can give an indefinite
+    residual covariance. An already positive-definite matrix is returned unchanged."""
+    covariance = np.array(covariance, dtype=np.float64)
+    covariance = (covariance + covariance.T) / 2
+    floor = relative_floor * max(np.trace(covariance) / len(covariance), 1e-12)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    if eigenvalues.min() >= floor:
+        return covariance
+    return (eigenvectors * np.maximum(eigenvalues, floor)) @ eigenvectors.T
+
+
+def mahalanobis(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
+    expected, _ = model.predict_standardised(covariates)
+    known = model._site_index(covariates) >= 0
+    return _mahalanobis(model, model.standardise(z_sem) - expected, known)
+
+
+def _mahalanobis(model: NormativeModel, residual: np.ndarray, known: np.ndarray) -> np.ndarray:
+    covariance, _ = residual_covariance(model)
+    distance = np.empty(len(residual))
+    for rows, extra in ((known, 0.0), (~known, model.site_variance)):
+        if rows.any():
+            matrix = covariance + np.diag(np.broadcast_to(extra, covariance.shape[:1]))
+            factor = cho_factor(matrix)
+            r = residual[rows]
+            distance[rows] = np.sqrt(np.sum(r * cho_solve(factor, r.T).T, axis=1))
+    return distance
+
+
+def deviation_table(
+    subjects: Sequence[str],
+    covariates: pd.DataFrame,
+    Y: np.ndarray,
+    model: NormativeModel,
+    include_z: bool = False,
+) -> pd.DataFrame:
+    """The `deviations.csv` contract: one row per subject, `subject` first, then the scores
+    (and, with `include_z`, one `z_<feature>` column per latent dimension)."""
+    subjects = [str(s) for s in subjects]
+    if len(subjects) != len(covariates):
+        raise NdaeError(f"{len(subjects)} subjects but {len(covariates)} covariate rows")
+    if len(set(subjects)) != len(subjects):
+        raise NdaeError("subject ids must be unique in the deviation table")
+    Y = model._check_Y(Y, len(covariates))
+    expected, variance = model.predict_standardised(covariates)  # once: one range warning
+    residual = model.standardise(Y) - expected
+    z = residual / np.sqrt(variance)
+    table = pd.DataFrame({"subject": subjects})
+    table["cosine"] = cosine_similarity(model.standardise(Y), expected)
+    table = pd.concat([table, z_summaries(z)], axis=1)
+    table["mahalanobis"] = _mahalanobis(model, residual, model._site_index(covariates) >= 0)
+    if include_z:
+        z_columns = pd.DataFrame(z, columns=[f"z_{name}" for name in model.feature_names])
+        table = pd.concat([table, z_columns], axis=1)
+    return table
