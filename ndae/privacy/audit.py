@@ -1,0 +1,275 @@
+"""Privacy audit of a run: ledger chains, independently recomputed epsilon, budgets; and an
+empirical (membership-inference) lower bound on epsilon.
+
+Consistency tolerance. Each ledger line states `epsilon_spent_so_far`, computed by the site's
+accountant (`accountant`, RDP by default). The audit
+  1. recomputes it from the ledger's own (noise_multiplier, sample_rate, steps) with a fresh
+     accountant of the same kind: this is deterministic, so it must agree to 1e-6 (relative);
+     a mismatch means the writer mis-accounted or the chain was forged end to end;
+  2. recomputes it with an INDEPENDENT accountant (PRV if the site used RDP, otherwise RDP).
+     Both are upper bounds on the true epsilon; PRV is the tighter one, and Opacus' PRV returns
+     its upper estimate, at most `eps_error` above the true value. Hence
+        RDP-trained:  epsilon_PRV ≤ epsilon_reported + eps_error (+0.1 % for float noise),
+        PRV-trained:  epsilon_reported ≤ epsilon_RDP + eps_error (+0.1 %).
+     A violation means one accountant is wrong about the composed mechanism. Typically RDP
+     exceeds PRV by 5–15 %; the ratio is reported.
+  3. checks the budget with the same-kind accountant recomputed at the BUDGET's delta (not the
+     delta the site wrote), so a site cannot pass by accounting at a looser delta.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import stats as _stats
+
+from ndae.errors import LedgerError, NdaeError
+from ndae.io import atomic_write_json
+from ndae.privacy.accountant import epsilon_of
+from ndae.privacy.ledger import decode_epsilon, read_ledger
+
+RELATIVE_TOLERANCE = 1e-3
+SAME_ACCOUNTANT_TOLERANCE = 1e-6
+
+
+def _budget_for(budgets: Any, site: str) -> tuple[float, float] | None:
+    if budgets is None:
+        return None
+    if isinstance(budgets, Mapping):
+        if "epsilon" in budgets:
+            return float(budgets["epsilon"]), float(budgets["delta"])
+        if site in budgets:
+            return _budget_for(budgets[site], site)
+        if "*" in budgets:
+            return _budget_for(budgets["*"], site)
+        return None
+    epsilon, delta = budgets
+    return float(epsilon), float(delta)
+
+
+def _load_heads(privacy_dir: Path) -> dict[str, str]:
+    path = privacy_dir / "heads.json"
+    if not path.exists():
+        return {}
+    try:
+        heads = json.loads(path.read_text())
+        return {site: head["final_hash"] for site, head in heads.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise NdaeError(f"{path}: expected {{site: {{'final_hash': ...}}}} ({error})") from None
+
+
+def audit_site(path: Path, budget: tuple[float, float] | None, expected_final_hash: str | None,
+               eps_error: float = 0.01) -> dict:
+    site = path.name[: -len(".jsonl")]
+    report: dict[str, Any] = {"site": site, "ledger": str(path), "problems": []}
+    problems = report["problems"]
+    try:
+        entries = read_ledger(path, expected_final_hash)
+    except LedgerError as error:
+        report.update(chain="broken", ok=False)
+        problems.append(str(error))
+        return report
+    report["chain"] = "verified" if expected_final_hash else "verified (no head recorded: truncation undetectable)"
+    report["entries"] = len(entries)
+    report["final_hash"] = entries[-1]["hash"] if entries else None
+    if not entries:
+        report["ok"] = True
+        return report
+    if any(entry["site"] != site for entry in entries):
+        problems.append(f"{path}: entries name site {entries[0]['site']!r}, file is for {site!r}")
+
+    accountants = sorted({entry["accountant"] for entry in entries})
+    accountant = entries[-1]["accountant"]
+    if len(accountants) > 1:
+        problems.append(f"{path}: entries mix accountants {accountants}")
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    mechanisms: dict[str, int] = {}
+    for entry in entries:
+        mechanisms[entry["mechanism"]] = mechanisms.get(entry["mechanism"], 0) + 1
+    report.update(accountant=accountant, mechanisms=mechanisms,
+                  records_touched_max=max(e["records_touched"] for e in entries),
+                  steps_total=sum(e["steps"] for e in entries))
+
+    # 1. every line's reported epsilon against the same accountant (PRV: last line only, it is slow)
+    lines = range(len(entries)) if accountant != "prv" else [len(entries) - 1]
+    for i in lines:
+        reported = decode_epsilon(entries[i]["epsilon_spent_so_far"])
+        recomputed = epsilon_of(history[: i + 1], entries[i]["delta"], accountant)
+        if not _close(reported, recomputed, SAME_ACCOUNTANT_TOLERANCE):
+            problems.append(
+                f"{path}, line {i + 1}: reported epsilon {reported:.6g} but {accountant} gives "
+                f"{recomputed:.6g} for the ledger's own history"
+            )
+    last = entries[-1]
+    reported = decode_epsilon(last["epsilon_spent_so_far"])
+    delta = last["delta"]
+    report.update(epsilon_reported=reported, delta_reported=delta)
+
+    # 2. an independent accountant
+    independent = "prv" if accountant != "prv" else "rdp"
+    eps_independent = epsilon_of(history, delta, independent)
+    report.update(independent_accountant=independent, epsilon_independent=eps_independent,
+                  epsilon_ratio_reported_to_independent=(
+                      reported / eps_independent if eps_independent and math.isfinite(reported) else None))
+    tight, loose = (eps_independent, reported) if independent == "prv" else (reported, eps_independent)
+    if math.isfinite(loose) and tight > loose + eps_error + RELATIVE_TOLERANCE * loose:
+        problems.append(
+            f"{path}: PRV epsilon {tight:.4f} exceeds RDP epsilon {loose:.4f} by more than the "
+            f"PRV error {eps_error} (+{RELATIVE_TOLERANCE:.1%}): the accounting is inconsistent"
+        )
+
+    # 3. budget, recomputed at the budget's delta
+    if budget is not None:
+        budget_epsilon, budget_delta = budget
+        at_budget = epsilon_of(history, budget_delta, accountant)
+        report.update(budget_epsilon=budget_epsilon, budget_delta=budget_delta,
+                      epsilon_at_budget_delta=at_budget,
+                      epsilon_independent_at_budget_delta=(
+                          eps_independent if budget_delta == delta
+                          else epsilon_of(history, budget_delta, independent)))
+        if not at_budget <= budget_epsilon * (1 + 1e-9):
+            problems.append(
+                f"site {site!r}: epsilon {at_budget:.4f} ({accountant}, delta {budget_delta:g}) is over "
+                f"the budget epsilon {budget_epsilon:g}"
+            )
+        if delta > budget_delta:
+            problems.append(f"site {site!r}: ledger accounts at delta {delta:g}, looser than the budget's {budget_delta:g}")
+    report["ok"] = not problems
+    return report
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rtol * max(1.0, abs(b))
+
+
+def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
+              expected_final_hashes: Mapping[str, str] | None = None, eps_error: float = 0.01,
+              write: bool = True) -> dict:
+    """Audit every `privacy/*.jsonl` of a run; write `privacy/audit.json`; return the report.
+
+    budgets: None, (epsilon, delta) for every site, {"epsilon": e, "delta": d}, or
+    {site: (epsilon, delta), "*": default}. Expected final hashes come from the argument or
+    from `privacy/heads.json` (written by the server) and catch truncated ledgers.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NdaeError(f"{run_dir}: run directory does not exist")
+    privacy_dir = run_dir / "privacy"
+    heads = _load_heads(privacy_dir)
+    heads.update(expected_final_hashes or {})
+    ledgers = sorted(privacy_dir.glob("*.jsonl")) if privacy_dir.is_dir() else []
+    sites = {}
+    for path in ledgers:
+        site = path.name[: -len(".jsonl")]
+        sites[site] = audit_site(path, _budget_for(budgets, site), heads.get(site), eps_error)
+    for site in sorted(set(heads) - set(sites)):
+        sites[site] = {"site": site, "ledger": str(privacy_dir / f"{site}.jsonl"), "chain": "missing",
+                       "ok": False, "problems": [f"{privacy_dir / site}.jsonl: ledger missing but a head was recorded"]}
+    report = {
+        "run_dir": str(run_dir),
+        "audited_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "ok": all(site["ok"] for site in sites.values()),
+        "sites": sites,
+        "tampered": sorted(s for s, r in sites.items() if r.get("chain") in ("broken", "missing")),
+        "over_budget": sorted(s for s, r in sites.items()
+                              if "budget_epsilon" in r and r["epsilon_at_budget_delta"] > r["budget_epsilon"] * (1 + 1e-9)),
+        "tolerance": (
+            f"same accountant: relative {SAME_ACCOUNTANT_TOLERANCE:g}; independent accountant: PRV "
+            f"≤ RDP + {eps_error} (PRV error) + {RELATIVE_TOLERANCE:.1%}"
+        ),
+        "notes": [] if ledgers else ["no privacy ledgers in this run"],
+    }
+    if write:
+        atomic_write_json(privacy_dir / "audit.json", report)
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A few readable lines per site."""
+    lines = [f"privacy audit of {report['run_dir']}: {'OK' if report['ok'] else 'FAILED'}"]
+    for note in report.get("notes", []):
+        lines.append(f"  note: {note}")
+    for site, r in report["sites"].items():
+        lines.append(f"  site {site}: {'ok' if r['ok'] else 'FAILED'} — chain {r['chain']}")
+        if "epsilon_reported" in r:
+            lines.append(
+                f"    {r['entries']} releases {r['mechanisms']}, {r['steps_total']} steps; epsilon "
+                f"{r['epsilon_reported']:.4f} ({r['accountant']}) / {r['epsilon_independent']:.4f} "
+                f"({r['independent_accountant']}) at delta {r['delta_reported']:g}"
+            )
+        if "budget_epsilon" in r:
+            lines.append(
+                f"    budget epsilon {r['budget_epsilon']:g} at delta {r['budget_delta']:g}: spent "
+                f"{r['epsilon_at_budget_delta']:.4f}"
+            )
+        for problem in r["problems"]:
+            lines.append(f"    problem: {problem}")
+    return "\n".join(lines)
+
+
+def empirical_epsilon_lower_bound(
+    member_scores, nonmember_scores, delta: float, alpha: float = 0.05, max_thresholds: int = 64,
+) -> dict:
+    """A (1 − alpha)-confidence lower bound on epsilon from a membership-inference test.
+
+    Scores: higher = "more likely a member" (for DAE losses pass −loss). For a threshold t the
+    attack says "member" when score ≥ t; (ε, δ)-DP implies TPR ≤ e^ε FPR + δ, and likewise
+    TNR ≤ e^ε FNR + δ, so ε ≥ log((TPR − δ)/FPR). TPR and FPR are replaced by Clopper–Pearson
+    lower / upper bounds. The threshold is chosen on the same scores, so the confidence level is
+    Bonferroni-corrected over all `max_thresholds` candidates (quantiles of the pooled scores),
+    both attack directions and both inequalities (8 one-sided intervals per threshold): every interval holds simultaneously with probability
+    ≥ 1 − alpha and the bound stays valid. Returns 0 when no threshold beats chance.
+    """
+    members = np.asarray(member_scores, dtype=np.float64).ravel()
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if members.size == 0 or nonmembers.size == 0:
+        raise NdaeError("membership audit needs member and non-member scores")
+    if not (np.all(np.isfinite(members)) and np.all(np.isfinite(nonmembers))):
+        raise NdaeError("membership audit scores must be finite")
+    pooled = np.concatenate([members, nonmembers])
+    thresholds = np.unique(np.quantile(pooled, np.linspace(0, 1, max_thresholds + 1)[1:]))
+    per_interval = alpha / (8 * len(thresholds))
+    n_members, n_nonmembers = members.size, nonmembers.size
+    best = {"epsilon_lower_bound": 0.0, "threshold": None, "direction": None}
+    for threshold in thresholds:
+        above_members = int(np.sum(members >= threshold))
+        above_nonmembers = int(np.sum(nonmembers >= threshold))
+        below_members, below_nonmembers = n_members - above_members, n_nonmembers - above_nonmembers
+        # (attack, rate that DP caps, its n, rate it is capped by, its n): the two attacks
+        # "member iff score >= t" / "member iff score < t", each with both DP inequalities.
+        for direction, hits, n_hits, errors, n_errors in (
+            ("score >= t means member", above_members, n_members, above_nonmembers, n_nonmembers),
+            ("score >= t means member", below_nonmembers, n_nonmembers, below_members, n_members),
+            ("score < t means member", below_members, n_members, below_nonmembers, n_nonmembers),
+            ("score < t means member", above_nonmembers, n_nonmembers, above_members, n_members),
+        ):
+            rate_lower = _clopper_pearson_lower(hits, n_hits, per_interval)
+            error_upper = _clopper_pearson_upper(errors, n_errors, per_interval)
+            if rate_lower - delta <= 0 or error_upper <= 0:
+                continue
+            bound = math.log((rate_lower - delta) / error_upper)
+            if bound > best["epsilon_lower_bound"]:
+                best = {
+                    "epsilon_lower_bound": bound, "threshold": float(threshold), "direction": direction,
+                    "rate": hits / n_hits, "rate_lower": rate_lower,
+                    "error_rate": errors / n_errors, "error_rate_upper": error_upper,
+                }
+    best.update(n_members=n_members, n_nonmembers=n_nonmembers, delta=delta, alpha=alpha,
+                thresholds_tried=int(len(thresholds)), method="Clopper-Pearson, Bonferroni over thresholds")
+    return best
+
+
+def _clopper_pearson_lower(k: int, n: int, a: float) -> float:
+    return 0.0 if k == 0 else float(_stats.beta.ppf(a, k, n - k + 1))
+
+
+def _clopper_pearson_upper(k: int, n: int, a: float) -> float:
+    return 1.0 if k == n else float(_stats.beta.ppf(1 - a, k + 1, n - k))

@@ -1,0 +1,198 @@
+"""Hash-chained privacy ledger: one JSONL file per site, `privacy/<site>.jsonl`.
+
+Every privacy-consuming release (a DP-SGD round, noised sufficient statistics, shared deviation
+scores) is one line. Each line carries `prev_hash` (the previous line's `hash`; 64 zeros for the
+first) and `hash` = sha256 of the canonical JSON of the line without `hash`. Editing, deleting,
+inserting or reordering a line breaks the chain at a line we can name; cutting lines off the end
+is caught only against a final hash kept elsewhere (the server's copy of each site's head, or
+`privacy/heads.json`), because a shorter chain is still a valid chain.
+
+Appends are crash-safe by rewriting the whole file through `ndae.io.atomic_write_bytes` (temp
+file + fsync + rename): a killed process leaves either the old file or the new one, never a
+half-written last line, and existing lines are never touched in place. Ledgers hold one line per
+round or release (hundreds at most), so rewriting costs microseconds. A lock file serialises
+concurrent writers on the same site, and the existing chain is verified before it is extended,
+so a tampered ledger is never silently "re-sealed" by a new entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ndae.errors import LedgerError
+from ndae.io import atomic_write_bytes, atomic_write_json
+
+GENESIS_HASH = "0" * 64
+MECHANISMS = ("dp-sgd", "gaussian-moments", "shared-scores")
+FIELDS = (
+    "index", "time", "site", "mechanism", "noise_multiplier", "clip", "sample_rate", "steps",
+    "records_touched", "delta", "epsilon_spent_so_far", "accountant", "prev_hash", "hash",
+)  # + optional "details" (round, run id, app hash, ...), covered by the hash like the rest
+
+
+def canonical_json(obj: Any) -> str:
+    """The one serialisation that is hashed: sorted keys, no spaces, no NaN/Infinity."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    body = {key: value for key, value in entry.items() if key != "hash"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+def encode_epsilon(epsilon: float) -> float | str:
+    """JSON has no infinity: an unbounded epsilon (noise-free release) is written as "inf"."""
+    return "inf" if math.isinf(epsilon) else float(epsilon)
+
+
+def decode_epsilon(value: float | str) -> float:
+    return math.inf if value == "inf" else float(value)
+
+
+def ledger_path(run_dir: str | os.PathLike, site: str) -> Path:
+    if not site or "/" in site or site.startswith("."):
+        raise LedgerError(f"site name {site!r} cannot name a ledger file under privacy/")
+    return Path(run_dir) / "privacy" / f"{site}.jsonl"
+
+
+def read_ledger(path: str | os.PathLike, expected_final_hash: str | None = None) -> list[dict]:
+    """All entries of a verified ledger (an absent file is an empty ledger)."""
+    entries, _ = _verified(Path(path), expected_final_hash)
+    return entries
+
+
+def verify_ledger(path: str | os.PathLike, expected_final_hash: str | None = None) -> str:
+    """Check the chain line by line; return the final hash (GENESIS_HASH for an empty ledger).
+
+    Raises LedgerError naming the file and the first bad line for an edited, deleted, inserted
+    or reordered line, and for a truncated (or extended) ledger when `expected_final_hash` is given.
+    """
+    _, final = _verified(Path(path), expected_final_hash)
+    return final
+
+
+def _verified(path: Path, expected_final_hash: str | None) -> tuple[list[dict], str]:
+    if not path.exists():
+        if expected_final_hash not in (None, GENESIS_HASH):
+            raise LedgerError(f"{path}: ledger is missing but a final hash {expected_final_hash} was expected")
+        return [], GENESIS_HASH
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise LedgerError(f"{path}: last line has no newline (a partial write or a truncated file)")
+    entries: list[dict] = []
+    previous = GENESIS_HASH
+    site = None
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        where = f"{path}, line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise LedgerError(f"{where}: not a JSON object ({error.msg})") from None
+        if not isinstance(entry, dict):
+            raise LedgerError(f"{where}: not a JSON object")
+        missing = [field for field in FIELDS if field not in entry]
+        if missing:
+            raise LedgerError(f"{where}: missing fields {', '.join(missing)}")
+        if entry["hash"] != entry_hash(entry):
+            raise LedgerError(f"{where}: hash does not match the line's content (the entry was edited)")
+        if entry["prev_hash"] != previous:
+            raise LedgerError(
+                f"{where}: prev_hash does not match the hash of line {number - 1} "
+                f"(a line was deleted, inserted or reordered before this one)"
+            )
+        if entry["index"] != number - 1:
+            raise LedgerError(f"{where}: index {entry['index']} should be {number - 1}")
+        if site is not None and entry["site"] != site:
+            raise LedgerError(f"{where}: site {entry['site']!r} differs from {site!r} on line 1")
+        site = entry["site"]
+        entries.append(entry)
+        previous = entry["hash"]
+    if expected_final_hash is not None and previous != expected_final_hash:
+        raise LedgerError(
+            f"{path}: final hash {previous} after {len(entries)} lines does not match the expected "
+            f"{expected_final_hash} (lines were cut off the end, or added)"
+        )
+    return entries, previous
+
+
+@contextlib.contextmanager
+def ledger_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive advisory lock for one ledger (read-check-append must not interleave)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def make_entry(
+    *,
+    index: int,
+    prev_hash: str,
+    site: str,
+    mechanism: str,
+    noise_multiplier: float,
+    clip: float,
+    sample_rate: float,
+    steps: int,
+    records_touched: int,
+    delta: float,
+    epsilon_spent_so_far: float,
+    accountant: str,
+    details: Mapping[str, Any] | None = None,
+    time: str | None = None,
+) -> dict:
+    if mechanism not in MECHANISMS:
+        raise LedgerError(f"mechanism {mechanism!r} is not one of {', '.join(MECHANISMS)}")
+    entry = {
+        "index": int(index),
+        "time": time or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "site": site,
+        "mechanism": mechanism,
+        "noise_multiplier": float(noise_multiplier),
+        "clip": float(clip),
+        "sample_rate": float(sample_rate),
+        "steps": int(steps),
+        "records_touched": int(records_touched),
+        "delta": float(delta),
+        "epsilon_spent_so_far": encode_epsilon(epsilon_spent_so_far),
+        "accountant": accountant,
+        "prev_hash": prev_hash,
+    }
+    if details:
+        entry["details"] = json.loads(canonical_json(dict(details)))  # fail now if not JSON
+    entry["hash"] = entry_hash(entry)
+    return entry
+
+
+def append_entry(path: str | os.PathLike, **fields: Any) -> dict:
+    """Verify the chain, then append one entry (index and prev_hash filled in). Returns it.
+
+    Call under `ledger_lock(path)` when the decision to append depends on what was read.
+    """
+    path = Path(path)
+    entries, final = _verified(path, None)
+    entry = make_entry(index=len(entries), prev_hash=final, **fields)
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write_bytes(path, old + (canonical_json(entry) + "\n").encode("utf-8"))
+    return entry
+
+
+def write_heads(run_dir: str | os.PathLike, heads: Mapping[str, Mapping[str, Any]]) -> None:
+    """Record each site's ledger head {site: {"final_hash", "entries"}} in privacy/heads.json.
+
+    Kept by whoever receives the releases (the server), so `audit_run` can catch a site ledger
+    that was cut short after the fact.
+    """
+    atomic_write_json(Path(run_dir) / "privacy" / "heads.json", {k: dict(v) for k, v in heads.items()})

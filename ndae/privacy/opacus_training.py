@@ -1,0 +1,193 @@
+"""DP-SGD for one site's training round, with accounting that keeps composing across rounds.
+
+Opacus keeps the accountant inside the PrivacyEngine, and a federated site builds a fresh engine
+every round: without care each round's epsilon would start from zero. `make_private` loads the
+site's persisted history (from `SiteAccountant.history`, i.e. the ledger) into the new engine's
+accountant before training, and `PrivateTraining.round_event()` reads back how many steps this
+round took, for the ledger.
+
+Modes: "hooks" (per-sample gradients by module hooks), "functorch" (per-sample gradients by
+torch.func for every layer), "ghost" (ghost clipping: per-sample gradient norms without
+materialising per-sample gradients; Opacus then returns a wrapped criterion that must be used
+for the loss, and the criterion must give one loss per sample under reduction="none").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+
+from ndae.errors import NdaeError
+from ndae.privacy.accountant import History, PrivacyEvent, compact, epsilon_of
+
+MODES = ("hooks", "functorch", "ghost")
+
+
+@dataclass
+class PrivateTraining:
+    """What `make_private` returns: the private (module, optimizer, data_loader), the loss to
+    use (Opacus' wrapper in ghost mode, otherwise the criterion given), and the engine."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data_loader: torch.utils.data.DataLoader
+    criterion: Any
+    engine: PrivacyEngine
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    history_before: History = field(default_factory=list)
+
+    def __iter__(self):  # module, optimizer, data_loader = make_private(...)
+        return iter((self.module, self.optimizer, self.data_loader))
+
+    @property
+    def history(self) -> History:
+        """The engine's accountant history now: everything before plus this round's steps."""
+        return [tuple(step) for step in self.engine.accountant.history]
+
+    @property
+    def steps_this_round(self) -> int:
+        return sum(s for _, _, s in self.history) - sum(s for _, _, s in self.history_before)
+
+    def epsilon(self, delta: float) -> float:
+        return float(self.engine.get_epsilon(delta))
+
+    def round_event(self, records_touched: int | None = None, **details: Any) -> PrivacyEvent:
+        """This round as one ledger event (DP-SGD, Poisson rate q, `steps_this_round` steps)."""
+        if records_touched is None:
+            records_touched = len(self.data_loader.dataset)
+        return PrivacyEvent.dp_sgd(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+            steps=self.steps_this_round, max_grad_norm=self.max_grad_norm,
+            records_touched=records_touched, **details,
+        )
+
+    def planned_event(self, epochs: int = 1, records_touched: int | None = None) -> PrivacyEvent:
+        """The event `epochs` epochs will make (Poisson sampling: len(data_loader) steps each),
+        to check against the budget before training."""
+        if records_touched is None:
+            records_touched = len(self.data_loader.dataset)
+        return PrivacyEvent.dp_sgd(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+            steps=epochs * len(self.data_loader), max_grad_norm=self.max_grad_norm,
+            records_touched=records_touched,
+        )
+
+
+def noise_multiplier_for_budget(
+    target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
+    accountant_history: Sequence[Sequence[float]] = (), accountant: str = "rdp",
+    tolerance: float = 0.01,
+) -> float:
+    """The smallest noise multiplier (to `tolerance` in epsilon) such that the history already
+    spent plus `steps` steps at `sample_rate` stays within target_epsilon. Unlike Opacus'
+    get_noise_multiplier, the budget already spent counts."""
+    prior = compact(accountant_history)
+    if epsilon_of(prior, target_delta, accountant) >= target_epsilon:
+        raise NdaeError(
+            f"the budget epsilon {target_epsilon:g} is already spent "
+            f"({epsilon_of(prior, target_delta, accountant):.4f} at delta {target_delta:g})"
+        )
+
+    if accountant == "rdp":  # the prior's RDP curve once, not at every bisection step
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.analysis import rdp as rdp_analysis
+
+        orders = RDPAccountant.DEFAULT_ALPHAS
+        prior_rdp = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=n, orders=orders)
+                        for z, q, n in prior)
+
+        def eps(sigma: float) -> float:
+            rdp = prior_rdp + rdp_analysis.compute_rdp(
+                q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
+            return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=target_delta)[0])
+    else:
+        def eps(sigma: float) -> float:
+            return epsilon_of(prior + [(sigma, sample_rate, steps)], target_delta, accountant)
+
+    low, high = 0.0, 1.0
+    eps_high = eps(high)
+    while eps_high > target_epsilon:
+        low, high = high, 2 * high
+        eps_high = eps(high)
+        if high > 1e6:
+            raise NdaeError(f"no noise multiplier reaches epsilon {target_epsilon:g}: budget too small")
+    # bisect until epsilon is within `tolerance` below the target, or sigma is known to 0.1 %
+    while eps_high < target_epsilon - tolerance and high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        eps_middle = eps(middle)
+        if eps_middle > target_epsilon:
+            low = middle
+        else:
+            high, eps_high = middle, eps_middle
+    return high
+
+
+def make_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: torch.utils.data.DataLoader,
+    *,
+    max_grad_norm: float,
+    noise_multiplier: float | None = None,
+    target_epsilon: float | None = None,
+    target_delta: float | None = None,
+    epochs: int | None = None,
+    mode: str = "hooks",
+    accountant_history: Sequence[Sequence[float]] = (),
+    accountant: str = "rdp",
+    criterion: Any = None,
+    noise_generator: torch.Generator | None = None,
+    poisson_sampling: bool = True,
+) -> PrivateTraining:
+    """Wrap a site's model, optimizer and loader for DP-SGD, continuing `accountant_history`.
+
+    Give either `noise_multiplier`, or `target_epsilon` + `target_delta` + `epochs`: the site's
+    total budget, of which the history has already spent part.
+    """
+    if mode not in MODES:
+        raise NdaeError(f"DP-SGD mode {mode!r} is not one of {', '.join(MODES)}")
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise NdaeError(
+            "the model cannot be trained with DP-SGD: " + "; ".join(str(e) for e in errors)
+            + " (replace BatchNorm with GroupNorm: opacus.validators.ModuleValidator.fix)"
+        )
+    if len(data_loader) == 0:
+        raise NdaeError("the site's data loader is empty")
+    sample_rate = 1 / len(data_loader)  # as Opacus computes it
+    history_before = compact(accountant_history)
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise NdaeError("give exactly one of noise_multiplier or target_epsilon")
+    if noise_multiplier is None:
+        if target_delta is None or epochs is None:
+            raise NdaeError("target_epsilon needs target_delta and epochs")
+        noise_multiplier = noise_multiplier_for_budget(
+            target_epsilon, target_delta, sample_rate, epochs * len(data_loader),
+            history_before, accountant,
+        )
+    engine = PrivacyEngine(accountant=accountant)
+    if history_before:
+        engine.accountant.load_state_dict({"history": list(history_before), "mechanism": accountant})
+    if criterion is None:
+        criterion = torch.nn.CrossEntropyLoss()
+    wrapped = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=data_loader, criterion=criterion,
+        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, grad_sample_mode=mode,
+        noise_generator=noise_generator, poisson_sampling=poisson_sampling,
+    )
+    if mode == "ghost":
+        private_module, private_optimizer, criterion, private_loader = wrapped
+    else:
+        private_module, private_optimizer, private_loader = wrapped
+    return PrivateTraining(
+        module=private_module, optimizer=private_optimizer, data_loader=private_loader,
+        criterion=criterion, engine=engine, noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm), sample_rate=float(sample_rate),
+        history_before=list(history_before),
+    )
