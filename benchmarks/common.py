@@ -1,0 +1,46 @@
+"""Shared bits for benchmarks: where results go and how each section states its provenance."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+from ndae.io import atomic_write_text
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        torch_version = torch.__version__
+    except ImportError:
+        gpu, torch_version = "no GPU", "not installed"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch_version}"
+
+
+def write_section(name: str, title: str, body: str) -> Path:
+    """Write `results/<name>.md` with a header naming the machine, the command and the date."""
+    command = "python -m benchmarks." + " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]])
+    header = (
+        f"## {title}\n\n"
+        f"*Machine:* {machine_description()}  \n"
+        f"*Command:* `{command}`  \n"
+        f"*Date:* {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+    )
+    path = RESULTS_DIR / f"{name}.md"
+    atomic_write_text(path, header + body.rstrip() + "\n")
+    return path

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv (first time only), installs the project,
+# then runs the main job or the tests.
+#   bash run.sh demo [ndae demo options]   simulated federation on the shipped demo cohort → survival report
+#   bash run.sh test [pytest options]      the full test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${NDAE_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/ndae" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    echo "== installing ndae-fed into $VENV (first run only: a few minutes)"
+    [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # torch>=2.4,<2.14 (in pyproject.toml) takes the local CPU wheel here, not GBs of CUDA packages.
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$VENV/.installed"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+
+command=${1:-demo}
+shift || true
+case "$command" in
+    demo) exec ndae demo "$@" ;;
+    test) exec python -m pytest -q -p no:cacheprovider "$@" ;;
+    *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
+esac
