@@ -1,0 +1,106 @@
+"""Conversions between the project's objects and Flower records (what crosses a site boundary).
+
+Every numeric array keeps its dtype (float64 statistics stay float64), so a federated sum is
+the same number a central computation gives.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from ndae.errors import NdaeError
+
+MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
+
+
+# ---- DAE weights -------------------------------------------------------------------------------
+def dae_to_record(model, ema) -> ArrayRecord:
+    """Weights and EMA weights of the DAE in one ArrayRecord (FedAvg averages both)."""
+    from ndae.model.training import unwrap
+
+    arrays: dict[str, Array] = {}
+    for prefix, module in ((MODEL_PREFIX, unwrap(model)), (EMA_PREFIX, ema.model)):
+        for name, tensor in module.state_dict().items():
+            arrays[prefix + name] = Array(tensor.detach().cpu().numpy().copy())
+    return ArrayRecord(arrays)
+
+
+def record_to_dae(record: ArrayRecord, model, ema=None) -> None:
+    """Load `dae_to_record` weights into `model` (and `ema.model`); names and shapes must match."""
+    import torch
+
+    from ndae.model.training import unwrap
+
+    targets = [(MODEL_PREFIX, unwrap(model))] + ([(EMA_PREFIX, ema.model)] if ema is not None else [])
+    for prefix, module in targets:
+        state = module.state_dict()
+        new_state = {}
+        for name, old in state.items():
+            key = prefix + name
+            if key not in record:
+                raise NdaeError(f"DAE weights message has no array {key!r}: model configs differ between server and site")
+            value = record[key].numpy()
+            if tuple(value.shape) != tuple(old.shape):
+                raise NdaeError(f"DAE weights message: {key!r} has shape {value.shape}, the model expects {tuple(old.shape)}")
+            new_state[name] = torch.as_tensor(np.asarray(value), dtype=old.dtype)
+        module.load_state_dict(new_state)
+
+
+# ---- arrays and tables -------------------------------------------------------------------------
+def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    # np.asarray(...).copy(order="C"), not np.ascontiguousarray: that turns 0-d arrays into 1-d.
+    return ArrayRecord({key: Array(np.asarray(value).copy(order="C")) for key, value in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: record[key].numpy() for key in record.keys()}
+
+
+def frame_to_record(frame: pd.DataFrame) -> ArrayRecord:
+    """One array per column (numbers as float64, anything else as str); column order kept."""
+    arrays = {}
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            arrays[f"{len(arrays):03d}:{column}"] = values.to_numpy(dtype=np.float64)
+        else:
+            arrays[f"{len(arrays):03d}:{column}"] = values.astype(str).to_numpy(dtype=np.str_)
+    return arrays_to_record(arrays)
+
+
+def record_to_frame(record: ArrayRecord) -> pd.DataFrame:
+    columns = {}
+    for key in sorted(record.keys()):
+        _, _, name = key.partition(":")
+        columns[name] = record[key].numpy()
+    return pd.DataFrame(columns)
+
+
+# ---- normative model ---------------------------------------------------------------------------
+def normative_to_config(model) -> ConfigRecord:
+    """The fitted normative model as the bytes of its two files (`model.npz`, `model.json`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(folder)
+        return ConfigRecord({name: (Path(folder) / name).read_bytes() for name in ("model.npz", "model.json")})
+
+
+def config_to_normative(record: ConfigRecord):
+    from ndae.normative import NormativeModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("model.npz", "model.json"):
+            if name not in record:
+                raise NdaeError(f"normative model message has no {name!r}")
+            (Path(folder) / name).write_bytes(record[name])
+        return NormativeModel.load(folder)
+
+
+def to_json_bytes(obj) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,187 @@
+"""The federated run's report: survival outputs, Kaplan–Meier figures and `report.md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text
+
+TERTILES = ("low", "middle", "high")
+
+
+def finite_or_null(obj):
+    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
+    if isinstance(obj, dict):
+        return {str(k): finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_or_null(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
+    """`cox.json` + `hazard_ratios.csv`, the same files `CoxModel.save` writes for pooled mode."""
+    atomic_write_json(out / "cox.json", finite_or_null({
+        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "federated Newton-Raphson",
+        "strata": ["site"], "covariates": covariates,
+        "coef": dict(zip(covariates, fitter.params_.tolist())),
+        "se": dict(zip(covariates, fitter.standard_errors_.tolist())),
+        "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
+        "n": fitter.n_, "events": fitter.events_, "log_likelihood": fitter.log_likelihood_,
+        "message_rounds": fitter.n_rounds_, "sites": sorted(fitter.sites_)}))
+    atomic_write_text(out / "hazard_ratios.csv", fitter.summary.to_csv(index=False))
+
+
+def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
+    """lifelines' stratified (by site) Efron Cox on the pooled rows, run to full convergence
+    (its default stops ~1e-6 early), so pooled and federated modes agree to rounding."""
+    from lifelines import CoxPHFitter
+
+    from ndae.survival._validation import validate_survival_frame
+
+    validate_survival_frame(table, covariates, "time", "event", ["site"], where="pooled Cox fit")
+    columns = [*covariates, "time", "event", "site"]
+    frame = table[columns].copy()
+    frame["event"] = frame["event"].astype(int)
+    return CoxPHFitter().fit(frame, "time", "event", strata=["site"],
+                             fit_options={"precision": 1e-13, "r_precision": 1e-15})
+
+
+def save_pooled_cox(out: Path, fitter, covariates: list[str]) -> None:
+    from ndae.survival.cox import hazard_ratio_table
+
+    coef, se = fitter.params_.reindex(covariates), fitter.standard_errors_.reindex(covariates)
+    atomic_write_json(out / "cox.json", finite_or_null({
+        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "lifelines CoxPHFitter on pooled rows",
+        "strata": ["site"], "covariates": covariates, "coef": dict(zip(covariates, coef.tolist())),
+        "se": dict(zip(covariates, se.tolist())), "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
+        "means": dict(zip(covariates, fitter._norm_mean.reindex(covariates).tolist())),
+        "n": int(fitter._n_examples), "events": int(fitter.event_observed.sum()),
+        "log_likelihood": float(fitter.log_likelihood_), "concordance_index_train": float(fitter.concordance_index_)}))
+    atomic_write_text(out / "hazard_ratios.csv", hazard_ratio_table(coef, se).to_csv(index=False))
+
+
+def km_from_counts(rows: np.ndarray, path: Path) -> dict[str, Any]:
+    """Kaplan–Meier curves from summed (group, month, event, count) rows; writes the PNG."""
+    from lifelines import KaplanMeierFitter
+    from matplotlib.figure import Figure
+
+    frame = pd.DataFrame(np.asarray(rows).reshape(-1, 4), columns=["group", "month", "event", "count"])
+    result: dict[str, Any] = {"figure": path.name, "grouping": "tertiles of x·beta within each site",
+                              "median_survival_months": {}, "group_sizes": {}}
+    if frame.empty:
+        return result
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    for index, (label, colour) in enumerate(zip(TERTILES, ("tab:blue", "tab:orange", "tab:red"))):
+        part = frame[frame["group"] == index]
+        if part.empty:
+            continue
+        n = int(part["count"].sum())
+        fitter = KaplanMeierFitter(label=f"{label} risk (n={n})").fit(
+            part["month"], part["event"], weights=part["count"])
+        fitter.plot_survival_function(ax=axis, color=colour, ci_show=False)
+        median = float(fitter.median_survival_time_)
+        result["median_survival_months"][label] = median if np.isfinite(median) else None
+        result["group_sizes"][label] = n
+    axis.set_xlabel("time (months)")
+    axis.set_ylabel("survival probability")
+    axis.set_ylim(0, 1.02)
+    axis.set_title("Kaplan–Meier by within-site tertile of Cox risk (aggregated counts)")
+    atomic_save_figure(path, figure)
+    return result
+
+
+def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: list[str], out: Path) -> dict:
+    """Pooled mode only (the server holds the rows): global Harrell's C with a bootstrap CI and
+    KM curves by global tertile of the Cox risk and of the first deviation score."""
+    from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
+    from ndae.survival.metrics import harrell_c_index_ci
+
+    table = table.copy()
+    table["risk"] = table[covariates].to_numpy(float) @ np.asarray(beta, float)
+    extras: dict[str, Any] = {"c_index_pooled": harrell_c_index_ci(table["time"], table["event"], table["risk"],
+                                                                   n_boot=200, seed=0)}
+    if len(table) >= 6:
+        km = kaplan_meier_by_tertile(table, "risk", path=out / "km_risk.png",
+                                     title="Kaplan–Meier by tertile of Cox risk (pooled)")
+        extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png"}
+    return extras
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> Path:
+    survival = summary["survival"]
+    lines = ["# Federated NDAE run", "",
+             f"- sites: {len(summary['sites'])} ({', '.join(summary['sites'])}); min-sites {config.min_sites}",
+             f"- DAE: preset `{config.dae_preset}`, {config.rounds} round(s) of {config.strategy} × "
+             f"{config.local_epochs} local epoch(s), seed {config.seed}",
+             f"- survival mode: `{survival['mode']}` ("
+             + ("sites shared de-identified deviation scores, covariates and follow-up" if survival["mode"] == "pooled"
+                else "no patient row left any site: Newton rounds of summed gradients/Hessians") + ")",
+             f"- wall time: {_fmt(summary['timings'].get('total_s'), 1)} s (DAE training "
+             f"{_fmt(summary['timings'].get('dae_training_s'), 1)} s)", "",
+             "## Sites", "", "| site | controls | patients | training rounds answered | patients scored | events |",
+             "|---|---|---|---|---|---|"]
+    for site, info in summary["sites"].items():
+        counts = survival["counts"].get(site, {})
+        lines.append(f"| {site} | {info['controls']} | {info['patients']} | "
+                     f"{summary['participation'].get(site, 0)}/{config.rounds} | {counts.get('patients', '–')} | "
+                     f"{counts.get('events', '–')} |")
+    lines += ["", "## Missing sites", ""]
+    if summary["missing"]:
+        lines += ["| phase | round | site | reason |", "|---|---|---|---|"]
+        for entry in summary["missing"]:
+            lines.append(f"| {entry['phase']} | {entry['round'] or ''} | {entry['site']} | "
+                         f"{entry['reason'].splitlines()[0][:160] if entry['reason'] else ''} |")
+    else:
+        lines.append("None: every site answered every phase.")
+    lines += ["", "## DAE training (per round)", "", "| round | sites | mean loss | seconds |", "|---|---|---|---|"]
+    for entry in metrics:
+        if entry.get("phase") == "dae":
+            lines.append(f"| {entry['round']} | {len(entry['sites'])} | {_fmt(entry.get('train_loss_mean'), 4)} | "
+                         f"{_fmt(entry.get('seconds'), 1)} |")
+    lines += ["", f"Normative model: {summary['normative']['n_controls']:g} controls from "
+              f"{', '.join(summary['normative']['sites'])} (`normative/`).", "",
+              "## Survival", "",
+              f"{survival.get('patients', 0)} patients, {survival.get('events', 0)} events; Cox model stratified by "
+              f"site on {', '.join(survival['covariates'])} (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",
+              "| covariate | coef | se | hazard ratio |", "|---|---|---|---|"]
+    for name, coef in survival["coef"].items():
+        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(survival['se'].get(name), 4)} | {_fmt(float(np.exp(coef)), 3)} |")
+    lines += ["", f"- C-index (Harrell, within site, training data): **{_fmt(survival['c_index_within_site'])}**"]
+    pooled = survival.get("c_index_pooled")
+    if pooled:
+        lines.append(f"- C-index (Harrell, pooled, training data): **{_fmt(pooled.get('estimate'))}** "
+                     f"(95% bootstrap CI {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
+    lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
+    if "km_pooled" in survival:
+        lines += ["", f"![Kaplan–Meier by pooled risk tertile](survival/km_risk.png) (log-rank p = "
+                  f"{_fmt(survival['km_pooled'].get('p_value'), 3)})"]
+    lines += ["", "Files: `config.json`, `dae/checkpoint.pt`, `normative/`, "
+              + ("`deviations.csv`, " if survival["mode"] == "pooled" else "")
+              + "`survival/`, `metrics.jsonl`, `status.json`, `summary.json`.", ""]
+    path = Path(run_dir) / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

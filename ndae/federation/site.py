@@ -1,0 +1,262 @@
+"""What one hospital computes. The ClientApp calls these functions and nothing else.
+
+Each function takes the site's own data plus what the server sent (weights, a normative model,
+a Cox coefficient vector) and returns only what may leave the site: DAE weights and counts,
+summable sufficient statistics, Cox gradient/Hessian terms, or (pooled survival mode only) the
+patients' de-identified deviation scores with their covariates and follow-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ndae.errors import NdaeError
+
+_SITE_CACHE: dict[tuple[str, float, str], "SiteData"] = {}
+
+
+@dataclass
+class SiteData:
+    name: str
+    manifest_path: Path
+    data: Any  # ndae.data.dataset.SliceDataset (images, masks, ages, sexes, subjects, ...)
+
+    @property
+    def controls(self) -> np.ndarray:
+        return np.asarray(self.data.groups) == "control"
+
+    @property
+    def patients(self) -> np.ndarray:
+        return np.asarray(self.data.groups) == "als"
+
+
+# ---- data -------------------------------------------------------------------------------------
+def site_manifest_path(node_config: Mapping[str, Any], cohort_dir: str = "") -> Path:
+    """The site's manifest: node config `manifest` (deployment), else in simulation the
+    `partition-id`-th site folder of `cohort_dir/sites/` (sorted by name)."""
+    if node_config.get("manifest"):
+        return Path(str(node_config["manifest"])).expanduser()
+    if "partition-id" in node_config and cohort_dir:
+        sites = sorted(p.name for p in (Path(cohort_dir) / "sites").iterdir() if (p / "manifest.csv").exists())
+        index = int(node_config["partition-id"])
+        if index >= len(sites):
+            raise NdaeError(f"simulated node {index} has no site: {cohort_dir}/sites holds {len(sites)} sites {sites}; "
+                            "run with num-supernodes equal to the number of sites")
+        return Path(cohort_dir) / "sites" / sites[index] / "manifest.csv"
+    raise NdaeError("this SuperNode has no 'manifest' in its node config (flower-supernode --node-config "
+                    "\"manifest='/path/to/site/manifest.csv'\"), and no simulation cohort-dir was given")
+
+
+def load_site(manifest_path: str | Path, cache_dir: str = "") -> SiteData:
+    """The site's prepared slices (memoised per process: every phase reads the same data)."""
+    from ndae.data.dataset import load_slice_dataset
+
+    path = Path(manifest_path).resolve()
+    if not path.exists():
+        raise NdaeError(f"site manifest {path} does not exist")
+    key = (str(path), path.stat().st_mtime, cache_dir)
+    if key not in _SITE_CACHE:
+        cache = None
+        if cache_dir:
+            cache = Path(cache_dir) / hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        data = load_slice_dataset(path, cache, progress=False)
+        names = sorted({str(s) for s in np.asarray(data.sites)})
+        if len(names) != 1:
+            raise NdaeError(f"{path}: a site's manifest must name exactly one site, found {names}")
+        _SITE_CACHE[key] = SiteData(names[0], path, data)
+    return _SITE_CACHE[key]
+
+
+def site_info(site: SiteData) -> dict[str, Any]:
+    images = site.data.images
+    return {"site": site.name, "controls": int(site.controls.sum()), "patients": int(site.patients.sum()),
+            "channels": int(images.shape[1]), "height": int(images.shape[2]), "width": int(images.shape[3])}
+
+
+def check_fault(config, site_name: str, phase: str, round_number: int = 0) -> None:
+    """Test hook: the configured site raises in the configured phase (and training round)."""
+    if config.fault_site == site_name and config.fault_phase == phase and (
+            phase != "train" or config.fault_round in (0, round_number)):
+        raise RuntimeError(f"injected fault at site {site_name!r} in phase {phase!r}"
+                           + (f" round {round_number}" if phase == "train" else ""))
+
+
+# ---- the DAE ----------------------------------------------------------------------------------
+def resolve_device(name: str):
+    from ndae.model.run import resolve_device as resolve
+
+    return resolve(name)
+
+
+def build_dae(dae_config: dict, device="cpu"):
+    """Model and EMA for a DAE config dict (weights are loaded from a message afterwards)."""
+    from ndae.model import EMA, DAEConfig, build_model
+
+    cfg = DAEConfig.from_dict(dae_config)
+    model = build_model(cfg, seed=0, device=device)
+    return model, EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+
+
+def local_steps(n_controls: int, batch_size: int, epochs: int) -> int:
+    """Optimiser steps in `epochs` passes over n controls (batch_iterator drops the last partial batch)."""
+    if n_controls == 0:
+        return 0
+    return epochs * max(1, n_controls // min(batch_size, n_controls))
+
+
+def site_seed(seed: int, round_number: int, site_name: str) -> int:
+    """A seed for one site's round: the same (seed, round, site) gives the same draws."""
+    return (seed * 1_000_003 + round_number * 7919 + zlib.crc32(site_name.encode())) % 2**31
+
+
+def train_round(site: SiteData, weights, dae_config: dict, *, round_number: int, epochs: int, seed: int,
+                ema_step: int, proximal_mu: float = 0.0, device: str = "auto"):
+    """E local epochs of DAE training from the global weights; returns (weights record, metrics).
+
+    Stateless between rounds (a fresh Adam each round), so a round depends only on the global
+    weights, the site's data and (seed, round, site): what makes server-side resume exact.
+    """
+    import torch
+
+    from ndae.federation.records import dae_to_record, record_to_dae
+    from ndae.model import batch_iterator, make_optimizer, prepare_images, train_steps
+
+    dev = resolve_device(device)
+    model, ema = build_dae(dae_config, dev)
+    record_to_dae(weights, model, ema)
+    ema.step = int(ema_step)
+    cfg = model.config
+    control = site.controls
+    n = int(control.sum())
+    if n == 0:
+        raise NdaeError(f"site {site.name!r} has no controls to train on")
+    x = prepare_images(site.data.images[control], cfg)
+    ages = np.asarray(site.data.ages, np.float32)[control] if cfg.model.age_conditioned else None
+    local_seed = site_seed(seed, round_number, site.name)
+    generator = torch.Generator().manual_seed(local_seed)
+    batches = batch_iterator(x, ages, cfg.train.batch_size, torch.Generator().manual_seed(local_seed + 1),
+                             cfg.train.flip_augment)
+    optimizer = make_optimizer(model, cfg)
+    hooks = []
+    if proximal_mu > 0:
+        # FedProx: the gradient of mu/2 ||w - w_global||^2, added to every parameter's gradient.
+        for parameter in model.parameters():
+            anchor = parameter.detach().clone()
+            hooks.append(parameter.register_hook(lambda g, p=parameter, a=anchor: g + proximal_mu * (p.detach() - a)))
+    steps = local_steps(n, cfg.train.batch_size, epochs)
+    try:
+        losses = train_steps(model, ema, optimizer, batches, steps, generator=generator,
+                             grad_clip=cfg.train.grad_clip, amp=cfg.train.amp)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    metrics = {"num-examples": n, "train-loss": float(np.mean(losses)), "local-steps": steps}
+    return dae_to_record(model, ema), metrics
+
+
+def encode_z_sem(site: SiteData, weights, dae_config: dict, rows: np.ndarray, device: str = "auto") -> np.ndarray:
+    """z_sem (float64) of the selected subjects with the global EMA weights."""
+    from ndae.federation.records import record_to_dae
+    from ndae.model import encode
+
+    model, ema = build_dae(dae_config, resolve_device(device))
+    record_to_dae(weights, model, ema)
+    d = model.config.model.z_sem_dim
+    if not rows.any():
+        return np.zeros((0, d))
+    return encode(ema.model, site.data.images[rows]).numpy().astype(np.float64)
+
+
+def covariates(site: SiteData, rows: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"subject": np.asarray(site.data.subjects)[rows].astype(str),
+                         "site": np.asarray(site.data.sites)[rows].astype(str),
+                         "age": np.asarray(site.data.ages, float)[rows],
+                         "sex": np.asarray(site.data.sexes)[rows].astype(str)})
+
+
+# ---- normative moments ------------------------------------------------------------------------
+def normative_statistics(site: SiteData, weights, dae_config: dict, design: dict, device: str = "auto") -> dict:
+    """The controls' summable sufficient statistics of z_sem (no row leaves the site)."""
+    from ndae.normative import DesignSpec, SufficientStats
+
+    rows = site.controls
+    z_sem = encode_z_sem(site, weights, dae_config, rows, device)
+    stats = SufficientStats.from_data(covariates(site, rows), z_sem, DesignSpec.from_dict(design), site_column="site")
+    return stats.to_arrays()
+
+
+# ---- deviations and survival ------------------------------------------------------------------
+def patient_survival_table(site: SiteData, weights, dae_config: dict, normative, features: list[str],
+                           device: str = "auto") -> pd.DataFrame:
+    """The site's patients: subject, site, age, sex_female, time, event and their deviation scores."""
+    from ndae.deviation.scores import deviation_table
+    from ndae.survival.analysis import patient_table
+
+    rows = site.patients
+    columns = ["subject", "site", "age", "sex_female", "time", "event", *features]
+    if not rows.any():
+        return pd.DataFrame({c: pd.Series(dtype=str if c in ("subject", "site") else float) for c in columns})
+    z_sem = encode_z_sem(site, weights, dae_config, rows, device)
+    table = deviation_table(covariates(site, rows)["subject"], covariates(site, rows), z_sem, normative)
+    missing = [f for f in features if f not in table.columns]
+    if missing:
+        raise NdaeError(f"survival-features {missing} are not deviation scores; available: {list(table.columns[1:])}")
+    scores = [c for c in table.columns if c != "subject"]  # every score travels (deviations.csv); Cox uses `features`
+    survival, _ = patient_table(table, site.data.manifest, scores, source=str(site.manifest_path))
+    bad = survival["time"].isna() | survival["event"].isna()
+    if bad.any():
+        raise NdaeError(f"{site.manifest_path}: patients without time/event: {survival.loc[bad, 'subject'].tolist()[:5]}")
+    return survival[[*columns[:6], *scores]].reset_index(drop=True)
+
+
+def covariate_moments(table: pd.DataFrame, covariate_names: list[str]) -> dict:
+    from ndae.survival.federated_cox import site_covariate_moments
+
+    return site_covariate_moments(table, covariate_names)
+
+
+def cox_terms(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str]) -> dict:
+    from ndae.survival.federated_cox import site_partial_likelihood_terms
+
+    return site_partial_likelihood_terms(table, beta, covariate_names)
+
+
+def concordance_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> dict[str, float]:
+    """Harrell's pair counts within the site: comparable pairs (i had the event, before j's
+    time) and how many the risk orders correctly (ties in risk count half)."""
+    time, event, risk = (np.asarray(a, float) for a in (time, event, risk))
+    earlier = (time[:, None] < time[None, :]) & (event[:, None] > 0)
+    concordant = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
+    return {"comparable": float(earlier.sum()), "concordant": float((concordant * earlier).sum())}
+
+
+def risk_summary(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str]) -> dict[str, np.ndarray]:
+    """Aggregates for the report, computed on the site's rows: concordance pair counts and the
+    Kaplan–Meier counts (events / censored per month) by within-site tertile of x·beta."""
+    from ndae.survival.kaplan_meier import tertile_groups
+
+    if len(table) == 0:
+        return {"comparable": np.asarray(0.0), "concordant": np.asarray(0.0), "km": np.zeros((0, 4))}
+    risk = table[covariate_names].to_numpy(float) @ np.asarray(beta, float)
+    counts = concordance_counts(table["time"], table["event"], risk)
+    rows = []
+    if len(table) >= 3:
+        groups = tertile_groups(pd.Series(risk)).map({"low": 0, "middle": 1, "high": 2}).to_numpy()
+        month = np.ceil(table["time"].to_numpy(float))  # whole months: no exact dates leave the site
+        frame = pd.DataFrame({"group": groups, "month": month, "event": table["event"].to_numpy(float)})
+        for (group, time, event), count in frame.groupby(["group", "month", "event"]).size().items():
+            rows.append((group, time, event, count))
+    return {"comparable": np.asarray(counts["comparable"]), "concordant": np.asarray(counts["concordant"]),
+            "km": np.asarray(rows, dtype=np.float64).reshape(-1, 4)}
+
+
+def is_finite_number(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

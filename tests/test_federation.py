@@ -1,0 +1,161 @@
+"""Federated phases through the real ClientApp/ServerApp code, in process (no Ray, no SuperLink).
+
+`InProcessGrid` hands each message to the same `ClientApp` Flower would run at a site; the
+ServerApp body `run_federation` is the same function `server/server_app.py` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ndae.errors import NdaeError
+from ndae.federation.config import FederationConfig
+from ndae.federation.inprocess import InProcessGrid
+from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
+from ndae.federation.server import FederationError, SimulatedKill, run_federation
+from ndae.federation.synthetic import make_synthetic_cohort
+
+SITES = ("site1", "site2", "site3")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=5, patients_per_site=6, seed=1)
+    return root
+
+
+def _manifests(cohort):
+    return [cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES]
+
+
+def _run(cohort, name, **overrides):
+    settings = {"rounds": 1, "batch_size": 4, "seed": 3, **overrides}
+    config = FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
+    grid = InProcessGrid(_manifests(cohort), config.to_run_config())
+    return run_federation(grid, config, log=lambda _: None), cohort / name
+
+
+@pytest.fixture(scope="module")
+def pooled_run(cohort):
+    return _run(cohort, "pooled", survival_mode="pooled")
+
+
+def test_records_round_trip_keep_dtypes_and_0d_arrays():
+    frame = pd.DataFrame({"subject": ["a", "b"], "time": [1.5, 2.0], "event": [1, 0]})
+    back = record_to_frame(frame_to_record(frame))
+    assert list(back.columns) == ["subject", "time", "event"] and back["subject"].tolist() == ["a", "b"]
+    arrays = record_to_arrays(arrays_to_record({"design": np.array('{"a": 1}'), "x": np.arange(3.0)}))
+    assert arrays["design"].shape == () and str(arrays["design"]) == '{"a": 1}'
+    assert arrays["x"].dtype == np.float64
+
+
+def test_run_config_refuses_unknown_keys_and_bad_values():
+    with pytest.raises(NdaeError, match="unknown run config key 'round'"):
+        FederationConfig.from_run_config({"round": 3})
+    with pytest.raises(NdaeError, match="strategy"):
+        FederationConfig.from_run_config({"strategy": "fedsgd"})
+    assert FederationConfig.from_run_config({"local-epochs": 2, "resume": "false"}).resume is False
+
+
+def test_run_directory_follows_the_contract(pooled_run):
+    summary, run = pooled_run
+    for path in ("config.json", "dae/checkpoint.pt", "normative/model.npz", "normative/model.json", "deviations.csv",
+                 "survival/cox.json", "survival/hazard_ratios.csv", "survival/km_risk_within_site_tertiles.png",
+                 "survival/km_risk.png", "report.md", "metrics.jsonl", "status.json"):
+        assert (run / path).exists(), path
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    report = (run / "report.md").read_text()
+    assert "C-index" in report and "None: every site answered" in report
+    deviations = pd.read_csv(run / "deviations.csv")
+    assert len(deviations) == 18 and deviations["subject"].is_unique and "cosine" in deviations
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rounds] == ["dae", "normative", "survival"]
+    assert sorted(rounds[0]["sites"]) == list(SITES)
+    assert 0.0 <= summary["survival"]["c_index_within_site"] <= 1.0
+
+
+def test_federated_normative_moments_equal_central_ones(pooled_run, cohort):
+    """Sum of the sites' statistics == statistics of the pooled controls, same global model."""
+    from ndae.data.dataset import load_slice_dataset
+    from ndae.model import encode, load_checkpoint
+    from ndae.normative import NormativeModel, SufficientStats
+
+    _, run = pooled_run
+    ema = load_checkpoint(run / "dae" / "checkpoint.pt").ema.model
+    data = load_slice_dataset(cohort / "cohort" / "manifest.csv", cohort / "central-cache", progress=False)
+    control = data.groups == "control"
+    covariates = pd.DataFrame({"site": data.sites[control], "age": data.ages[control], "sex": data.sexes[control]})
+    z_sem = encode(ema, data.images[control]).numpy().astype(np.float64)
+    central = SufficientStats.from_data(covariates, z_sem, site_column="site").to_arrays()
+    with np.load(run / "normative" / "sufficient_stats.npz") as saved:
+        federated = {k: saved[k] for k in saved.files}
+    assert federated["n"] == 15
+    for key in ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y"):
+        np.testing.assert_allclose(federated[key], central[key], rtol=1e-6, atol=1e-6, err_msg=key)
+    assert list(federated["site_names"]) == list(SITES)
+    fitted = NormativeModel.load(run / "normative")
+    reference = NormativeModel().fit(covariates, z_sem)
+    np.testing.assert_allclose(fitted.beta, reference.beta, rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run, cohort):
+    summary, run = pooled_run
+    federated_dir = cohort / "federated"
+    shutil.copytree(run / "dae", federated_dir / "dae")  # same global model: training is resumed, not redone
+    federated, _ = _run(cohort, "federated", survival_mode="federated")
+    assert federated["participation"] == summary["participation"]
+    pooled_coef, federated_coef = summary["survival"]["coef"], federated["survival"]["coef"]
+    assert list(pooled_coef) == list(federated_coef) and len(pooled_coef) >= 2
+    np.testing.assert_allclose(list(federated_coef.values()), list(pooled_coef.values()), rtol=0, atol=1e-6)
+    assert federated["survival"]["c_index_within_site"] == pytest.approx(summary["survival"]["c_index_within_site"])
+    assert not (federated_dir / "deviations.csv").exists()  # no row left the sites
+    assert federated["survival"]["newton_message_rounds"] >= 2
+
+
+@pytest.mark.slow
+def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort):
+    summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[0]["sites"] == ["site1", "site3"] and "site2" in rounds[0]["missing"]
+    assert rounds[1]["sites"] == list(SITES)
+    assert summary["participation"] == {"site1": 2, "site2": 1, "site3": 2}
+    report = (run / "report.md").read_text()
+    assert "| train | 1 | site2 | error: RuntimeError: injected fault at site 'site2'" in report
+
+
+def test_too_few_sites_fails_the_run_and_says_so(cohort):
+    with pytest.raises(FederationError, match="fewer than min-sites = 3"):
+        _run(cohort, "failed", min_sites=3, fault_site="site1", fault_phase="site_info")
+    status = json.loads((cohort / "failed" / "status.json").read_text())
+    assert status["status"] == "failed" and "site1" in status["error"]
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort):
+    from ndae.model import load_checkpoint
+
+    _run(cohort, "uninterrupted", rounds=2, survival_mode="federated")
+    with pytest.raises(SimulatedKill):
+        _run(cohort, "resumed", rounds=2, survival_mode="federated", stop_after_round=1)
+    assert load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt").extra["federation"]["round"] == 1
+    _run(cohort, "resumed", rounds=2, survival_mode="federated")
+    a = load_checkpoint(cohort / "uninterrupted" / "dae" / "checkpoint.pt")
+    b = load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt")
+    assert a.step == b.step and a.extra["federation"]["round"] == 2
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+    for x, y in zip(a.ema.model.state_dict().values(), b.ema.model.state_dict().values()):
+        assert torch.equal(x, y)
+    lines = [json.loads(line) for line in (cohort / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [x.get("round") for x in lines if x["phase"] == "dae"] == [1, 2]
+    coef_a = json.loads((cohort / "uninterrupted" / "survival" / "cox.json").read_text())["coef"]
+    coef_b = json.loads((cohort / "resumed" / "survival" / "cox.json").read_text())["coef"]
+    assert coef_a == coef_b
