@@ -1,0 +1,59 @@
+"""`ndae cohort`: simulate a multi-site ALS cohort with known survival risk from healthy scans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cohort",
+        help="simulate a multi-site ALS cohort (images, manifests, survival truth) from healthy scans",
+        description="Each healthy scan becomes one control or one patient's anatomy. Writes manifest.csv, "
+        "sites/<site>/manifest.csv, truth.csv, images/, cohort.json and cohort_example.png. See docs/cohort.md.",
+    )
+    parser.add_argument("--healthy", required=True, help="manifest CSV of healthy scans with a 'mask' (MUSE labels) column, or its folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patients", type=int, default=None, help="number of patients (default: half the subjects)")
+    parser.add_argument("--site-sizes", type=_sizes, default=None, help="subjects per site, e.g. 40,30,30,20 (default: all, 3:1 largest to smallest)")
+    parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the healthy scans")
+    parser.add_argument("--controls-only-site", default=None, help="a site with no patients, e.g. site4")
+    parser.add_argument("--patients-only-site", default=None, help="a site with no controls, e.g. site3")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (output does not depend on it)")
+    parser.add_argument("--no-figure", action="store_true", help="skip cohort_example.png")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ndae.cohort import CohortConfig, generate_cohort
+
+    config = CohortConfig(
+        sites=args.sites,
+        seed=args.seed,
+        patients=args.patients,
+        site_sizes=args.site_sizes,
+        controls_only_site=args.controls_only_site,
+        patients_only_site=args.patients_only_site,
+        max_subjects=args.max_subjects,
+        jobs=args.jobs,
+        figure=not args.no_figure,
+    )
+    summary = generate_cohort(args.healthy, args.out, config)
+    survival = summary["survival"]
+    print(f"cohort: {summary['subjects']} subjects ({summary['controls']} controls, {summary['patients']} patients) "
+          f"in {len(summary['sites'])} sites → {args.out}")
+    for subject, reason in summary.get("excluded_subjects", {}).items():
+        print(f"left out {subject}: {reason}")
+    if survival:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in survival.items()}))
+    return 0
