@@ -1,0 +1,115 @@
+"""report.md and the C-index bar chart of `ndae evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ndae.io import atomic_save_figure, atomic_write_text
+
+MODEL_NOTES = {
+    "covariates": "baseline 1: clinical covariates only (age, sex, onset if in the manifest, site)",
+    "NDAE cosine": "NDAE: cosine of standardised z_sem to its normative expectation",
+    "NDAE Mahalanobis": "NDAE: Mahalanobis distance of z_sem from its normative expectation",
+    "NDAE deviation scores": "NDAE: cosine, mean |z|, max |z|, Mahalanobis",
+    "regional normative z": "baseline 2: normative z-scores of regional volumes / intensities (label maps)",
+    "autoencoder": "baseline 3: conv. autoencoder, reconstruction error + latent Mahalanobis",
+    "z_sem PCA": "baseline 4: PCA of standardised z_sem, no normative model",
+    "brain-age gap": "baseline 5: bias-corrected brain-age gap from z_sem",
+    "oracle (true risk)": "Cox on the simulation's true linear predictor",
+}
+
+
+def _cell(mean: Any, sd: Any) -> str:
+    if mean is None or (isinstance(mean, float) and not np.isfinite(mean)):
+        return "–"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None and np.isfinite(sd) else f"{mean:.3f}"
+
+
+def results_table(models: list[dict], oracle: float | None) -> list[str]:
+    """Markdown rows: one per model, alone and with covariates, Harrell's and Uno's C."""
+    frame = pd.DataFrame(models)
+    lines = ["| model | Harrell's C | Uno's C | Harrell's C + covariates | Uno's C + covariates | C* (oracle) |",
+             "|---|---|---|---|---|---|"]
+    star = f"{oracle:.3f}" if oracle is not None else "–"
+    for name in dict.fromkeys(frame["model"]):
+        rows = frame[frame["model"] == name].set_index("variant")
+
+        def get(variant, metric):
+            if variant not in rows.index:
+                return "–"
+            return _cell(rows.at[variant, f"{metric}_mean"], rows.at[variant, f"{metric}_sd"])
+
+        lines.append(f"| {name} | {get('alone', 'harrell_c')} | {get('alone', 'uno_c')} | "
+                     f"{get('with covariates', 'harrell_c')} | {get('with covariates', 'uno_c')} | {star} |")
+    return lines
+
+
+def write_report(result: dict[str, Any], path: Path) -> None:
+    options, subjects = result["options"], result["subjects"]
+    hazard = result["cosine_hazard_ratio"]
+    unit, per_sd = hazard["per_unit"], hazard["per_sd"]
+    km = result["kaplan_meier_cosine"]
+    lines = [
+        "# NDAE evaluation", "",
+        f"Manifest `{result['manifest']}`" + (f", truth `{result['truth']}`" if result["truth"] else "") + ".",
+        f"{subjects['controls']} controls (DAE, normative models and baselines trained on them), "
+        f"{subjects['patients']} patients ({subjects['events']} events). DAE preset `{options['config']}`, "
+        f"{result['dae'].get('steps')} steps; seed {options['seed']}; created {result['created']} on {result['machine']}.",
+        "",
+        "## Cross-validated C-index (patients)", "",
+        f"{options['folds']}-fold cross-validation, stratified by event, the same folds for every model; "
+        f"Cox with L2 penalty {options['penalizer']:g}; mean ± sd over folds. '+ covariates': the model's features "
+        "with age, sex (and onset when the manifest has it).", "",
+        *results_table(result["models"], result["oracle_c_index"]), "",
+    ]
+    if result["oracle_c_index"] is not None:
+        lines += [f"C* = {result['oracle_c_index']:.3f}: Harrell's C of the true risk on all patients (the ceiling).", ""]
+    lines += ["Models:", ""] + [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items()
+                                 if any(m["model"] == name for m in result["models"])] + [""]
+    if result["skipped_baselines"]:
+        lines += ["Skipped baselines:", ""] + [f"- {k}: {v}" for k, v in result["skipped_baselines"].items()] + [""]
+    if result["failed_models"]:
+        lines += ["Models whose Cox fit failed:", ""] + [f"- {k}: {v}" for k, v in result["failed_models"].items()] + [""]
+    lines += [
+        "## NDAE cosine score", "",
+        f"Cox on the cosine alone (all {hazard['n']} patients, {hazard['events']} events): HR per unit of cosine "
+        f"{unit['hazard_ratio']:.3g} (95 % CI {unit['lower_95']:.3g}–{unit['upper_95']:.3g}, p = {unit['p']:.2g}); "
+        f"per SD ({per_sd['sd']:.3f}) {per_sd['hazard_ratio']:.3g} ({per_sd['lower_95']:.3g}–{per_sd['upper_95']:.3g}). "
+        "Higher cosine = closer to the healthy expectation.", "",
+        f"Kaplan–Meier by cosine tertile: log-rank p = {km['p_value']:.2g}; median survival (months) "
+        + ", ".join(f"{k} {('not reached' if v is None else f'{v:.1f}')}" for k, v in km["median_survival_months"].items())
+        + ".", "",
+        "![KM by cosine tertile](km_cosine.png)", "", "![C-index](c_index.png)", "",
+        "## Files", "",
+        "`latents.npz`, `normative/`, `deviations.csv`, `patients.csv` (features per patient), "
+        "`survival/cv_per_fold.csv`, `survival/cox.json` + `hazard_ratios.csv` (Cox on the cosine, all patients), `baselines/`, `dae/`, `evaluation.json`.", "",
+        "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings"].items()), "",
+    ]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def c_index_figure(summary: pd.DataFrame, oracle: float | None, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(summary["model"]))
+    figure = Figure(figsize=(7, 0.45 * len(names) + 1.5))
+    axis = figure.subplots()
+    y = np.arange(len(names))
+    for offset, variant, colour in ((-0.18, "alone", "tab:blue"), (0.18, "with covariates", "tab:orange")):
+        rows = summary[summary["variant"] == variant].set_index("model")
+        means = [rows.at[n, "harrell_c_mean"] if n in rows.index else np.nan for n in names]
+        sds = [rows.at[n, "harrell_c_sd"] if n in rows.index else np.nan for n in names]
+        axis.barh(y + offset, means, height=0.34, xerr=sds, color=colour, label=variant, capsize=2)
+    axis.axvline(0.5, color="grey", lw=0.8, ls=":")
+    if oracle is not None:
+        axis.axvline(oracle, color="black", lw=1.0, ls="--", label=f"C* = {oracle:.3f}")
+    axis.set_yticks(y, names)
+    axis.invert_yaxis()
+    axis.set_xlim(0.3, 1.0)
+    axis.set_xlabel("Harrell's C (cross-validated, mean ± sd over folds)")
+    axis.legend(loc="lower right", fontsize=8)
+    atomic_save_figure(path, figure)

@@ -1,0 +1,114 @@
+"""`ndae evaluate`: refusals, the shared-fold Cox comparison, and the whole pipeline end to end
+on a small synthetic cohort made outside the project's cohort generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ndae.cli import main
+from ndae.errors import NdaeError
+from ndae.evaluation.pipeline import (EvaluationOptions, _cross_validate, check_manifest, model_feature_sets,
+                                      read_truth, summarise)
+from ndae.evaluation.toy import write_toy_cohort
+
+MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
+          "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
+
+
+@pytest.fixture(scope="module")
+def toy_cohort(tmp_path_factory) -> tuple[Path, Path]:
+    return write_toy_cohort(tmp_path_factory.mktemp("toy"), n_controls=9, n_patients=21, seed=0)
+
+
+def _rewrite(manifest: Path, tmp_path: Path, change) -> Path:
+    table = pd.read_csv(manifest)
+    table["image"] = [str(manifest.parent / p) for p in table["image"]]
+    table["mask"] = [str(manifest.parent / p) for p in table["mask"]]
+    path = tmp_path / "manifest.csv"
+    change(table).to_csv(path, index=False)
+    return path
+
+
+def test_refuses_a_manifest_without_controls(toy_cohort, tmp_path, capsys):
+    path = _rewrite(toy_cohort[0], tmp_path, lambda t: t[t.group == "als"])
+    assert main(["evaluate", "--manifest", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "no controls" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "dae").exists()  # refused before any training
+
+
+def test_refuses_a_manifest_without_patients(toy_cohort, tmp_path, capsys):
+    path = _rewrite(toy_cohort[0], tmp_path, lambda t: t[t.group == "control"].drop(columns=["time", "event"]))
+    assert main(["evaluate", "--manifest", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "no patients" in capsys.readouterr().err
+
+
+def test_refuses_too_few_events_for_the_folds(toy_cohort):
+    with pytest.raises(NdaeError, match="lower --folds"):
+        check_manifest(toy_cohort[0], folds=10)
+
+
+def test_truth_must_cover_every_patient(toy_cohort, tmp_path):
+    truth = pd.read_csv(toy_cohort[1])
+    truth.iloc[1:].to_csv(tmp_path / "truth.csv", index=False)
+    with pytest.raises(NdaeError, match="no true risk for 1 patient"):
+        read_truth(tmp_path / "truth.csv", truth["subject"])
+
+
+def test_cox_on_the_true_predictor_reaches_c_star_on_shared_folds():
+    from ndae.survival.oracle import oracle_c_index
+    from ndae.survival.simulate import simulate_weibull_cox
+
+    table = simulate_weibull_cox(400, beta=[0.8, 0.0], seed=5)
+    table["noise"] = np.random.default_rng(0).normal(size=len(table))
+    features = {"covariates": ["x1"], "score": ["x0", "noise"], "oracle (true risk)": ["true_risk"]}
+    sets = model_feature_sets(table, features, covariates=["x1"])
+    assert sets["score"] == {"alone": ["x0", "noise"], "with covariates": ["x0", "noise", "x1"]}
+    assert list(sets["oracle (true risk)"]) == ["alone"]
+    per_fold, failures, folds = _cross_validate(table, sets, EvaluationOptions(folds=5, seed=1, penalizer=0.1))
+    assert not failures and len(folds) == 5
+    summary = summarise(per_fold).set_index(["model", "variant"])
+    c_star = oracle_c_index(table["time"], table["event"], table["true_risk"])
+    oracle = summary.loc[("oracle (true risk)", "alone")]
+    assert abs(oracle["harrell_c_mean"] - c_star) < 2 * oracle["harrell_c_sd"] / np.sqrt(5) + 0.01
+    assert summary.loc[("score", "alone"), "harrell_c_mean"] > 0.6  # x0 is the truth plus nothing
+    assert summary.loc[("covariates", "alone"), "harrell_c_mean"] < 0.58  # x1 has no effect
+    # same folds: every model's per-fold test sizes agree
+    sizes = per_fold.pivot_table(index="fold", columns=["model", "variant"], values="n_test")
+    assert (sizes.nunique(axis=1) == 1).all()
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path):
+    manifest, truth = toy_cohort
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--manifest", str(manifest), "--truth", str(truth), "--out", str(out), "--steps", "2",
+                 "--inversion-steps", "1", "--folds", "3", "--autoencoder-steps", "10", "--quiet"]) == 0
+    for name in ("report.md", "evaluation.json", "km_cosine.png", "c_index.png", "latents.npz", "deviations.csv",
+                 "normative/model.json", "patients.csv", "survival/cv_per_fold.csv", "dae/checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "evaluation.json").read_text())
+    assert not result["skipped_baselines"] and not result["failed_models"]
+    models = {(m["model"], m["variant"]): m for m in result["models"]}
+    assert {m for m, _ in models} == set(MODELS)
+    report = (out / "report.md").read_text()
+    for name in MODELS:
+        assert f"| {name} |" in report
+    c_star = result["oracle_c_index"]
+    assert f"C* = {c_star:.3f}" in report and 0.5 < c_star < 1
+    # Cox on the true predictor: the same ranking as C* up to fold noise
+    oracle = models[("oracle (true risk)", "alone")]
+    assert abs(oracle["harrell_c_mean"] - c_star) < 2 * oracle["harrell_c_sd"] / np.sqrt(3) + 0.02
+    assert np.isfinite(models[("NDAE cosine", "alone")]["harrell_c_mean"])
+    assert "HR per unit of cosine" in report
+    # one row per patient, every feature finite
+    patients = pd.read_csv(out / "patients.csv")
+    manifest_table = pd.read_csv(manifest)
+    assert sorted(patients["subject"]) == sorted(manifest_table.loc[manifest_table.group == "als", "subject"])
+    features = patients.drop(columns=["subject", "site", "time", "event"])
+    assert np.isfinite(features.to_numpy(float)).all()
+    assert len(result["folds"]) == 3 and sum(len(f) for f in result["folds"]) == len(patients)
