@@ -2,7 +2,7 @@
 
 Each of the 121 healthy subjects is prepared by the project's own pipeline (RAS, DLMUSE brain
 mask, skull-strip, percentile normalisation, ANTs affine registration to MNI152, 80x96x80 grid at
-2 mm), stored as 8-bit NIfTI (the IXI originals are 8-bit) with its DLMUSE label map on the same
+2 mm), stored as 7-bit NIfTI (the IXI originals are 8-bit) with its DLMUSE label map on the same
 grid, and packed into one xz-compressed tar (`ndae/demo_data/ixi_demo.tar.xz`) with a manifest
 and the IXI attribution/licence. `ndae.data.demo` unpacks it on first use.
 
@@ -25,6 +25,9 @@ from ndae.data.cache import load_prepared, prepare_manifest
 from ndae.data.demo import DEMO_ARCHIVE, DEMO_README
 from ndae.data.manifest import validate_manifest
 from ndae.io import atomic_write_bytes
+
+
+LEVELS = 128
 
 
 def ixi_manifest(ixi_dir: Path) -> pd.DataFrame:
@@ -67,13 +70,15 @@ def main() -> None:
     parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/ndae-demo-build"))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--pack-only", action="store_true", help="repack an existing --work cache without preparing")
     args = parser.parse_args()
 
     manifest = ixi_manifest(args.ixi)
-    chunks = [(manifest.iloc[i :: args.jobs], args.work) for i in range(args.jobs)]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for counts in pool.map(_prepare_chunk, chunks):
-            print(counts)
+    if not args.pack_only:
+        chunks = [(manifest.iloc[i :: args.jobs], args.work) for i in range(args.jobs)]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for counts in pool.map(_prepare_chunk, chunks):
+                print(counts)
 
     buffer = io.BytesIO()
     rows = []
@@ -81,10 +86,15 @@ def main() -> None:
         add_file(archive, "README.md", DEMO_README.encode())
         for row in manifest.itertuples():
             prepared = load_prepared(args.work, row.subject)
-            # 8-bit storage with a scale factor: reading gives back [-1, 1] (background -1).
-            quantised = np.round((prepared.image + 1.0) * 127.5).astype(np.uint8)
+            # Caches made before pipeline v2 resampled mask and labels separately: make them agree.
+            brain = (prepared.labels > 0) & (prepared.mask > 0)
+            prepared.labels = np.where(brain, prepared.labels, 0)
+            prepared.image = np.where(brain, prepared.image, -1.0)
+            # 7-bit storage with a scale factor (128 grey levels, steps of 0.016 in [-1, 1]) keeps
+            # the archive under 30 MB; reading gives back [-1, 1] with background -1.
+            quantised = np.round((prepared.image + 1.0) * (LEVELS - 1) / 2.0).astype(np.uint8)
             image = nib.Nifti1Image(quantised, prepared.grid_affine)
-            image.header.set_slope_inter(2.0 / 255.0, -1.0)
+            image.header.set_slope_inter(2.0 / (LEVELS - 1), -1.0)
             labels = nib.Nifti1Image(prepared.labels.astype(np.uint8), prepared.grid_affine)
             add_file(archive, f"images/{row.subject}_T1.nii", nifti_bytes(image))
             add_file(archive, f"labels/{row.subject}_DLMUSE.nii", nifti_bytes(labels))

@@ -21,8 +21,8 @@ DEMO_README = """# ndae-fed demo data (derived from IXI)
 121 healthy adults (age 20-82) from the IXI data set, Hammersmith Hospital (Philips 3T),
 as processed for the NiChart project (T1 at 2 mm with DLMUSE label maps), then prepared by
 ndae-fed's own pipeline (scripts/build_demo_data.py): skull-stripped with the DLMUSE brain mask,
-intensities normalised (1st-99th percentile inside the brain -> [-1, 1], stored 8-bit with a
-scale factor), affinely registered to MNI152 (ANTsPy) and resampled to an 80 x 96 x 80 grid at
+intensities normalised (1st-99th percentile inside the brain -> [-1, 1], stored with 128 grey
+levels and a scale factor), affinely registered to MNI152 (ANTsPy) and resampled to an 80 x 96 x 80 grid at
 2 mm. Label maps (MUSE ids, e.g. 182/183 and 150/151 precentral gyri, 51/52 lateral ventricles,
 93/94 posterior limbs of the internal capsule) are on the same grid.
 

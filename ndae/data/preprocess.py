@@ -18,7 +18,7 @@ from ndae.data.registration import AffineRegistration, register_to_mni
 from ndae.data.template import Grid, mni_template, output_grid
 from ndae.errors import InvalidImageError
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 # Axial slices (MNI z, mm) through the corticospinal tract and motor cortex: internal capsule /
 # basal ganglia, lateral-ventricle bodies with the corona radiata, centrum semiovale, and the
 # precentral "hand knob".
@@ -91,13 +91,13 @@ def prepare_subject(image_path: str, mask_path: str | None, subject: str, config
     if register:
         if registration is None:
             registration = register_to_mni(nib.Nifti1Image(np.where(mask_native, data, 0), image.affine))
-        mask = registration.to_grid(nib.Nifti1Image(mask_native.astype(np.float32), image.affine), grid, is_label=True) > 0
         values = registration.to_grid(nib.Nifti1Image(normalised, image.affine), grid)
-        labels = (
-            registration.to_grid(labels_native, grid, is_label=True).astype(np.int16)
-            if labels_native is not None
-            else np.zeros(grid.shape, np.int16)
-        )
+        if labels_native is not None:
+            labels = registration.to_grid(labels_native, grid, is_label=True).astype(np.int16)
+            mask = labels > 0  # one resampling for both: mask and labels agree voxel for voxel
+        else:
+            labels = np.zeros(grid.shape, np.int16)
+            mask = registration.to_grid(nib.Nifti1Image(mask_native.astype(np.float32), image.affine), grid, is_label=True) > 0
     else:
         mask = mask_native
         values = normalised
