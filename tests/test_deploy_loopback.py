@@ -1,0 +1,146 @@
+"""Deployment rehearsal on 127.0.0.1 with real processes: TLS, SuperNode authentication, site control.
+
+One SuperLink (TLS, --enable-supernode-auth) and three SuperNodes started with the deploy/
+scripts on a synthetic 3-site cohort, plus one SuperNode whose key was never registered. The
+repository's own Flower app is submitted with `flwr run`, and the same app with one byte changed.
+Every process is stopped by its PID in the fixture's teardown; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+from flwr.cli.build import build_fab_from_disk  # noqa: E402
+from flwr.supercore.exit import ExitCode  # noqa: E402
+
+from ndae.deploy.loopback import LoopbackConsortium  # noqa: E402
+from ndae.privacy.site_policy import SitePolicy, fab_hash  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SITES = ("site1", "site2", "site3")
+# A tiny job: the `tiny` DAE's weights go to every site (rounds=0: no training round, which
+# would add ~2-4 min on 2 CPU cores), then normative model, deviations, survival, report.
+RUN_CONFIG = "rounds=0 local-epochs=1 batch-size=4 seed=3 min-sites=3 round-timeout=240.0"
+
+
+def copy_app(destination: Path) -> Path:
+    """The files the app bundle is built from (pyproject's fab-include: client/, server/)."""
+    destination.mkdir(parents=True)
+    shutil.copy2(REPO / "pyproject.toml", destination / "pyproject.toml")
+    for package in ("client", "server"):
+        shutil.copytree(REPO / package, destination / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return destination
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    from ndae.federation.synthetic import make_synthetic_cohort
+
+    root = tmp_path_factory.mktemp("consortium")
+    make_synthetic_cohort(root / "cohort", sites=len(SITES), controls_per_site=5, patients_per_site=6, seed=1)
+    app_hash = fab_hash(build_fab_from_disk(REPO))
+    # The same app with one byte changed in the ClientApp (the folder name must be a valid
+    # Flower app name). Its unchanged copy has the repository's hash: the byte is the only change.
+    changed = copy_app(root / "changed" / "ndae-fed")
+    assert fab_hash(build_fab_from_disk(changed)) == app_hash
+    client = changed / "client" / "client_app.py"
+    client.write_text(client.read_text() + " ")
+    changed_hash = fab_hash(build_fab_from_disk(changed))
+
+    with LoopbackConsortium(root / "deployment", database=":flwr-in-memory:") as loopback:
+        loopback.create_credentials()
+        loopback.start_superlink(timeout=90)
+        node_ids = {}
+        for site in SITES:
+            _, public = loopback.create_site(site, manifest=root / "cohort" / "sites" / site / "manifest.csv")
+            node_ids[site] = loopback.register(public, site)
+            SitePolicy(loopback.site_dir(site)).approve(app_hash, "ndae-fed, reviewed")
+        loopback.create_site("rogue")  # a key pair, never registered
+        supernodes = [loopback.start_supernode(site) for site in SITES]
+        rogue = loopback.start_supernode("rogue", extra_args=("--max-retries", "1", "--max-wait-time", "20"))
+        for node in supernodes:
+            loopback.wait_for_log(node, "SuperNode ID:", 120)
+        # Both jobs at once (they run side by side): the approved app and the changed one.
+        runs = {}
+        for name, folder in (("approved", REPO), ("changed", changed)):
+            run_dir = root / f"run-{name}"
+            run_config = f'{RUN_CONFIG} run-dir="{run_dir}" cache-dir="{root / "cache"}"'
+            runs[name] = (loopback.run(folder, run_config), run_dir)
+        yield {"loopback": loopback, "app_hash": app_hash, "changed_hash": changed_hash,
+               "node_ids": node_ids, "supernodes": supernodes, "rogue": rogue, "runs": runs}
+    for process in loopback.processes:  # teardown really stopped everything it started
+        assert process.popen.poll() is not None, f"{process.name} still running"
+
+
+def test_registered_sites_run_the_job_over_tls(consortium):
+    loopback = consortium["loopback"]
+    run_id, run_dir = consortium["runs"]["approved"]
+    assert loopback.wait_run(run_id, timeout=420, done_file=run_dir / "report.md") == "finished:completed"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["missing"] == []
+    assert "None: every site answered" in (run_dir / "report.md").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sorted(summary["sites"]) == list(SITES)  # each SuperNode read its own manifest
+    for path in ("dae/checkpoint.pt", "normative/model.npz", "deviations.csv", "survival/cox.json"):
+        assert (run_dir / path).exists(), path
+    for node in consortium["supernodes"]:
+        assert f"app {consortium['app_hash']} is approved" in node.text()
+
+
+def test_unregistered_supernode_is_refused(consortium):
+    rogue = consortium["rogue"]
+    assert rogue.popen.wait(timeout=120) != 0
+    # flower-supernode exits with status 1 and logs Flower's own exit code.
+    assert f"Exit Code: {int(ExitCode.SUPERNODE_CONNECTION_ERROR)}" in rogue.text()
+    assert "Failed to activate SuperNode" in rogue.text()
+    superlink = consortium["loopback"].processes[0]
+    assert "No SuperNode found with the given public key" in superlink.text()
+    assert "SuperNode ID:" not in rogue.text()
+
+
+def test_changed_app_is_refused_and_the_server_sees_why(consortium):
+    loopback = consortium["loopback"]
+    changed_hash = consortium["changed_hash"]
+    assert changed_hash != consortium["app_hash"]
+    run_id, run_dir = consortium["runs"]["changed"]
+    assert loopback.wait_run(run_id, timeout=240, done_file=run_dir / "status.json").startswith("finished")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed"
+    reasons = " ".join(entry["reason"] for entry in status["missing"])
+    for site in SITES:
+        # What the ServerApp received from each SuperNode: the refusal, and how to approve.
+        assert f"site {site} has not approved app {changed_hash}" in reasons
+        assert f"ndae site approve {changed_hash} --site-dir {loopback.site_dir(site)}" in reasons
+        # The refused bundle was never unpacked at the site; the approved one was.
+        installed = [path.name for path in (loopback.site_dir(site) / "flwr-home" / "apps").iterdir()]
+        assert not any(changed_hash[:8] in name for name in installed)
+        assert any(consortium["app_hash"][:8] in name for name in installed)
+    assert "AppNotApprovedError" in reasons  # raised in flwr-clientapp: CLIENT_APP_RAISED_EXCEPTION
+
+
+def test_revoked_site_is_disconnected_and_cannot_rejoin(consortium):
+    """Revocation: `flwr supernode unregister` drops a live site; its key no longer works."""
+    loopback = consortium["loopback"]
+    for name in ("approved", "changed"):  # let the jobs end first (no-op if already finished)
+        loopback.wait_run(consortium["runs"][name][0], timeout=420)
+    site3 = consortium["supernodes"][2]
+    result = loopback.flwr("supernode", "unregister", consortium["node_ids"]["site3"], "consortium",
+                           "--format", "json")
+    assert '"success": true' in result.stdout, result.stdout + result.stderr
+    site3.popen.wait(timeout=60)  # the SuperLink refuses its next request; it shuts down
+    again = loopback.start_supernode("site3", extra_args=("--max-retries", "1", "--max-wait-time", "20"))
+    assert again.popen.wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in again.text()
+    assert all(node.popen.poll() is None for node in consortium["supernodes"][:2])  # others unaffected
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
