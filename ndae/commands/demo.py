@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ndae.federation.demo import DEFAULT_LOCAL_EPOCHS, DEFAULT_ROUNDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--sites", type=int, default=3, help="simulated hospitals (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="federated DAE rounds (default 3)")
-    parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default 2)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"federated DAE rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--local-epochs", type=int, default=DEFAULT_LOCAL_EPOCHS,
+                        help=f"local epochs per round (default {DEFAULT_LOCAL_EPOCHS})")
     parser.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedadam", "fedprox"))
     parser.add_argument("--survival-mode", default="pooled", choices=("pooled", "federated"))
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
