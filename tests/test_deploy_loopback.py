@@ -9,7 +9,6 @@ Every process is stopped by its PID in the fixture's teardown; every wait is bou
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from flwr.cli.build import build_fab_from_disk  # noqa: E402
 from flwr.supercore.exit import ExitCode  # noqa: E402
 
 from ndae.deploy.loopback import LoopbackConsortium  # noqa: E402
+from ndae.federation.simulation import stage_app  # noqa: E402
 from ndae.privacy.site_policy import SitePolicy, fab_hash  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,16 +28,6 @@ SITES = ("site1", "site2", "site3")
 # A tiny job: the `tiny` DAE's weights go to every site (rounds=0: no training round, which
 # would add ~2-4 min on 2 CPU cores), then normative model, deviations, survival, report.
 RUN_CONFIG = "rounds=0 local-epochs=1 batch-size=4 seed=3 min-sites=3 round-timeout=240.0"
-
-
-def copy_app(destination: Path) -> Path:
-    """The files the app bundle is built from (pyproject's fab-include: client/, server/)."""
-    destination.mkdir(parents=True)
-    shutil.copy2(REPO / "pyproject.toml", destination / "pyproject.toml")
-    for package in ("client", "server"):
-        shutil.copytree(REPO / package, destination / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return destination
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def consortium(tmp_path_factory):
     app_hash = fab_hash(build_fab_from_disk(REPO))
     # The same app with one byte changed in the ClientApp (the folder name must be a valid
     # Flower app name). Its unchanged copy has the repository's hash: the byte is the only change.
-    changed = copy_app(root / "changed" / "ndae-fed")
+    changed = stage_app(root / "changed")
     assert fab_hash(build_fab_from_disk(changed)) == app_hash
     client = changed / "client" / "client_app.py"
     client.write_text(client.read_text() + " ")
@@ -70,7 +60,8 @@ def consortium(tmp_path_factory):
             loopback.wait_for_log(node, "SuperNode ID:", 120)
         # Both jobs at once (they run side by side): the approved app and the changed one.
         runs = {}
-        for name, folder in (("approved", REPO), ("changed", changed)):
+        approved = stage_app(root / "approved")  # any checkout folder name works for flwr
+        for name, folder in (("approved", approved), ("changed", changed)):
             run_dir = root / f"run-{name}"
             run_config = f'{RUN_CONFIG} run-dir="{run_dir}" cache-dir="{root / "cache"}"'
             runs[name] = (loopback.run(folder, run_config), run_dir)

@@ -40,6 +40,31 @@ def project_root() -> Path:
     return root
 
 
+APP_NAME = "ndae-fed"
+APP_FILES = ("pyproject.toml", "client", "server")  # what pyproject's fab-include bundles
+
+
+def stage_app(destination_parent: str | Path, source: Path | None = None) -> Path:
+    """Copy the app's bundle files into `<destination_parent>/ndae-fed`.
+
+    `flwr run` insists that the app's folder name is a valid Flower app name; a checkout may sit in
+    any folder (CI clones into one of its own), so runs use a staged copy with a fixed name. The
+    copy builds the same bundle (same hash) as the checkout.
+    """
+    import shutil
+
+    source = source or project_root()
+    target = Path(destination_parent) / APP_NAME
+    target.mkdir(parents=True, exist_ok=True)
+    for name in APP_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source / name, target / name)
+    return target
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,7 +129,6 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
     """Simulate `num_sites` SuperNodes running the app; returns the run's status.json.
 
     Raises NdaeError if the run did not complete (status not `completed`)."""
-    app_dir = Path(app_dir) if app_dir else project_root()
     run_dir = Path(str(run_config["run-dir"])).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir) if log_dir else run_dir / "logs"
@@ -114,6 +138,7 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
         status_path.unlink()  # a stale status must not pass for this run's
 
     with tempfile.TemporaryDirectory(prefix="ndae-flwr-home-") as home:
+        app_dir = Path(app_dir) if app_dir else stage_app(Path(home) / "app")
         port, control_port = _free_port(), _free_port()
         (Path(home) / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
