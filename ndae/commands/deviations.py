@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--manifest", required=True, help="manifest.csv with subject, site, age, sex, group")
     parser.add_argument("--out", default=None, help="output CSV (default RUN/deviations.csv)")
     parser.add_argument("--include-z", action="store_true", help="also write one z_<feature> column per dimension")
+    parser.add_argument("--maps", action="store_true",
+                        help="also write image-space deviation maps (PNG, NIfTI on the MNI grid and in native space) "
+                        "and regional means of the patients to RUN/deviation_maps/")
+    parser.add_argument("--max-maps", type=int, default=None, help="map at most this many patients")
     parser.set_defaults(func=run)
 
 
@@ -30,4 +34,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or run_dir / "deviations.csv"
     table = write_deviations(run_dir, latents, args.manifest, out, include_z=args.include_z)
     print(f"deviation scores of {len(table)} subjects written to {out}")
+    if args.maps:
+        from ndae.deviation.image_maps import write_deviation_maps
+
+        regions = write_deviation_maps(run_dir, args.manifest, max_subjects=args.max_maps)
+        print(f"deviation maps of {regions['subject'].nunique()} patients written to {run_dir / 'deviation_maps'}")
     return 0
