@@ -1,4 +1,5 @@
-"""`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets (exit 1 on any failure)."""
+"""`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets (exit 1 on any failure);
+`--empirical`: also a membership-inference test of the trained DAE (run at a site: it reads data)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,61 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "audit", help="verify a run's privacy ledgers, recompute epsilon, check budgets",
         description="Verify every privacy/<site>.jsonl hash chain of a run, recompute epsilon with "
-        "an independent accountant, check the budget; writes privacy/audit.json.",
+        "an independent accountant, check the budget; writes privacy/audit.json. Without "
+        "--budget-epsilon, the budgets the sites reported (privacy/heads.json) are checked.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--budget-epsilon", type=float, default=None, help="per-site epsilon budget")
     parser.add_argument("--budget-delta", type=float, default=None, help="per-site delta (default: 1e-5)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    empirical = parser.add_argument_group("empirical audit (membership inference on the trained DAE)")
+    empirical.add_argument("--empirical", action="store_true",
+                           help="membership test: a site's training controls vs held-out controls")
+    empirical.add_argument("--members", metavar="MANIFEST", help="manifest of the controls one site trained on")
+    empirical.add_argument("--nonmembers", metavar="MANIFEST", help="manifest of held-out controls (not trained on)")
+    empirical.add_argument("--cache-dir", default=None, help="prepared-slice cache of those manifests")
+    empirical.add_argument("--weights", choices=("model", "ema"), default="model", help="which weights to attack")
+    empirical.add_argument("--draws", type=int, default=8, help="fixed (t, noise) draws per image")
+    empirical.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
 
+def _reported_budgets(run_dir):
+    from ndae.federation.privacy import load_heads
+
+    budgets = {}
+    for site, head in load_heads(run_dir).items():
+        if "budget_epsilon" in head and head["budget_epsilon"] != "inf":
+            budgets[site] = (float(head["budget_epsilon"]), float(head["delta"]))
+    return budgets or None
+
+
 def run(args) -> int:
+    from ndae.errors import NdaeError
     from ndae.privacy.audit import audit_run, format_report
 
     budgets = None
     if args.budget_epsilon is not None:
         budgets = (args.budget_epsilon, args.budget_delta if args.budget_delta is not None else 1e-5)
+    else:
+        budgets = _reported_budgets(args.run_dir)
     report = audit_run(args.run_dir, budgets)
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
-    return 0 if report["ok"] else 1
+    ok = report["ok"]
+    if args.empirical:
+        from ndae.privacy.empirical import empirical_audit_run, format_empirical
+
+        if not (args.members and args.nonmembers):
+            raise NdaeError("--empirical needs --members MANIFEST and --nonmembers MANIFEST")
+        result = empirical_audit_run(args.run_dir, args.members, args.nonmembers, cache_dir=args.cache_dir,
+                                     weights=args.weights, seed=args.seed, draws=args.draws)
+        report["empirical"] = result
+        ok = ok and result["below_accounted"]
+    if args.json:
+        from ndae.federation.report import finite_or_null
+
+        print(json.dumps(finite_or_null(report), indent=2, sort_keys=True))
+    else:
+        print(format_report(report))
+        if args.empirical:
+            print(format_empirical(report["empirical"]))
+    return 0 if ok else 1

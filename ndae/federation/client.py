@@ -30,11 +30,30 @@ def handle_site_info(message: Message, context: Context) -> Message:
     return Message(RecordDict({"info": ConfigRecord(site_task.site_info(site))}), reply_to=message)
 
 
+def _privacy(config: FederationConfig, context: Context, site: site_task.SiteData):
+    from ndae.federation.privacy import SitePrivacy
+
+    return SitePrivacy.for_site(config, context.node_config, site.name, int(site.controls.sum()))
+
+
 def handle_train(message: Message, context: Context) -> Message:
     config, site = _site(context)
     settings = message.content["config"]
     round_number = int(settings["server-round"])
     site_task.check_fault(config, site.name, "train", round_number)
+    if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
+        from ndae.federation.privacy import ledger_reply, private_train_round
+
+        privacy = _privacy(config, context, site)
+        weights, metrics, _ = private_train_round(
+            site, message.content["arrays"], json.loads(settings["dae-config"]), privacy,
+            round_number=round_number, rounds=config.rounds, epochs=int(settings["local-epochs"]),
+            seed=int(settings["seed"]), ema_step=int(settings["ema-step"]), device=config.device)
+        train_metrics = {k: metrics[k] for k in ("num-examples", "train-loss", "local-steps")}
+        return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(train_metrics),
+                                   "privacy": ConfigRecord({**ledger_reply(privacy),
+                                                            "noise-multiplier": metrics["noise-multiplier"]})}),
+                       reply_to=message)
     weights, metrics = site_task.train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
         epochs=int(settings["local-epochs"]), seed=int(settings["seed"]), ema_step=int(settings["ema-step"]),
@@ -46,6 +65,15 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     config, site = _site(context)
     site_task.check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
+    if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
+        from ndae.federation.privacy import ledger_reply, private_normative_statistics
+
+        privacy = _privacy(config, context, site)
+        stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
+                                                json.loads(settings["design"]), privacy, seed=config.seed,
+                                                device=config.device)
+        return Message(RecordDict({"stats": arrays_to_record(stats),
+                                   "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
     stats = site_task.normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
                                            json.loads(settings["design"]), device=config.device)
     return Message(RecordDict({"stats": arrays_to_record(stats)}), reply_to=message)
@@ -59,6 +87,13 @@ def handle_deviations(message: Message, context: Context) -> Message:
     normative = config_to_normative(message.content["normative"])
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
+    if config.privacy and bool(settings["share-rows"]) and not _privacy(config, context, site).allow_pooled_scores:
+        from ndae.federation.privacy import PooledScoresNotAllowed
+
+        # Pooled scores are a non-DP release of the patients' rows: only with the site's consent.
+        raise PooledScoresNotAllowed(
+            f"site {site.name!r} refuses to share patients' deviation scores in a private run: its policy "
+            f"does not allow pooled scores (node config allow-pooled-scores=true to allow; or survival-mode federated)")
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
     moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
     reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),

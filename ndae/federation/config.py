@@ -13,7 +13,8 @@ from typing import Any, Mapping
 from ndae.errors import NdaeError
 
 STRATEGIES = ("fedavg", "fedadam", "fedprox")
-SURVIVAL_MODES = ("pooled", "federated")
+SURVIVAL_MODES = ("auto", "pooled", "federated")  # auto: federated in a private run, else pooled
+DP_MODES = ("hooks", "functorch", "ghost")
 PHASES = ("site_info", "train", "normative_stats", "deviations", "cox_terms", "risk_summary")
 
 
@@ -32,11 +33,26 @@ class FederationConfig:
     server_learning_rate: float = 0.01  # FedAdam's eta
     min_sites: int = 2
     round_timeout: float = 900.0  # seconds the server waits for the sites' replies in one round
-    survival_mode: str = "pooled"
+    survival_mode: str = "auto"
     survival_features: str = "cosine,mahalanobis"  # deviation scores in the Cox model (+ age, sex)
     seed: int = 0
     resume: bool = True  # continue from RUN/dae/checkpoint.pt when it exists
     device: str = "auto"
+    # Differential privacy at the sites (ndae.federation.privacy). Site-side keys: a SuperNode's
+    # node config may set privacy-dir, allow-pooled-scores and a stricter budget-epsilon/-delta.
+    privacy: bool = False
+    noise_multiplier: float = 1.0  # DP-SGD sigma / max-grad-norm (used when target-epsilon = 0)
+    max_grad_norm: float = 1.0  # per-sample gradient clip
+    target_epsilon: float = 0.0  # > 0: solve the DP-SGD noise so this run (all rounds + moments) reaches it
+    delta: float = 0.0  # 0 = 1 / (10 n_site controls)
+    budget_epsilon: float = 10.0  # the site refuses any release that would take it past this (0 = no limit)
+    budget_delta: float = 0.0  # 0 = delta
+    dp_mode: str = "hooks"  # Opacus per-sample gradients: hooks (fastest on the tiny DAE), functorch, ghost
+    moments_noise_multiplier: float = 5.0  # Gaussian noise on the moments, in units of their sensitivity
+    moments_covariate_clip: float = 2.5  # L2 clip of each control's design row (intercept, age basis, sex): ~1.5-2.3
+    moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem (tiny DAE: ‖z_sem‖ ≈ 2.6; raise for paper)
+    privacy_dir: str = ""  # folder of the site ledgers <site>.jsonl ("" = run-dir/privacy in simulation)
+    allow_pooled_scores: bool = False  # private run + pooled survival: only sites that allow it share scores
     # Test hooks: make one site raise in one phase (and training round), or stop the server
     # right after a round's checkpoint as if it had been killed.
     fault_site: str = ""
@@ -55,8 +71,24 @@ class FederationConfig:
             raise NdaeError(f"run config 'min-sites' must be >= 1, got {self.min_sites}")
         if self.fault_phase and self.fault_phase not in PHASES:
             raise NdaeError(f"run config 'fault-phase' must be one of {PHASES}, got {self.fault_phase!r}")
+        if self.dp_mode not in DP_MODES:
+            raise NdaeError(f"run config 'dp-mode' must be one of {DP_MODES}, got {self.dp_mode!r}")
+        if self.privacy:
+            if self.max_grad_norm <= 0 or self.noise_multiplier < 0 or self.moments_noise_multiplier < 0:
+                raise NdaeError("run config: max-grad-norm must be > 0, noise multipliers >= 0")
+            if self.moments_covariate_clip <= 0 or self.moments_latent_clip <= 0:
+                raise NdaeError("run config: moments-covariate-clip and moments-latent-clip must be > 0")
+            if self.strategy == "fedprox":
+                raise NdaeError("run config: fedprox's proximal gradient term is not supported under DP-SGD "
+                                "(it would bypass per-sample clipping); use fedavg or fedadam")
         if not self.features:
             raise NdaeError("run config 'survival-features' names no deviation score")
+
+    @property
+    def effective_survival_mode(self) -> str:
+        if self.survival_mode != "auto":
+            return self.survival_mode
+        return "federated" if self.privacy else "pooled"
 
     @property
     def features(self) -> list[str]:

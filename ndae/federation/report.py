@@ -153,6 +153,17 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
                          f"{entry['reason'].splitlines()[0][:160] if entry['reason'] else ''} |")
     else:
         lines.append("None: every site answered every phase.")
+    if "privacy" in summary:
+        lines += ["", "## Privacy (per site, from its hash-chained ledger)", "",
+                  f"DP-SGD (Opacus `{config.dp_mode}`, max-grad-norm {config.max_grad_norm:g}) and Gaussian "
+                  f"normative moments (noise multiplier {config.moments_noise_multiplier:g}, clips: design row "
+                  f"{config.moments_covariate_clip:g}, z_sem {config.moments_latent_clip:g}); epsilon composed over "
+                  "every release of the site (RDP). `ndae audit RUN` verifies the chains against `privacy/heads.json`.", "",
+                  "| site | epsilon spent | delta | budget epsilon | releases | final ledger hash |",
+                  "|---|---|---|---|---|---|"]
+        for site, head in sorted(summary["privacy"].items()):
+            lines.append(f"| {site} | {_fmt(head.get('epsilon'), 4)} | {head.get('delta', 0):.3g} | "
+                         f"{_fmt(head.get('budget_epsilon'))} | {head.get('entries')} | `{head.get('final_hash')}` |")
     lines += ["", "## DAE training (per round)", "", "| round | sites | mean loss | seconds |", "|---|---|---|---|"]
     for entry in metrics:
         if entry.get("phase") == "dae":

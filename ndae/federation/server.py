@@ -89,9 +89,13 @@ class Federation:
     """One federated run over a Flower `Grid` (real, simulated, or `InProcessGrid`)."""
 
     def __init__(self, grid, config: FederationConfig, log: Callable[[str], None] = print):
+        from dataclasses import replace
+
+        config = replace(config, survival_mode=config.effective_survival_mode)  # auto -> pooled / federated
         self.grid, self.config, self.log = grid, config, log
         self.run_dir = Path(config.run_dir).expanduser().resolve()
         self.state = RunState()
+        self.privacy_heads: dict[str, dict] = {}  # site -> its ledger head, epsilon (private runs)
         self.timings: dict[str, float] = {}
 
     # ---- messaging -------------------------------------------------------------------------
@@ -115,6 +119,7 @@ class Federation:
         for site, reason in sorted(missing.items()):
             self.state.missing.append({"phase": phase, "round": round_number, "site": site, "reason": reason[:500]})
             self.log(f"[{phase}{' round ' + str(round_number) if round_number else ''}] site {site} left out: {reason[:200]}")
+        self._record_privacy(ok)  # releases that reached us count, even if the phase fails below
         if len(ok) < self.config.min_sites:
             raise FederationError(
                 f"phase {phase}{' round ' + str(round_number) if round_number else ''}: {len(ok)} site(s) answered "
@@ -130,6 +135,10 @@ class Federation:
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.privacy:
+            from ndae.federation.privacy import load_heads
+
+            self.privacy_heads = load_heads(self.run_dir)  # a resumed run keeps the heads it had
         self._status("running")
         try:
             summary = self._run()
@@ -171,6 +180,8 @@ class Federation:
         summary = {"sites": self.state.info, "missing": self.state.missing, "timings": self.timings,
                    "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names)},
                    "survival": survival, "participation": self.state.participation}
+        if self.config.privacy:
+            summary["privacy"] = self.privacy_heads
         write_report(self.run_dir, self.config, summary, self._metrics())
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
@@ -274,6 +285,10 @@ class Federation:
             "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict())})})
         result = self._query("normative_stats", content)
         stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
+        if self.config.privacy and self.config.moments_noise_multiplier > 0:  # noised sums -> valid fit input
+            from ndae.federation.privacy import postprocess_noisy_stats
+
+            stats = postprocess_noisy_stats(stats)
         feature_names = [f"z_sem_{k}" for k in range(stats.n_features)]
         normative = NormativeModel.from_stats(stats, feature_names)
         normative.save(self.run_dir / "normative")
@@ -395,6 +410,16 @@ class Federation:
             except _SiteDropped:
                 active = [s for s in active if s not in failed]
                 self.log(f"federated Cox: restarting without {failed}")
+
+    def _record_privacy(self, replies: dict[str, RecordDict]) -> None:
+        """Private runs: each answering site's ledger head and epsilon -> privacy/heads.json."""
+        if not self.config.privacy:
+            return
+        from ndae.federation.privacy import record_site_ledger
+
+        for content in replies.values():
+            if "privacy" in content:
+                record_site_ledger(self.run_dir, self.privacy_heads, content["privacy"])
 
     # ---- metrics.jsonl ----------------------------------------------------------------------
     def _metrics(self) -> list[dict]:

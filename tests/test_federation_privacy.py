@@ -1,0 +1,221 @@
+"""Privacy wired into the federated run, in process (InProcessGrid runs the real ClientApp code).
+
+Each site trains on 5 of its 7 controls; the other 2 are held out for the membership audit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ndae.federation.config import FederationConfig
+from ndae.federation.inprocess import InProcessGrid
+from ndae.federation.server import FederationError, run_federation
+from ndae.federation.synthetic import make_synthetic_cohort
+from ndae.privacy.accountant import epsilon_of
+from ndae.privacy.audit import audit_run
+from ndae.privacy.ledger import read_ledger
+
+SITES = ("site1", "site2", "site3")
+BUDGET = 50.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fedprivacy")
+    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=7, patients_per_site=4, seed=2)
+    for site in SITES:  # split/<site>/ sits as deep as sites/<site>/: relative image paths still resolve
+        manifest = pd.read_csv(root / "cohort" / "sites" / site / "manifest.csv")
+        controls = manifest[manifest["group"] == "control"]
+        out = root / "cohort" / "split" / site
+        out.mkdir(parents=True)
+        pd.concat([controls.iloc[:5], manifest[manifest["group"] != "control"]]).to_csv(out / "train.csv", index=False)
+        controls.iloc[:5].to_csv(out / "members.csv", index=False)
+        controls.iloc[5:].to_csv(out / "heldout.csv", index=False)
+    return root
+
+
+def _grid(cohort, config, node_overrides=None):
+    grid = InProcessGrid([cohort / "cohort" / "split" / s / "train.csv" for s in SITES], config.to_run_config())
+    for context in grid.contexts.values():
+        site = context.node_config["manifest"].split("/")[-2]
+        context.node_config.update((node_overrides or {}).get(site, {}))
+    return grid
+
+
+def _run(cohort, name, node_overrides=None, **overrides):
+    run_dir = cohort / name
+    settings = dict(rounds=1, batch_size=4, seed=3, privacy=True, budget_epsilon=BUDGET,
+                    privacy_dir=str(run_dir / "privacy"), cache_dir=str(cohort / "cache"))
+    settings.update(overrides)
+    config = FederationConfig(run_dir=str(run_dir), **settings)
+    return run_federation(_grid(cohort, config, node_overrides), config, log=lambda _: None), run_dir
+
+
+@pytest.fixture(scope="module")
+def private_run(cohort):
+    return _run(cohort, "private")
+
+
+def _copy_run(source, target):
+    shutil.copytree(source / "dae", target / "dae")
+    shutil.copytree(source / "privacy", target / "privacy")
+
+
+def test_private_run_writes_ledgers_and_the_audit_recomputes_the_reported_epsilon(private_run):
+    summary, run = private_run
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert summary["survival"]["mode"] == "federated"  # the private default: no row leaves a site
+    assert not (run / "deviations.csv").exists()
+    heads = json.loads((run / "privacy" / "heads.json").read_text())
+    assert sorted(heads) == list(SITES) == sorted(summary["privacy"])
+    report = audit_run(run, {s: (BUDGET, heads[s]["delta"]) for s in SITES})
+    assert report["ok"], report
+    for site in SITES:
+        entries = read_ledger(run / "privacy" / f"{site}.jsonl", heads[site]["final_hash"])
+        assert [e["mechanism"] for e in entries] == ["dp-sgd", "gaussian-moments"]
+        assert entries[0]["records_touched"] == 5 and entries[0]["details"]["round"] == 1
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+        recomputed = epsilon_of(history, heads[site]["delta"], "rdp")
+        assert heads[site]["delta"] == pytest.approx(1 / 50)  # 1 / (10 n_site)
+        assert summary["privacy"][site]["epsilon"] == pytest.approx(recomputed, rel=1e-9)
+        assert report["sites"][site]["epsilon_reported"] == pytest.approx(recomputed, rel=1e-9)
+        assert 0 < recomputed < BUDGET
+    text = (run / "report.md").read_text()
+    assert "## Privacy" in text and all(heads[s]["final_hash"] in text for s in SITES)
+
+
+def test_ndae_audit_reads_the_reported_budgets_and_detects_a_truncated_ledger(private_run, cohort, capsys):
+    from ndae.cli import main
+
+    _, run = private_run
+    assert main(["audit", str(run)]) == 0
+    assert "budget epsilon 50" in capsys.readouterr().out
+    copy = cohort / "truncated"
+    _copy_run(run, copy)
+    ledger = copy / "privacy" / "site2.jsonl"
+    ledger.write_text(ledger.read_text().splitlines(keepends=True)[0])  # drop the last line
+    assert main(["audit", str(copy)]) == 1
+    assert "cut off the end" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_site_over_budget_is_refused_and_the_run_goes_on_without_it(private_run, cohort):
+    summary, source = private_run
+    run = cohort / "over-budget"
+    _copy_run(source, run)
+    before = {s: (run / "privacy" / f"{s}.jsonl").read_bytes() for s in SITES}
+    # site2's own budget (node config) leaves room for nothing more
+    tight = summary["privacy"]["site2"]["epsilon"] + 0.01
+    summary, run = _run(cohort, "over-budget", {"site2": {"budget-epsilon": tight}}, rounds=2, min_sites=2)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    refused = [m for m in summary["missing"] if m["site"] == "site2"]
+    assert {m["phase"] for m in refused} == {"train", "normative_stats"}
+    reason = refused[0]["reason"]
+    assert "PrivacyBudgetExceeded: site 'site2'" in reason and "would bring epsilon to" in reason
+    assert f"over the budget epsilon {tight:g}" in reason
+    assert (run / "privacy" / "site2.jsonl").read_bytes() == before["site2"]  # nothing written on refusal
+    for site in ("site1", "site3"):  # append-only: the old lines are byte-identical
+        after = (run / "privacy" / f"{site}.jsonl").read_bytes()
+        assert after.startswith(before[site]) and len(after.splitlines()) == 4
+    assert summary["participation"] == {"site1": 2, "site2": 1, "site3": 2}
+    assert summary["normative"]["sites"] == ["site1", "site3"]
+    assert audit_run(run)["ok"]
+
+
+def test_too_few_sites_within_budget_stops_cleanly_and_keeps_every_file(private_run, cohort):
+    summary, source = private_run
+    run = cohort / "stopped"
+    _copy_run(source, run)
+    files = [run / "dae" / "checkpoint.pt", *(run / "privacy" / f"{s}.jsonl" for s in SITES),
+             run / "privacy" / "heads.json"]
+    before = {path: path.read_bytes() for path in files}
+    tight = summary["privacy"]["site2"]["epsilon"] + 0.01
+    with pytest.raises(FederationError, match="fewer than min-sites = 3"):
+        _run(cohort, "stopped", {"site2": {"budget-epsilon": tight}}, rounds=2, min_sites=3)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "PrivacyBudgetExceeded" in json.dumps(status["missing"])
+    assert (run / "dae" / "checkpoint.pt").read_bytes() == before[run / "dae" / "checkpoint.pt"]
+    assert (run / "privacy" / "site2.jsonl").read_bytes() == before[run / "privacy" / "site2.jsonl"]
+    for site in ("site1", "site3"):  # they trained round 2 before the server stopped: appended, not rewritten
+        assert (run / "privacy" / f"{site}.jsonl").read_bytes().startswith(before[run / "privacy" / f"{site}.jsonl"])
+    assert audit_run(run)["ok"]  # heads.json moved on with the appended lines; every chain verifies
+
+
+@pytest.mark.slow
+def test_dp_moments_with_zero_noise_give_the_exact_federated_normative_fit(private_run, cohort):
+    """Same global DAE (resumed, no training): private moments with noise 0 and clips that bind
+    nothing == the plain federated moments, so the normative model is unchanged."""
+    from ndae.normative import NormativeModel
+
+    _, source = private_run
+    for name in ("exact", "zero-noise"):
+        shutil.copytree(source / "dae", cohort / name / "dae")
+    _run(cohort, "exact", privacy=False)
+    _run(cohort, "zero-noise", moments_noise_multiplier=0.0, moments_covariate_clip=1e6,
+         moments_latent_clip=1e6, budget_epsilon=0.0)  # 0 = no limit: a noise-free release has epsilon inf
+    with np.load(cohort / "exact" / "normative" / "sufficient_stats.npz") as a, \
+            np.load(cohort / "zero-noise" / "normative" / "sufficient_stats.npz") as b:
+        for key in ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-10, atol=1e-10, err_msg=key)
+    exact, private = (NormativeModel.load(cohort / n / "normative") for n in ("exact", "zero-noise"))
+    np.testing.assert_allclose(private.beta, exact.beta, rtol=1e-9, atol=1e-10)
+    entries = read_ledger(cohort / "zero-noise" / "privacy" / "site1.jsonl")
+    assert entries[-1]["mechanism"] == "gaussian-moments" and entries[-1]["epsilon_spent_so_far"] == "inf"
+
+
+@pytest.mark.slow
+def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, cohort):
+    _, source = private_run
+    run = cohort / "pooled"
+    _copy_run(source, run)
+    own = cohort / "site1-own-ledger"  # site1 keeps its ledger in its own folder: the run gets a verified copy
+    summary, _ = _run(cohort, "pooled", {"site1": {"allow-pooled-scores": "true", "privacy-dir": str(own)},
+                                         "site3": {"allow-pooled-scores": "true"}},
+                      survival_mode="pooled", min_sites=2, moments_noise_multiplier=0.0, budget_epsilon=0.0)
+    refused = [m for m in summary["missing"] if m["phase"] == "deviations"]
+    assert [m["site"] for m in refused] == ["site2"] and "PooledScoresNotAllowed" in refused[0]["reason"]
+    assert summary["survival"]["counts"].keys() == {"site1", "site3"}
+    assert (run / "privacy" / "site1.jsonl").read_bytes() == (own / "site1.jsonl").read_bytes()
+    assert len(read_ledger(own / "site1.jsonl", summary["privacy"]["site1"]["final_hash"])) == 1
+
+
+def test_empirical_audit_stays_below_the_accounted_epsilon(private_run, cohort, capsys):
+    from ndae.cli import main
+
+    _, run = private_run
+    split = cohort / "cohort" / "split" / "site1"
+    code = main(["audit", str(run), "--empirical", "--members", str(split / "members.csv"),
+                 "--nonmembers", str(split / "heldout.csv"), "--cache-dir", str(cohort / "cache"), "--draws", "4"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads((run / "privacy" / "empirical.json").read_text())
+    assert result["site"] == "site1" and result["n_members"] == 5 and result["n_nonmembers"] == 2
+    assert 0 <= result["epsilon_lower_bound"] <= result["epsilon_accounted"]
+    assert result["epsilon_accounted"] == pytest.approx(json.loads(
+        (run / "privacy" / "heads.json").read_text())["site1"]["epsilon"], rel=1e-9)
+    assert "empirical audit (site site1" in out
+
+
+def test_denoising_scores_are_seeded_and_shared_by_every_image():
+    from ndae.model import build_model, preset
+    from ndae.privacy.empirical import denoising_scores
+
+    cfg = preset("tiny").with_data_shape(1)
+    images = torch.rand(3, 1, *cfg.model.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = build_model(cfg, seed=0)
+    a = denoising_scores(model, images, seed=1, draws=2)
+    np.testing.assert_array_equal(a, denoising_scores(model, images, seed=1, draws=2))
+    assert not np.array_equal(a, denoising_scores(model, images, seed=2, draws=2))
+    # an image's score does not depend on which other images are scored with it
+    np.testing.assert_allclose(denoising_scores(model, images[1:], seed=1, draws=2), a[1:], rtol=1e-5)
