@@ -24,7 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--local-epochs", type=int, default=DEFAULT_LOCAL_EPOCHS,
                         help=f"local epochs per round (default {DEFAULT_LOCAL_EPOCHS})")
     parser.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedadam", "fedprox"))
-    parser.add_argument("--survival-mode", default="pooled", choices=("pooled", "federated"))
+    parser.add_argument("--survival-mode", default="auto", choices=("auto", "pooled", "federated"),
+                        help="auto: federated in a private run, pooled otherwise")
+    parser.add_argument("--privacy", action="store_true",
+                        help="privacy-audited run: DP-SGD at every site, noised normative moments, per-site ledgers "
+                        "(check afterwards with `ndae audit RUN`)")
+    parser.add_argument("--target-epsilon", type=float, default=8.0,
+                        help="with --privacy: the epsilon this run may spend per site (default 8)")
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the demo scans")
@@ -39,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
                       strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
-                      max_subjects=args.max_subjects, jobs=args.jobs, in_process=args.in_process)
+                      max_subjects=args.max_subjects, jobs=args.jobs, in_process=args.in_process,
+                      privacy=args.privacy, target_epsilon=args.target_epsilon)
     print(f"report: {report}")
     return 0

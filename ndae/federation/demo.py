@@ -13,10 +13,11 @@ DEFAULT_ROUNDS = 4
 DEFAULT_LOCAL_EPOCHS = 10  # ~250 local steps per site in all: the DAE learns anatomy, demo stays < 15 min
 
 
-def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs: int = DEFAULT_LOCAL_EPOCHS, strategy: str = "fedavg",
-             survival_mode: str = "pooled", preset: str = "tiny", seed: int = 0, max_subjects: int | None = None,
-             jobs: int = 2, in_process: bool = False, healthy: str | Path | None = None,
-             log=print) -> Path:
+def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
+             local_epochs: int = DEFAULT_LOCAL_EPOCHS, strategy: str = "fedavg", survival_mode: str = "auto",
+             preset: str = "tiny", seed: int = 0, max_subjects: int | None = None, jobs: int = 2,
+             in_process: bool = False, privacy: bool = False, target_epsilon: float = 8.0,
+             healthy: str | Path | None = None, log=print) -> Path:
     from ndae.cohort import CohortConfig, generate_cohort
 
     out = Path(out).expanduser().resolve()
@@ -36,7 +37,8 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS, l
     n_sites = sum(1 for p in (cohort_dir / "sites").iterdir() if (p / "manifest.csv").exists())
     config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
                               dae_preset=preset, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
-                              survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites))
+                              survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites),
+                              privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0)
     if in_process:
         from ndae.federation.inprocess import InProcessGrid
         from ndae.federation.server import run_federation
