@@ -191,21 +191,14 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     PrivacyBudgetExceeded (nothing written) if the round would take the site past its budget."""
     import torch
 
-    from ndae.federation.records import dae_to_record, record_to_dae
-    from ndae.federation.site import build_dae, resolve_device, site_seed
-    from ndae.model import make_optimizer, prepare_images
+    from ndae.federation.records import dae_to_record
+    from ndae.federation.site import resolve_device, site_seed, start_local_round
+    from ndae.model import make_optimizer
     from ndae.privacy.opacus_training import make_private
 
     dev = resolve_device(device)
-    model, ema = build_dae(dae_config, dev)
-    record_to_dae(weights, model, ema)
-    ema.step = int(ema_step)
-    cfg = model.config
-    control = site.controls
-    n = int(control.sum())
-    if n == 0:
-        raise NdaeError(f"site {site.name!r} has no controls to train on")
-    x = prepare_images(site.data.images[control], cfg)
+    model, ema, control, x = start_local_round(site, weights, dae_config, ema_step, device)
+    cfg, n = model.config, int(control.sum())
     tensors = [x]
     if cfg.model.age_conditioned:
         tensors.append(torch.as_tensor(np.asarray(site.data.ages, np.float32)[control]))

@@ -117,6 +117,23 @@ def site_seed(seed: int, round_number: int, site_name: str) -> int:
     return (seed * 1_000_003 + round_number * 7919 + zlib.crc32(site_name.encode())) % 2**31
 
 
+def start_local_round(site: SiteData, weights, dae_config: dict, ema_step: int, device: str = "auto"):
+    """A fresh local DAE holding the global weights, and the site's control images for training.
+
+    Returns (model, ema, control mask, control images); plain and DP-SGD rounds both start here.
+    """
+    from ndae.federation.records import record_to_dae
+    from ndae.model import prepare_images
+
+    model, ema = build_dae(dae_config, resolve_device(device))
+    record_to_dae(weights, model, ema)
+    ema.step = int(ema_step)
+    control = site.controls
+    if not control.any():
+        raise NdaeError(f"site {site.name!r} has no controls to train on")
+    return model, ema, control, prepare_images(site.data.images[control], model.config)
+
+
 def train_round(site: SiteData, weights, dae_config: dict, *, round_number: int, epochs: int, seed: int,
                 ema_step: int, proximal_mu: float = 0.0, device: str = "auto"):
     """E local epochs of DAE training from the global weights; returns (weights record, metrics).
@@ -126,19 +143,11 @@ def train_round(site: SiteData, weights, dae_config: dict, *, round_number: int,
     """
     import torch
 
-    from ndae.federation.records import dae_to_record, record_to_dae
-    from ndae.model import batch_iterator, make_optimizer, prepare_images, train_steps
+    from ndae.federation.records import dae_to_record
+    from ndae.model import batch_iterator, make_optimizer, train_steps
 
-    dev = resolve_device(device)
-    model, ema = build_dae(dae_config, dev)
-    record_to_dae(weights, model, ema)
-    ema.step = int(ema_step)
-    cfg = model.config
-    control = site.controls
-    n = int(control.sum())
-    if n == 0:
-        raise NdaeError(f"site {site.name!r} has no controls to train on")
-    x = prepare_images(site.data.images[control], cfg)
+    model, ema, control, x = start_local_round(site, weights, dae_config, ema_step, device)
+    cfg, n = model.config, int(control.sum())
     ages = np.asarray(site.data.ages, np.float32)[control] if cfg.model.age_conditioned else None
     local_seed = site_seed(seed, round_number, site.name)
     generator = torch.Generator().manual_seed(local_seed)
