@@ -7,14 +7,14 @@ age probe (standardised z_sem, ridge with its penalty chosen inside each trainin
 trained encoder vs the same encoder at random initialisation. Also training and encoding
 images/s. Writes `benchmarks/results/dae.md`.
 
-    python benchmarks/bench_dae.py [--minutes 8] [--threads 1]
+    python -m benchmarks.bench_dae [--preset tiny-ventricle] [--minutes 8] [--steps N] [--batch-size B]
+        [--channels 1] [--probe-every 100] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataclasses import replace
+
+from benchmarks.common import write_section
 from ndae.io import atomic_write_text
 from ndae.model import (
     EMA, batch_iterator, build_model, decode, encode, invert, make_optimizer, prepare_images, prepare_masks, preset,
@@ -110,7 +116,14 @@ def run(args) -> dict:
     control = np.asarray(data.groups) == "control"
     images, masks, ages = data.images[control], data.masks[control], np.asarray(data.ages, float)[control]
     train_idx, held_idx = stratified_split(ages)
-    config = preset(args.preset).with_data_shape(images.shape[1])
+    config = preset(args.preset)
+    if args.channels is not None:
+        config = replace(config, model=replace(config.model, slice_channels=tuple(args.channels)))
+    if args.batch_size is not None:
+        config = replace(config, train=replace(config.train, batch_size=args.batch_size))
+    config = config.with_data_shape(images.shape[1])
+    if config.model.slice_channels is not None:  # brain mask of the slices the DAE sees
+        masks = (images[:, list(config.model.slice_channels)] > -1.0).any(axis=1, keepdims=True)
     generator = set_seed(args.seed)
     model = build_model(config, seed=args.seed)
     ema = EMA(model, config.train.ema_decay, config.train.ema_warmup)
@@ -118,11 +131,21 @@ def run(args) -> dict:
     x_train = prepare_images(images[train_idx], config)
     batches = batch_iterator(x_train, None, config.train.batch_size, generator, config.train.flip_augment)
 
+    x_all = prepare_images(images, config)
+    probe_curve = []  # (step, trained-EMA-encoder age-probe r): is the latent still improving?
     losses: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < args.minutes * 60 and len(losses) < args.max_steps:
-        losses += train_steps(model, ema, optimizer, batches, 10, generator=generator, grad_clip=config.train.grad_clip)
-    train_seconds = time.perf_counter() - start
+    start, probe_seconds = time.perf_counter(), 0.0
+    max_steps = args.steps if args.steps is not None else args.max_steps
+    while time.perf_counter() - start - probe_seconds < args.minutes * 60 and len(losses) < max_steps:
+        losses += train_steps(model, ema, optimizer, batches, min(10, max_steps - len(losses)),
+                              generator=generator, grad_clip=config.train.grad_clip)
+        if args.probe_every and len(losses) % args.probe_every == 0:
+            t0 = time.perf_counter()
+            probe_curve.append((len(losses), age_probe(encode(ema.model, x_all).numpy(), ages, repeats=3)["r"]))
+            print(f"step {len(losses)}: loss {np.mean(losses[-10:]):.3f}, age probe r {probe_curve[-1][1]:.3f}",
+                  flush=True)
+            probe_seconds += time.perf_counter() - t0
+    train_seconds = time.perf_counter() - start - probe_seconds
     train_ips = len(losses) * config.train.batch_size / train_seconds
 
     held = prepare_images(images[held_idx], config)
@@ -136,6 +159,8 @@ def run(args) -> dict:
               "parameters": net.num_parameters(), "loss_first10": float(np.mean(losses[:10])),
               "loss_last50": float(np.mean(losses[-50:])), "n_train": len(train_idx), "n_held": len(held_idx),
               "image_size": list(config.model.image_size), "in_channels": config.model.in_channels,
+              "slice_channels": None if config.model.slice_channels is None else list(config.model.slice_channels),
+              "probe_curve": probe_curve, "seed": args.seed,
               "loss_weight_cap": config.diffusion.loss_weight_cap}
 
     for steps in args.inversion_steps:
@@ -164,32 +189,35 @@ def run(args) -> dict:
     result["epsilon_mse_swapped_z_sem"] = float(swapped.mean())
     result["own_z_sem_better_fraction"] = float((own < swapped).float().mean())
 
-    z_all_trained = encode(net, prepare_images(images, config)).numpy()
+    z_all_trained = encode(net, x_all).numpy()
     result["z_sem_effective_rank"] = effective_rank(z_all_trained)
     result["age_probe_trained"] = age_probe(z_all_trained, ages)
     random_probes = []
     for seed in range(args.random_inits):
         random_net = build_model(config, seed=1000 + seed)
-        random_probes.append(age_probe(encode(random_net, prepare_images(images, config)).numpy(), ages))
+        random_probes.append(age_probe(encode(random_net, x_all).numpy(), ages))
     result["age_probe_random"] = {k: float(np.mean([p[k] for p in random_probes])) for k in random_probes[0]}
     if args.paper_throughput:
         result["paper_cpu"] = paper_throughput(images.shape[1])
     result["random_inits"] = args.random_inits
     result["age_probe_random_r_range"] = [float(min(p["r"] for p in random_probes)),
                                           float(max(p["r"] for p in random_probes))]
+    result["age_probe_random_each"] = [{"seed": 1000 + i, "r": p["r"], "mae": p["mae"]} for i, p in enumerate(random_probes)]
     return result
 
 
-def write_report(result: dict, path: Path, threads: int) -> None:
+def write_report(result: dict, threads: int, out: str | None = None) -> Path:
     tr, rd = result["age_probe_trained"], result["age_probe_random"]
     steps = sorted(int(k.rsplit("_", 1)[1]) for k in result if k.startswith("psnr_brain_") and k[-1].isdigit())
+    slices = ("all prepared slices" if result["slice_channels"] is None
+              else f"slice channel(s) {result['slice_channels']} of the prepared slices")
+    beats = [p["r"] for p in result["age_probe_random_each"]]
     lines = [
-        "## Diffusion autoencoder (`benchmarks/bench_dae.py`)", "",
-        f"CPU ({platform.processor() or platform.machine()}, {threads} thread(s), shared machine), preset "
-        f"`{result['preset']}` ({result['parameters']['total']:,} parameters; {result['in_channels']} slices at "
+        f"CPU, {threads} thread(s), shared machine; preset `{result['preset']}` "
+        f"({result['parameters']['total']:,} parameters; {slices}: {result['in_channels']} channel(s) at "
         f"{result['image_size'][0]}×{result['image_size'][1]}), trained {result['steps']} steps × "
         f"{result['batch_size']} on {result['n_train']} IXI controls in {result['train_seconds'] / 60:.1f} min; "
-        f"evaluated on {result['n_held']} age-stratified held-out controls. EMA weights.", "",
+        f"evaluated on {result['n_held']} age-stratified held-out controls. EMA weights. Seed {result['seed']}.", "",
         "| measure | value |", "|---|---|",
         f"| training images/s | {result['train_images_per_s']:.1f} |",
         f"| encode (z_sem) images/s | {result['encode_images_per_s']:.1f} |",
@@ -208,7 +236,13 @@ def write_report(result: dict, path: Path, threads: int) -> None:
         f"| age probe, random-init encoder (mean of {result['random_inits']} "
         f"seeds, r range {result['age_probe_random_r_range'][0]:.2f}–{result['age_probe_random_r_range'][1]:.2f}): r / MAE | "
         f"{rd['r']:.2f} / {rd['mae']:.1f} y |",
+        f"| age probe r, each random-init seed ({', '.join(str(p['seed']) for p in result['age_probe_random_each'])}) | "
+        f"{', '.join(f'{r:.2f}' for r in beats)} |",
+        f"| trained encoder beats every random-init seed on the age probe (r) | "
+        f"{'yes' if tr['r'] > max(beats) else 'no'} |",
         f"| age, predicting the training-fold mean: MAE | {tr['mean_mae']:.1f} y |",
+        *([f"| age probe r of the EMA encoder during training (step: r, 5-fold × 3) | "
+           f"{', '.join(f'{s}: {r:.2f}' for s, r in result['probe_curve'])} |"] if result.get("probe_curve") else []),
         *([f"| `paper` preset on this CPU ({result['paper_cpu']['parameters']:,} parameters): training / encode "
            f"images/s | {result['paper_cpu']['train_images_per_s']:.2f} / {result['paper_cpu']['encode_images_per_s']:.1f} |"]
           if "paper_cpu" in result else []),
@@ -217,8 +251,11 @@ def write_report(result: dict, path: Path, threads: int) -> None:
         "training fold, 5-fold CV × 10 repeats (± = sd over repeats). The encoder was trained without labels "
         "on the training split. Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is shown.", "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines))
+    title = "Diffusion autoencoder (`benchmarks/bench_dae.py`)"
+    if out is None:
+        return write_section("dae", title, "\n".join(lines))
+    atomic_write_text(out, f"## {title}\n\n" + "\n".join(lines) + "\n")
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,16 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--steps", type=int, default=None, help="train exactly this many steps (unless --minutes runs out first)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="slice channels the DAE sees (overrides the preset's slice_channels; 1 = lateral ventricles)")
+    parser.add_argument("--probe-every", type=int, default=0, help="age-probe the EMA encoder every N steps (0: off)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-inits", type=int, default=5)
     parser.add_argument("--inversion-steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--paper-throughput", action="store_true", help="also time the paper preset on CPU")
-    parser.add_argument("--out", default=str(RESULTS / "dae.md"))
+    parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/dae.md with provenance)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
     result = run(args)
-    write_report(result, Path(args.out), args.threads)
+    write_report(result, args.threads, args.out)
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -67,3 +67,27 @@ def test_train_without_controls_fails_with_a_message(small_manifest, tmp_path, c
 def test_encode_without_a_checkpoint_fails_with_a_message(small_manifest, tmp_path, capsys):
     assert main(["encode", "--run", str(tmp_path / "nothing"), "--manifest", str(small_manifest), "--quiet"]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_tiny_ventricle_preset_trains_and_encodes_on_one_slice(tmp_path):
+    """`slice_channels` picks the ventricle slice out of the four prepared ones, train to encode."""
+    import pandas as pd
+
+    from ndae.data.demo import demo_manifest_path
+    from ndae.data.manifest import read_manifest
+    from ndae.model.config import preset
+    from ndae.errors import NdaeError
+    from ndae.model.run import encode_run, train_run
+
+    manifest = read_manifest(demo_manifest_path()).iloc[:5]
+    path = tmp_path / "manifest.csv"
+    manifest.to_csv(path, index=False)
+    run = tmp_path / "run"
+    train_run(path, run, "tiny-ventricle", steps=2, cache_dir=tmp_path / "cache", progress=False, figure_steps=2)
+    config = preset("tiny-ventricle").with_data_shape(4)
+    assert config.model.in_channels == 1 and config.model.slice_channels == (1,)
+    latents = np.load(encode_run(run, path, cache_dir=tmp_path / "cache", steps=2, progress=False))
+    assert latents["x_T"].shape == (5, 1, 64, 56) and latents["z_sem"].shape == (5, config.model.z_sem_dim)
+    with pytest.raises(NdaeError, match="slice_channels"):
+        preset("tiny-ventricle").with_data_shape(1)
+    assert list(pd.Series(latents["subject"])) == list(manifest["subject"])

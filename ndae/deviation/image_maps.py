@@ -76,9 +76,12 @@ def write_deviation_maps(run: str | Path, manifest: str | Path, out: str | Path 
                          align_corners=False).numpy()
 
     grid = output_grid()
+    # The DAE may use only some of the prepared slices (config.model.slice_channels).
+    channels = list(config.model.slice_channels or range(data.images.shape[1]))
     rows = []
     for index, subject in enumerate(data.subjects):
         prepared = load_prepared(cache_dir, subject)
+        prepared.slices, prepared.slice_z_mm = prepared.slices[channels], prepared.slice_z_mm[channels]
         brain = prepared.slices > -1.0
         subject_map = np.where(brain, maps[index], 0.0)
         label_slices = np.round(extract_axial_slices(prepared.labels.astype(np.float32), grid, prepared.slice_z_mm))

@@ -89,7 +89,7 @@ def train_run(manifest: str | Path, out: str | Path, config: str | DAEConfig = "
         ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
         optimizer = make_optimizer(model, cfg)
         start, losses = 0, []
-    if images.shape[1] != cfg.model.in_channels:
+    if cfg.with_data_shape(images.shape[1]).model.in_channels != cfg.model.in_channels:
         raise NdaeError(f"{manifest}: slices have {images.shape[1]} channels, the checkpoint expects "
                         f"{cfg.model.in_channels}")
     if cfg.model.spatial_dims != 2:
@@ -184,7 +184,7 @@ def encode_run(run: str | Path, manifest: str | Path, out: str | Path | None = N
     state = load_checkpoint(run / CHECKPOINT, resolve_device(device))
     model = state.ema.model
     data = load_slices(manifest, cache_dir, progress)
-    if data.images.shape[1] != state.config.model.in_channels:
+    if state.config.with_data_shape(data.images.shape[1]).model.in_channels != state.config.model.in_channels:
         raise NdaeError(f"{manifest}: slices have {data.images.shape[1]} channels, the DAE in {run} expects "
                         f"{state.config.model.in_channels}")
     x = prepare_images(data.images, state.config)

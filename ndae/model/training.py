@@ -71,6 +71,14 @@ def prepare_images(images: ArrayLike, config: DAEConfig) -> torch.Tensor:
     if x.dim() != dims + 2:
         raise NdaeError(f"images: expected {dims + 2} dimensions [n, C, ...] for a {dims}-D DAE, got shape "
                         f"{tuple(x.shape)}")
+    selected = config.model.slice_channels
+    # Raw prepared slices carry all channels: pick the configured ones. Input that already has
+    # in_channels channels is taken as selected (prepare_images is applied again inside encode).
+    if selected is not None and x.shape[1] != config.model.in_channels:
+        if max(selected) >= x.shape[1]:
+            raise NdaeError(f"images: {x.shape[1]} channels, but the DAE config's slice_channels "
+                            f"{tuple(selected)} needs at least {max(selected) + 1}")
+        x = x[:, list(selected)]
     if x.shape[1] != config.model.in_channels:
         raise NdaeError(f"images: {x.shape[1]} channels, but the DAE config expects in_channels = "
                         f"{config.model.in_channels}")
