@@ -8,14 +8,13 @@ For K sites: one cohort (same subjects for every K, split into K sites), then
   through `flwr run` on a simulation SuperLink (`--engine flwr`: Ray, what `ndae demo` runs).
 Writes benchmarks/results/federation.md.
 
-    python benchmarks/bench_federation.py [--sites 2 4] [--rounds 3] [--epochs 2] [--engine inprocess flwr]
+    python -m benchmarks.bench_federation [--sites 2 4] [--rounds 3] [--epochs 2] [--engine inprocess flwr]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ndae.io import atomic_write_text
+from benchmarks.common import write_section
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def central(cohort: Path, cache: Path, rounds: int, epochs: int, batch_size: int, seed: int) -> dict:
@@ -144,9 +142,9 @@ def main() -> None:
                          "c_pooled_mode": pooled["c_index"], "c_pooled_within": pooled["c_index_within_site"],
                          "c_federated_within": fed["c_index_within_site"]})
             print(json.dumps(rows[-1]))
-    lines = ["# Federation benchmark: centralised vs simulated federation", "",
-             f"Machine: {platform.processor() or platform.machine()}, torch threads {args.threads}, "
-             f"{torch.get_num_threads()} intra-op; shared 2-core CPU sandbox (other jobs running: timings are noisy).",
+    lines = [f"torch threads {args.threads}. Engines: `inprocess` delivers the same Message-API apps in one process "
+             "(federation overhead without process start-up); `flwr` runs them through `flwr run` on a simulation "
+             "SuperLink with Ray (what `ndae demo` runs; includes SuperLink and Ray start-up).",
              f"Data: synthetic on-grid cohort (`ndae.federation.synthetic`), {args.per_site * max(args.sites)} subjects "
              f"(half controls), the same subjects re-split into K sites. DAE `tiny`, batch {args.batch_size}, "
              f"{args.rounds} rounds × {args.epochs} local epochs (federated) vs {args.rounds * args.epochs} epochs "
@@ -166,8 +164,7 @@ def main() -> None:
     lines += ["", "Pooled and federated survival modes fit the same site-stratified Cox model (coefficients equal to "
               "1e-6, tests/test_federation.py), so their within-site C-index is identical; the centralised column "
               "differs because its DAE was trained centrally (different weights).", ""]
-    atomic_write_text(RESULTS / "federation.md", "\n".join(lines))
-    print(RESULTS / "federation.md")
+    print(write_section("federation", "Federation: centralised vs simulated federation", "\n".join(lines)))
 
 
 if __name__ == "__main__":
