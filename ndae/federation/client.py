@@ -115,21 +115,23 @@ def _table(context: Context, site_name: str):
     return table
 
 
+def _beta_and_covariates(message: Message) -> tuple[np.ndarray, list[str]]:
+    """The Cox coefficients and their covariate names the server sent with a survival query."""
+    beta = message.content["beta"]["beta"].numpy()
+    return beta, [str(c) for c in message.content["config"]["covariates"]]
+
+
 def handle_cox_terms(message: Message, context: Context) -> Message:
     config, site = _site(context)
     site_task.check_fault(config, site.name, "cox_terms")
-    beta = message.content["beta"]["beta"].numpy()
-    covariates = [str(c) for c in message.content["config"]["covariates"]]
-    terms = site_task.cox_terms(_table(context, site.name), beta, covariates)
+    terms = site_task.cox_terms(_table(context, site.name), *_beta_and_covariates(message))
     return Message(RecordDict({"terms": arrays_to_record(terms)}), reply_to=message)
 
 
 def handle_risk_summary(message: Message, context: Context) -> Message:
     config, site = _site(context)
     site_task.check_fault(config, site.name, "risk_summary")
-    beta = message.content["beta"]["beta"].numpy()
-    covariates = [str(c) for c in message.content["config"]["covariates"]]
-    summary = site_task.risk_summary(_table(context, site.name), beta, covariates)
+    summary = site_task.risk_summary(_table(context, site.name), *_beta_and_covariates(message))
     return Message(RecordDict({"summary": arrays_to_record(summary)}), reply_to=message)
 
 
