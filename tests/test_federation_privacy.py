@@ -219,3 +219,25 @@ def test_denoising_scores_are_seeded_and_shared_by_every_image():
     assert not np.array_equal(a, denoising_scores(model, images, seed=2, draws=2))
     # an image's score does not depend on which other images are scored with it
     np.testing.assert_allclose(denoising_scores(model, images[1:], seed=1, draws=2), a[1:], rtol=1e-5)
+
+
+def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys):
+    from ndae.cli import main
+    from ndae.privacy.canaries import canary_record_path, read_canary_record
+
+    summary, run = _run(cohort, "canaries", audit_canaries=12)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    for site in SITES:
+        canaries = read_canary_record(canary_record_path(run / "privacy", site))
+        assert canaries.count == 12 and canaries.shape[1:] == (96, 80)
+        # the canaries the site trained on are records like its 5 controls: DP-SGD touched and accounted them
+        entry = next(e for e in read_ledger(run / "privacy" / f"{site}.jsonl") if e["mechanism"] != "gaussian-moments")
+        assert entry["records_touched"] == 5 + int(canaries.included().sum())
+    code = main(["audit", str(run), "--canaries"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((run / "privacy" / "canaries_audit.json").read_text())
+    assert sorted(report["sites"]) == list(SITES) and report["ok"]
+    for result in report["sites"].values():
+        assert result["canaries"] == 12 and 0 <= result["epsilon_lower_bound"] <= result["epsilon_accounted"] <= BUDGET
+    assert "one-run canary audit" in out and "site2:" in out

@@ -1,4 +1,5 @@
 """`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets (exit 1 on any failure);
+`--canaries`: also the one-run canary audit of the trained DAE (runs trained with audit-canaries);
 `--empirical`: also a membership-inference test of the trained DAE (run at a site: it reads data)."""
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ def register(subparsers) -> None:
     parser.add_argument("--budget-epsilon", type=float, default=None, help="per-site epsilon budget")
     parser.add_argument("--budget-delta", type=float, default=None, help="per-site delta (default: 1e-5)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    canary = parser.add_argument_group("one-run canary audit (Steinke et al. 2023; runs trained with audit-canaries > 0)")
+    canary.add_argument("--canaries", action="store_true",
+                        help="score each site's canaries with the trained DAE and bound epsilon from below")
+    canary.add_argument("--privacy-dir", default=None,
+                        help="folder holding <site>.canaries.json (default RUN_DIR/privacy; a deployed site passes its own)")
     empirical = parser.add_argument_group("empirical audit (membership inference on the trained DAE)")
     empirical.add_argument("--empirical", action="store_true",
                            help="membership test: a site's training controls vs held-out controls")
@@ -59,12 +65,22 @@ def run(args) -> int:
                                      weights=args.weights, seed=args.seed, draws=args.draws)
         report["empirical"] = result
         ok = ok and result["below_accounted"]
+    if args.canaries:
+        from ndae.privacy.empirical import canary_audit_run
+
+        report["canaries"] = canary_audit_run(args.run_dir, privacy_dir=args.privacy_dir, weights=args.weights,
+                                              seed=args.seed)
+        ok = ok and report["canaries"]["ok"]
     if args.json:
         from ndae.federation.report import finite_or_null
 
         print(json.dumps(finite_or_null(report), indent=2, sort_keys=True))
     else:
         print(format_report(report))
+        if args.canaries:
+            from ndae.privacy.empirical import format_canary_audit
+
+            print(format_canary_audit(report["canaries"]))
         if args.empirical:
             print(format_empirical(report["empirical"]))
     return 0 if ok else 1

@@ -41,6 +41,9 @@ def handle_train(message: Message, context: Context) -> Message:
     settings = message.content["config"]
     round_number = int(settings["server-round"])
     site_task.check_fault(config, site.name, "train", round_number)
+    from ndae.federation.privacy import site_canaries
+
+    canaries = site_canaries(config, context.node_config, site)
     if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
         from ndae.federation.privacy import ledger_reply, private_train_round
 
@@ -48,7 +51,8 @@ def handle_train(message: Message, context: Context) -> Message:
         weights, metrics, _ = private_train_round(
             site, message.content["arrays"], json.loads(settings["dae-config"]), privacy,
             round_number=round_number, rounds=config.rounds, epochs=int(settings["local-epochs"]),
-            seed=int(settings["seed"]), ema_step=int(settings["ema-step"]), device=config.device)
+            seed=int(settings["seed"]), ema_step=int(settings["ema-step"]), device=config.device,
+            canaries=canaries)
         train_metrics = {k: metrics[k] for k in ("num-examples", "train-loss", "local-steps")}
         return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(train_metrics),
                                    "privacy": ConfigRecord({**ledger_reply(privacy),
@@ -57,7 +61,7 @@ def handle_train(message: Message, context: Context) -> Message:
     weights, metrics = site_task.train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
         epochs=int(settings["local-epochs"]), seed=int(settings["seed"]), ema_step=int(settings["ema-step"]),
-        proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device)
+        proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device, canaries=canaries)
     return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(metrics)}), reply_to=message)
 
 

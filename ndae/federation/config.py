@@ -53,6 +53,7 @@ class FederationConfig:
     moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem (tiny DAE: ‖z_sem‖ ≈ 2.6; raise for paper)
     privacy_dir: str = ""  # folder of the site ledgers <site>.jsonl ("" = run-dir/privacy in simulation)
     allow_pooled_scores: bool = False  # private run + pooled survival: only sites that allow it share scores
+    audit_canaries: int = 0  # > 0: each site adds this many synthetic canaries (half trained on) for `ndae audit --canaries`
     # Test hooks: make one site raise in one phase (and training round), or stop the server
     # right after a round's checkpoint as if it had been killed.
     fault_site: str = ""

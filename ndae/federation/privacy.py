@@ -134,6 +134,25 @@ def resolve_privacy_dir(config, node_config: Mapping[str, Any]) -> Path:
     raise NdaeError("no privacy-dir for this site: set node config privacy-dir='/path' or run config privacy-dir")
 
 
+def site_canaries(config, node_config: Mapping[str, Any], site):
+    """The site's canaries for a one-run audit (None unless run config audit-canaries > 0).
+
+    The inclusion coin flips come from the site's node config `canary-secret` when set (then the
+    server cannot know them); the record that lets the site audit later is written next to its
+    ledger, once, and must match in every round."""
+    if config.audit_canaries <= 0:
+        return None
+    from ndae.privacy.canaries import CanarySet, canary_seed, ensure_canary_record
+
+    ages = np.asarray(site.data.ages, np.float64)[site.controls]
+    canaries = CanarySet(site=site.name, count=int(config.audit_canaries),
+                         seed=canary_seed(config.seed, site.name, str(node_config.get("canary-secret", ""))),
+                         shape=tuple(int(s) for s in site.data.images.shape[1:]),
+                         age_range=(float(ages.min()), float(ages.max())) if ages.size else (0.0, 0.0))
+    ensure_canary_record(resolve_privacy_dir(config, node_config), canaries)
+    return canaries
+
+
 def ledger_reply(privacy: SitePrivacy) -> dict[str, Any]:
     """What the server learns about the site's ledger: head hash, length, epsilon, the ledger text
     (release metadata only, no record) so the run directory can keep an auditable copy."""
@@ -186,7 +205,7 @@ def _planned_noise_multiplier(privacy: SitePrivacy, account, sample_rate: float,
 
 
 def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *, round_number: int, rounds: int,
-                        epochs: int, seed: int, ema_step: int, device: str = "auto"):
+                        epochs: int, seed: int, ema_step: int, device: str = "auto", canaries=None):
     """One DP-SGD round at the site: returns (weights record, metrics). Raises
     PrivacyBudgetExceeded (nothing written) if the round would take the site past its budget."""
     import torch
@@ -197,11 +216,11 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     from ndae.privacy.opacus_training import make_private
 
     dev = resolve_device(device)
-    model, ema, control, x = start_local_round(site, weights, dae_config, ema_step, device)
-    cfg, n = model.config, int(control.sum())
+    model, ema, x, ages = start_local_round(site, weights, dae_config, ema_step, device, canaries)
+    cfg, n = model.config, int(x.shape[0])
     tensors = [x]
-    if cfg.model.age_conditioned:
-        tensors.append(torch.as_tensor(np.asarray(site.data.ages, np.float32)[control]))
+    if ages is not None:
+        tensors.append(torch.as_tensor(ages))
     batch = min(cfg.train.batch_size, n)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=batch)
     local_seed = site_seed(seed, round_number, site.name)

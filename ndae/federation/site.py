@@ -117,10 +117,13 @@ def site_seed(seed: int, round_number: int, site_name: str) -> int:
     return (seed * 1_000_003 + round_number * 7919 + zlib.crc32(site_name.encode())) % 2**31
 
 
-def start_local_round(site: SiteData, weights, dae_config: dict, ema_step: int, device: str = "auto"):
-    """A fresh local DAE holding the global weights, and the site's control images for training.
+def start_local_round(site: SiteData, weights, dae_config: dict, ema_step: int, device: str = "auto",
+                      canaries=None):
+    """A fresh local DAE holding the global weights, and the site's training images.
 
-    Returns (model, ema, control mask, control images); plain and DP-SGD rounds both start here.
+    Returns (model, ema, images, ages): the controls, plus the included canaries when the site
+    audits the run (`canaries`, an ndae.privacy.canaries.CanarySet); ages are None unless the DAE
+    is age-conditioned. Plain and DP-SGD rounds both start here, so both train on the same records.
     """
     from ndae.federation.records import record_to_dae
     from ndae.model import prepare_images
@@ -131,11 +134,21 @@ def start_local_round(site: SiteData, weights, dae_config: dict, ema_step: int, 
     control = site.controls
     if not control.any():
         raise NdaeError(f"site {site.name!r} has no controls to train on")
-    return model, ema, control, prepare_images(site.data.images[control], model.config)
+    images = site.data.images[control]
+    ages = np.asarray(site.data.ages, np.float32)[control]
+    if canaries is not None and canaries.count:
+        canary_images, canary_ages = canaries.training_images()
+        if canary_images.shape[1:] != images.shape[1:]:
+            raise NdaeError(f"site {site.name!r}: canaries of shape {canary_images.shape[1:]} do not match "
+                            f"the slices {images.shape[1:]}")
+        images = np.concatenate([images, canary_images.astype(images.dtype)])
+        ages = np.concatenate([ages, canary_ages])
+    x = prepare_images(images, model.config)
+    return model, ema, x, (ages if model.config.model.age_conditioned else None)
 
 
 def train_round(site: SiteData, weights, dae_config: dict, *, round_number: int, epochs: int, seed: int,
-                ema_step: int, proximal_mu: float = 0.0, device: str = "auto"):
+                ema_step: int, proximal_mu: float = 0.0, device: str = "auto", canaries=None):
     """E local epochs of DAE training from the global weights; returns (weights record, metrics).
 
     Stateless between rounds (a fresh Adam each round), so a round depends only on the global
@@ -146,9 +159,8 @@ def train_round(site: SiteData, weights, dae_config: dict, *, round_number: int,
     from ndae.federation.records import dae_to_record
     from ndae.model import batch_iterator, make_optimizer, train_steps
 
-    model, ema, control, x = start_local_round(site, weights, dae_config, ema_step, device)
-    cfg, n = model.config, int(control.sum())
-    ages = np.asarray(site.data.ages, np.float32)[control] if cfg.model.age_conditioned else None
+    model, ema, x, ages = start_local_round(site, weights, dae_config, ema_step, device, canaries)
+    cfg, n = model.config, int(x.shape[0])
     local_seed = site_seed(seed, round_number, site.name)
     generator = torch.Generator().manual_seed(local_seed)
     batches = batch_iterator(x, ages, cfg.train.batch_size, torch.Generator().manual_seed(local_seed + 1),

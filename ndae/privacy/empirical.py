@@ -26,11 +26,12 @@ import numpy as np
 from ndae.errors import NdaeError
 
 
-def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8, batch_size: int = 32) -> np.ndarray:
+def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8, batch_size: int = 32,
+                     t_range: tuple[float, float] = (0.05, 0.6)) -> np.ndarray:
     """−(mean weighted ε-prediction error) per image over `draws` fixed (t, noise) draws.
 
-    Draw k uses timestep t_k (evenly spaced over the schedule, avoiding the extremes) and one noise
-    image from a generator seeded by (seed, k), the same for every image scored."""
+    Draw k uses timestep t_k (evenly spaced over `t_range`, fractions of the schedule) and one
+    noise image from a generator seeded by (seed, k), the same for every image scored."""
     import torch
 
     from ndae.model import prepare_images
@@ -44,7 +45,7 @@ def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8,
         return np.zeros(0)
     diffusion = core.diffusion
     T = int(diffusion.timesteps)
-    steps = np.linspace(0.05 * T, 0.6 * T, draws).astype(int)  # where the loss depends most on the image
+    steps = np.linspace(t_range[0] * T, t_range[1] * T, draws).astype(int)
     age = None if ages is None else torch.as_tensor(np.asarray(ages, np.float32))
     total = torch.zeros(n)
     with torch.no_grad():
@@ -145,6 +146,71 @@ def empirical_audit_run(run_dir: str | os.PathLike, members_manifest: str | os.P
 
         atomic_write_json(run_dir / "privacy" / "empirical.json", finite_or_null(result))
     return result
+
+
+CANARY_T_RANGE = (0.02, 0.2)  # low noise: memorised fine detail shows most there (measured, see docs/privacy.md)
+
+
+def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLike | None = None,
+                     weights: str = "model", seed: int = 0, draws: int = 32, alpha: float = 0.05,
+                     write: bool = True) -> dict[str, Any]:
+    """One-run audit (ndae.privacy.canaries) of RUN's global DAE for every site whose canary record
+    is in `privacy_dir` (default RUN/privacy, where simulated sites keep it; a deployed site passes
+    its own folder). Needs no patient data: the canaries are synthetic. Writes
+    `privacy/canaries_audit.json` in RUN. Each site's bound is compared with its accounted epsilon."""
+    from ndae.io import atomic_write_json
+    from ndae.model import load_checkpoint
+    from ndae.privacy.canaries import one_run_audit, read_canary_record
+
+    run_dir = Path(run_dir)
+    folder = Path(privacy_dir) if privacy_dir else run_dir / "privacy"
+    records = sorted(folder.glob("*.canaries.json"))
+    if not records:
+        raise NdaeError(f"{folder}: no canary records (*.canaries.json): train the run with audit-canaries > 0")
+    if weights not in ("model", "ema"):
+        raise NdaeError(f"--weights must be 'model' or 'ema', got {weights!r}")
+    saved = load_checkpoint(run_dir / "dae" / "checkpoint.pt")
+    model = saved.model if weights == "model" else saved.ema.model
+    sites, all_scores, all_included, deltas, epsilons = {}, [], [], [], []
+    for path in records:
+        canaries = read_canary_record(path)
+        epsilon, delta = accounted_epsilon(run_dir, canaries.site)
+        if delta is None:
+            delta = 1e-5
+        ages = canaries.ages() if model.config.model.age_conditioned else None
+        scores = denoising_scores(model, canaries.images(), ages, seed=seed, draws=draws, t_range=CANARY_T_RANGE)
+        result = one_run_audit(scores, canaries.included(), delta, alpha=alpha)
+        result.update(site=canaries.site, epsilon_accounted=epsilon,
+                      below_accounted=bool(result["epsilon_lower_bound"] <= epsilon))
+        sites[canaries.site] = result
+        all_scores.append(scores), all_included.append(canaries.included()), deltas.append(delta), epsilons.append(epsilon)
+    report = {"weights": weights, "draws": draws, "seed": seed, "t_range": list(CANARY_T_RANGE), "sites": sites}
+    if len(sites) > 1:
+        # Every canary is a record some site protects with at most max(epsilon_site): pooling all
+        # sites' canaries audits the global model against that maximum, with more guesses.
+        pooled = one_run_audit(np.concatenate(all_scores), np.concatenate(all_included), max(deltas), alpha=alpha)
+        pooled.update(site="all sites", epsilon_accounted=max(epsilons),
+                      below_accounted=bool(pooled["epsilon_lower_bound"] <= max(epsilons)))
+        report["pooled"] = pooled
+    report["ok"] = all(r["below_accounted"] for r in [*sites.values(), *([report["pooled"]] if "pooled" in report else [])])
+    if write:
+        from ndae.federation.report import finite_or_null
+
+        atomic_write_json(run_dir / "privacy" / "canaries_audit.json", finite_or_null(report))
+    return report
+
+
+def format_canary_audit(report: dict[str, Any]) -> str:
+    lines = [f"one-run canary audit ({report['weights']} weights, {report['draws']} fixed draws per canary):"]
+    for site, r in [*report["sites"].items(), *([("all sites", report["pooled"])] if "pooled" in report else [])]:
+        accounted = r["epsilon_accounted"]
+        lines.append(
+            f"  {site}: {r['correct']}/{r['guesses']} guesses right over {r['canaries']} canaries "
+            f"({r['included']} trained on, AUC {r['auc']:.3f}): epsilon lower bound {r['epsilon_lower_bound']:.3f} "
+            f"({1 - r['alpha']:.0%} confidence, delta {r['delta']:.3g}) vs accounted "
+            f"{'inf (no DP ledger)' if not math.isfinite(accounted) else f'{accounted:.3f}'}: "
+            f"{'below' if r['below_accounted'] else 'ABOVE (accounting is wrong or the test is broken)'}")
+    return "\n".join(lines)
 
 
 def format_empirical(result: dict[str, Any]) -> str:
