@@ -2,10 +2,10 @@
 
 Trains the `tiny` preset for a bounded wall-clock budget on the age-stratified training split,
 then measures, on the held-out healthy subjects: DDIM-inversion reconstruction PSNR inside the
-brain mask, decoding from a random x_T, the effect of swapping z_sem, and a cross-validated
-age probe (standardised z_sem, ridge with its penalty chosen inside each training fold) of the
-trained encoder vs the same encoder at random initialisation. Also training and encoding
-images/s. Writes `benchmarks/results/dae.md`.
+brain mask and SSIM (whole slice and inside the brain mask), decoding from a random x_T, the
+effect of swapping z_sem, and a cross-validated age probe (standardised z_sem, ridge with its
+penalty chosen inside each training fold) of the trained encoder vs the same encoder at random
+initialisation. Also training and encoding images/s. Writes `benchmarks/results/dae.md`.
 
     python -m benchmarks.bench_dae [--preset tiny-ventricle] [--minutes 8] [--steps N] [--batch-size B]
         [--channels 1] [--probe-every 100] [--threads 1]
@@ -31,7 +31,7 @@ from benchmarks.common import write_section
 from ndae.io import atomic_write_text
 from ndae.model import (
     EMA, batch_iterator, build_model, decode, encode, invert, make_optimizer, prepare_images, prepare_masks, preset,
-    psnr_in_mask, set_seed, train_steps,
+    psnr_in_mask, set_seed, ssim, train_steps,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -169,10 +169,14 @@ def run(args) -> dict:
         recon = decode(net, z_held, x_T, steps=steps)
         result[f"invert_decode_images_per_s_{steps}"] = len(held) / (time.perf_counter() - t0)
         result[f"psnr_brain_{steps}"] = float(psnr_in_mask(recon, held, held_mask).mean())
+        result[f"ssim_slice_{steps}"] = float(ssim(recon, held).mean())
+        result[f"ssim_brain_{steps}"] = float(ssim(recon, held, held_mask).mean())
     steps = max(args.inversion_steps)
     x_T = invert(net, held, z_held, steps=steps)
     noise = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1))
-    result["psnr_brain_random_x_T"] = float(psnr_in_mask(decode(net, z_held, noise, steps=steps), held, held_mask).mean())
+    from_noise = decode(net, z_held, noise, steps=steps)
+    result["psnr_brain_random_x_T"] = float(psnr_in_mask(from_noise, held, held_mask).mean())
+    result["ssim_brain_random_x_T"] = float(ssim(from_noise, held, held_mask).mean())
     # Swap: decode each subject's own x_T with the next subject's z_sem; how far does it move?
     own = decode(net, z_held, x_T, steps=steps)
     swapped = decode(net, z_held.roll(1, 0), x_T, steps=steps)
@@ -225,6 +229,10 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
         f"| loss: first 10 / last 50 steps | {result['loss_first10']:.3f} / {result['loss_last50']:.3f} |",
         *[f"| PSNR in brain, DDIM inversion + decode, {s} steps | {result[f'psnr_brain_{s}']:.1f} dB |" for s in steps],
         f"| PSNR in brain, decode from random x_T | {result['psnr_brain_random_x_T']:.1f} dB |",
+        *[f"| SSIM, DDIM inversion + decode, {s} steps: whole slice / in brain | "
+          f"{result[f'ssim_slice_{s}']:.3f} / {result[f'ssim_brain_{s}']:.3f} |" for s in steps if f"ssim_slice_{s}" in result],
+        *([f"| SSIM in brain, decode from random x_T | {result['ssim_brain_random_x_T']:.3f} |"]
+          if "ssim_brain_random_x_T" in result else []),
         f"| PSNR in brain of swapped-z_sem decode vs own decode (lower = z_sem matters more) | "
         f"{result['psnr_brain_swap_vs_own']:.1f} dB |",
         f"| fixed noise + own z_sem: other subjects closer than self (mean of {result['n_held'] - 1}; chance "
@@ -247,6 +255,9 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
            f"images/s | {result['paper_cpu']['train_images_per_s']:.2f} / {result['paper_cpu']['encode_images_per_s']:.1f} |"]
           if "paper_cpu" in result else []),
         "",
+        "SSIM: MONAI's (`ndae.model.ssim`; Gaussian window 11 px, σ 1.5, data range 2), mean of the SSIM map over "
+        "every position where the window fits in the slice (whole slice, MONAI's `SSIMMetric`) or over the window centres inside the brain "
+        "mask (in brain); held-out controls, mean over subjects. "
         "Age probe: all controls, standardised z_sem, ridge with the penalty chosen by leave-one-out inside each "
         "training fold, 5-fold CV × 10 repeats (± = sd over repeats). The encoder was trained without labels "
         "on the training split. Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is shown.", "",

@@ -2,6 +2,7 @@
 
 from ndae.model.config import DAEConfig, DiffusionConfig, ModelConfig, TrainConfig, preset
 from ndae.model.dae import DiffusionAutoencoder
+from ndae.model.metrics import ssim
 from ndae.model.training import (
     EMA, Checkpoint, batch_iterator, build_model, decode, encode, get_weights, interpolate, invert,
     load_checkpoint, make_optimizer, prepare_images, prepare_masks, psnr_in_mask, save_checkpoint,
@@ -12,5 +13,5 @@ __all__ = [
     "DAEConfig", "DiffusionConfig", "ModelConfig", "TrainConfig", "preset", "DiffusionAutoencoder", "EMA",
     "Checkpoint", "batch_iterator", "build_model", "decode", "encode", "get_weights", "interpolate", "invert",
     "load_checkpoint", "make_optimizer", "prepare_images", "prepare_masks", "psnr_in_mask", "save_checkpoint",
-    "set_seed", "set_weights", "train_steps", "unwrap",
+    "set_seed", "set_weights", "ssim", "train_steps", "unwrap",
 ]

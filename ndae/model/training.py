@@ -373,6 +373,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 # ---- metrics -----------------------------------------------------------------------------------
+# (SSIM, whole image or in a mask: `ndae.model.metrics.ssim`, MONAI's implementation.)
 def psnr_in_mask(reconstruction: ArrayLike, target: ArrayLike, mask: ArrayLike) -> np.ndarray:
     """PSNR (dB) per image over the brain mask, for images in [-1, 1] (peak-to-peak 2)."""
     r, x = _as_tensor(reconstruction), _as_tensor(target)
