@@ -58,12 +58,14 @@ def consortium(tmp_path_factory):
         rogue = loopback.start_supernode("rogue", extra_args=("--max-retries", "1", "--max-wait-time", "20"))
         for node in supernodes:
             loopback.wait_for_log(node, "SuperNode ID:", 120)
-        # Both jobs at once (they run side by side): the approved app and the changed one.
+        # The jobs run side by side: the approved app, the changed one, and the approved app with
+        # privacy on (each site keeps its ledger beside its manifest, the server a copy).
         runs = {}
         approved = stage_app(root / "approved")  # any checkout folder name works for flwr
-        for name, folder in (("approved", approved), ("changed", changed)):
+        for name, folder, extra in (("approved", approved, ""), ("changed", changed, ""),
+                                    ("private", approved, " privacy=true budget-epsilon=10.0")):
             run_dir = root / f"run-{name}"
-            run_config = f'{RUN_CONFIG} run-dir="{run_dir}" cache-dir="{root / "cache"}"'
+            run_config = f'{RUN_CONFIG}{extra} run-dir="{run_dir}" cache-dir="{root / "cache"}"'
             runs[name] = (loopback.run(folder, run_config), run_dir)
         yield {"loopback": loopback, "app_hash": app_hash, "changed_hash": changed_hash,
                "node_ids": node_ids, "supernodes": supernodes, "rogue": rogue, "runs": runs}
@@ -84,6 +86,26 @@ def test_registered_sites_run_the_job_over_tls(consortium):
         assert (run_dir / path).exists(), path
     for node in consortium["supernodes"]:
         assert f"app {consortium['app_hash']} is approved" in node.text()
+
+
+def test_private_job_keeps_ledgers_at_the_sites_and_the_audit_verifies_them(consortium):
+    from ndae.cli import main
+
+    loopback = consortium["loopback"]
+    run_id, run_dir = consortium["runs"]["private"]
+    assert loopback.wait_run(run_id, timeout=420, done_file=run_dir / "report.md") == "finished:completed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["survival"]["mode"] == "federated"  # the private default: no patient row left a site
+    assert not (run_dir / "deviations.csv").exists()
+    heads = json.loads((run_dir / "privacy" / "heads.json").read_text())
+    for site in SITES:
+        # The site's own ledger (what it can prove) sits beside its manifest, not in the server's run dir.
+        site_ledger = Path((loopback.site_dir(site) / "manifest-path").read_text()).parent / "privacy" / f"{site}.jsonl"
+        assert site_ledger.exists(), site_ledger
+        assert site_ledger.read_text() == (run_dir / "privacy" / f"{site}.jsonl").read_text()
+        assert heads[site]["epsilon"] > 0 and heads[site]["entries"] >= 1
+    assert main(["audit", str(run_dir)]) == 0
+    assert "every site answered" in (run_dir / "report.md").read_text()
 
 
 def test_unregistered_supernode_is_refused(consortium):
@@ -120,7 +142,7 @@ def test_changed_app_is_refused_and_the_server_sees_why(consortium):
 def test_revoked_site_is_disconnected_and_cannot_rejoin(consortium):
     """Revocation: `flwr supernode unregister` drops a live site; its key no longer works."""
     loopback = consortium["loopback"]
-    for name in ("approved", "changed"):  # let the jobs end first (no-op if already finished)
+    for name in ("approved", "changed", "private"):  # let the jobs end first (no-op if already finished)
         loopback.wait_run(consortium["runs"][name][0], timeout=420)
     site3 = consortium["supernodes"][2]
     result = loopback.flwr("supernode", "unregister", consortium["node_ids"]["site3"], "consortium",
