@@ -79,3 +79,21 @@ def test_predict_survival_function_is_a_survival_curve(cohort):
     together = model.predict_survival_function(rows, [12.0])
     one_by_one = [model.predict_survival_function(rows.iloc[[i]], [12.0])[0, 0] for i in range(len(rows))]
     np.testing.assert_allclose(together[:, 0], one_by_one)
+
+
+@pytest.mark.parametrize("strata", [None, ["site"]])
+def test_a_loaded_model_predicts_the_same_survival_curves(cohort, tmp_path, strata):
+    model = CoxModel(strata=strata).fit(cohort, ["x0", "x1"])
+    model.save(tmp_path)
+    loaded = CoxModel.load(tmp_path)
+    rows, times = cohort.sample(25, random_state=2), [0.5, 3.0, 12.0, 24.0, 60.0]
+    np.testing.assert_allclose(loaded.predict_survival_function(rows, times),
+                               model.predict_survival_function(rows, times), rtol=1e-10, atol=1e-12)
+    if strata:
+        with pytest.raises(NdaeError, match="stratum 'z'"):
+            loaded.predict_survival_function(rows.head(1).assign(site="z"), times)
+    saved = json.loads((tmp_path / "cox.json").read_text())
+    del saved["baseline"]
+    (tmp_path / "cox.json").write_text(json.dumps(saved))
+    with pytest.raises(NdaeError, match="no baseline hazard"):
+        CoxModel.load(tmp_path).predict_survival_function(rows, times)

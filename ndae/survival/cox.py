@@ -42,6 +42,13 @@ def hazard_ratio_table(coef: pd.Series, se: pd.Series, alpha: float = 0.05) -> p
     )
 
 
+def _stratum_key(key) -> str:
+    """One JSON key per stratum, the same for lifelines' column labels and a row's values."""
+    if isinstance(key, tuple):
+        return str(key[0]) if len(key) == 1 else str([str(k) for k in key])
+    return str(key)
+
+
 class CoxModel:
     """Cox model with lifelines-like `fit` / `predict_*`, plus `save` / `load`.
 
@@ -106,9 +113,9 @@ class CoxModel:
         return x @ self.params_.to_numpy()
 
     def predict_survival_function(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
-        """S(t | x) for each row (n × len(times)); needs the lifelines fitter (not after `load`)."""
+        """S(t | x) for each row (n × len(times)); after `load` from the saved baseline hazard."""
         if self.fitter_ is None:
-            raise NdaeError("Cox predict_survival_function needs a fitted (not loaded) model: the baseline hazard is not saved")
+            return self._survival_from_saved_baseline(df, times)
         columns = [*self.covariates, *(self.strata or [])]
         if self.strata:
             # lifelines has one baseline hazard per training stratum and none for a new one.
@@ -121,6 +128,36 @@ class CoxModel:
         survival = self.fitter_.predict_survival_function(rows, times=np.asarray(times, dtype=float))
         # With strata lifelines returns the columns grouped by stratum: put them back in row order.
         return survival[rows.index].to_numpy().T
+
+    def _survival_from_saved_baseline(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+        """S(t | x) = exp(−H0_stratum(t) · exp((x − mean)·β)), H0 interpolated linearly between
+        event times exactly as lifelines does, so a loaded model predicts what the fitted one did."""
+        baseline = getattr(self, "baseline_", None)
+        if not baseline:
+            raise NdaeError("Cox predict_survival_function: this saved model has no baseline hazard "
+                            "(saved by an older version, or fitted by the federated Newton-Raphson); refit it")
+        times = np.asarray(times, dtype=float)
+        risk = np.exp(self.predict_log_partial_hazard(df))
+        keys = [None] * len(df) if not self.strata else [
+            _stratum_key(key) for key in df[self.strata].itertuples(index=False, name=None)]
+        out = np.empty((len(df), times.size))
+        for row, key in enumerate(keys):
+            if key not in baseline["cumulative_hazard"]:
+                raise NdaeError(f"Cox predict_survival_function: stratum {key!r} ({self.strata}) was not in the training data")
+            cumulative = np.interp(times, baseline["times"], baseline["cumulative_hazard"][key])
+            out[row] = np.exp(-cumulative * risk[row])
+        return out
+
+    def _baseline_for_saving(self) -> dict | None:
+        if self.fitter_ is None:
+            return getattr(self, "baseline_", None)
+        hazard = self.fitter_.baseline_cumulative_hazard_
+        if self.strata:
+            columns = {_stratum_key(key): hazard[key] for key in hazard.columns}
+        else:
+            columns = {None: hazard.iloc[:, 0]}
+        return {"times": hazard.index.to_numpy(float).tolist(),
+                "cumulative_hazard": {key: value.to_numpy(float).tolist() for key, value in columns.items()}}
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -146,6 +183,9 @@ class CoxModel:
                 "events": self.events_,
                 "log_likelihood": self.log_likelihood_,
                 "concordance_index_train": self.concordance_index_,
+                # lifelines' baseline cumulative hazard at the covariate means, per stratum
+                # (key "null" without strata): what predict_survival_function needs after load.
+                "baseline": self._baseline_for_saving(),
             },
         )
         atomic_write_text(directory / HAZARD_RATIO_FILE, self.hazard_ratios().to_csv(index=False))
@@ -172,6 +212,11 @@ class CoxModel:
         model.n_, model.events_ = data.get("n"), data.get("events")
         model.log_likelihood_ = data.get("log_likelihood")
         model.concordance_index_ = data.get("concordance_index_train")
+        baseline = data.get("baseline")
+        if baseline:
+            model.baseline_ = {"times": np.asarray(baseline["times"], float),
+                               "cumulative_hazard": {None if key == "null" else key: np.asarray(values, float)
+                                                     for key, values in baseline["cumulative_hazard"].items()}}
         return model
 
     def _check_fitted(self) -> None:
