@@ -62,6 +62,8 @@ def test_run_config_refuses_unknown_keys_and_bad_values():
     with pytest.raises(NdaeError, match="strategy"):
         FederationConfig.from_run_config({"strategy": "fedsgd"})
     assert FederationConfig.from_run_config({"local-epochs": 2, "resume": "false"}).resume is False
+    with pytest.raises(NdaeError, match="'audit-canaries' must be >= 0"):
+        FederationConfig.from_run_config({"audit-canaries": -4})
 
 
 def test_run_directory_follows_the_contract(pooled_run):

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(check afterwards with `ndae audit RUN`)")
     parser.add_argument("--target-epsilon", type=float, default=8.0,
                         help="with --privacy: the epsilon this run may spend per site (default 8)")
+    parser.add_argument("--audit-canaries", type=int, default=0, metavar="M",
+                        help="every site also trains on M synthetic canaries (each with probability 1/2), "
+                        "for the one-run audit `ndae audit RUN --canaries` (default 0: none)")
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the demo scans")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(args.out, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
                       strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
                       max_subjects=args.max_subjects, jobs=args.jobs, in_process=args.in_process,
-                      privacy=args.privacy, target_epsilon=args.target_epsilon)
+                      privacy=args.privacy, target_epsilon=args.target_epsilon,
+                      audit_canaries=args.audit_canaries)
     print(f"report: {report}")
     return 0

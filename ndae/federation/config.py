@@ -66,6 +66,8 @@ class FederationConfig:
             raise NdaeError(f"run config 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.survival_mode not in SURVIVAL_MODES:
             raise NdaeError(f"run config 'survival-mode' must be one of {SURVIVAL_MODES}, got {self.survival_mode!r}")
+        if self.audit_canaries < 0:
+            raise NdaeError(f"run config 'audit-canaries' must be >= 0, got {self.audit_canaries}")
         if self.rounds < 0 or self.local_epochs < 1:
             raise NdaeError(f"run config: rounds ({self.rounds}) must be >= 0 and local-epochs ({self.local_epochs}) >= 1")
         if self.min_sites < 1:

@@ -17,7 +17,7 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
              local_epochs: int = DEFAULT_LOCAL_EPOCHS, strategy: str = "fedavg", survival_mode: str = "auto",
              preset: str = "tiny", seed: int = 0, max_subjects: int | None = None, jobs: int = 2,
              in_process: bool = False, privacy: bool = False, target_epsilon: float = 8.0,
-             healthy: str | Path | None = None, log=print) -> Path:
+             audit_canaries: int = 0, healthy: str | Path | None = None, log=print) -> Path:
     from ndae.cohort import CohortConfig, generate_cohort
 
     out = Path(out).expanduser().resolve()
@@ -38,7 +38,8 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
     config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
                               dae_preset=preset, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                               survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites),
-                              privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0)
+                              privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0,
+                              audit_canaries=audit_canaries)
     if in_process:
         from ndae.federation.inprocess import InProcessGrid
         from ndae.federation.server import run_federation
