@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "federation", "privacy", "dae", "cohort", "registration"]
+ORDER = ["survival", "modes", "federation", "privacy", "canaries", "dae", "cohort", "registration"]
 
 
 def available() -> list[str]:
@@ -38,7 +39,9 @@ def stitch() -> Path:
 
 
 def _as_section(text: str) -> str:
-    """Sections written with a top-level '# ' title are demoted one level to sit under the page title."""
+    """Sections written with a top-level '# ' title are demoted one level to sit under the page title;
+    figure links relative to results/ are rewritten to work from RESULTS.md, one folder up."""
+    text = re.sub(r"\]\((?!https?:|/|results/)([^)]+\.png)\)", r"](results/\1)", text)
     if not text.startswith("# "):
         return text
     return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()) + "\n"

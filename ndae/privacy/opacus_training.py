@@ -14,6 +14,7 @@ for the loss, and the criterion must give one loss per sample under reduction="n
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -86,8 +87,16 @@ def noise_multiplier_for_budget(
 ) -> float:
     """The smallest noise multiplier (to `tolerance` in epsilon) such that the history already
     spent plus `steps` steps at `sample_rate` stays within target_epsilon. Unlike Opacus'
-    get_noise_multiplier, the budget already spent counts."""
-    prior = compact(accountant_history)
+    get_noise_multiplier, the budget already spent counts. Memoised (a pure function of its
+    arguments): a site plans the same run again every round, and each solve takes seconds."""
+    return _solve_noise_multiplier(float(target_epsilon), float(target_delta), float(sample_rate), int(steps),
+                                   tuple(compact(accountant_history)), accountant, float(tolerance))
+
+
+@functools.lru_cache(maxsize=256)
+def _solve_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
+                            prior: tuple, accountant: str, tolerance: float) -> float:
+    prior = list(prior)
     if epsilon_of(prior, target_delta, accountant) >= target_epsilon:
         raise NdaeError(
             f"the budget epsilon {target_epsilon:g} is already spent "
