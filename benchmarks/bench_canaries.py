@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine_description, write_section
 from ndae.io import atomic_write_json
+from ndae.privacy.empirical import canary_results
 
 SCENARIOS = {
     "federated": {"sites": 2, "controls": 12, "canaries": 64, "rounds": 8, "local_epochs": 10},
@@ -82,8 +83,7 @@ def _rows(scenario: dict) -> list[str]:
         epsilon = math.inf if result["epsilon"] is None else result["epsilon"]
         label = "no DP" if math.isinf(epsilon) else f"DP-SGD, target ε = {epsilon:g}"
         for weights, audit in result["audits"].items():
-            pooled = [("all sites (pooled)", audit["pooled"])] if audit.get("pooled") else []
-            for site, r in [*audit["sites"].items(), *pooled]:
+            for site, r in canary_results(audit):
                 accounted = math.inf if r["epsilon_accounted"] is None else r["epsilon_accounted"]
                 lines.append(f"| {label} | {weights} | {site} | {'∞' if math.isinf(accounted) else f'{accounted:.2f}'} | "
                              f"{r['canaries']} ({r['included']}) | {r['auc']:.3f} | {r['correct']} / {r['guesses']} | "

@@ -215,6 +215,14 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def attack_auc(members, nonmembers) -> float:
+    """P(score of a member > score of a non-member), ties half: the attack's ROC AUC."""
+    members, nonmembers = np.asarray(members, np.float64).ravel(), np.asarray(nonmembers, np.float64).ravel()
+    greater = (members[:, None] > nonmembers[None, :]).mean()
+    ties = (members[:, None] == nonmembers[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
 def empirical_epsilon_lower_bound(
     member_scores, nonmember_scores, delta: float, alpha: float = 0.05, max_thresholds: int = 64,
 ) -> dict:

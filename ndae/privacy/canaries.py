@@ -183,7 +183,9 @@ def one_run_audit(scores, included, delta: float, alpha: float = 0.05,
         tried.append({"guesses": 2 * k, "correct": correct, "epsilon_lower_bound": bound})
         if bound > best["epsilon_lower_bound"] or best["guesses"] == 0:
             best = {"epsilon_lower_bound": bound, "guesses": 2 * k, "correct": correct}
-    auc = float((scores[included][:, None] > scores[~included][None, :]).mean()) if 0 < included.sum() < m else float("nan")
+    from ndae.privacy.audit import attack_auc
+
+    auc = attack_auc(scores[included], scores[~included]) if 0 < included.sum() < m else float("nan")
     return {**best, "canaries": m, "included": int(included.sum()), "delta": delta, "alpha": alpha,
             "tried": tried, "auc": auc,
             "method": "one-run audit (Steinke, Nasr & Jagielski 2023), Bonferroni over guess counts"}

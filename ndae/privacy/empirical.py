@@ -62,23 +62,16 @@ def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8,
     return -(total / len(steps)).numpy().astype(np.float64)
 
 
-def _auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
-    """P(score of a member > score of a non-member), ties half."""
-    greater = (members[:, None] > nonmembers[None, :]).mean()
-    ties = (members[:, None] == nonmembers[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
 def membership_audit(model, member_images, nonmember_images, *, delta: float, member_ages=None,
                      nonmember_ages=None, seed: int = 0, draws: int = 8, alpha: float = 0.05) -> dict[str, Any]:
     """Scores both groups and returns the empirical epsilon lower bound with the attack's AUC."""
-    from ndae.privacy.audit import empirical_epsilon_lower_bound
+    from ndae.privacy.audit import attack_auc, empirical_epsilon_lower_bound
 
     members = denoising_scores(model, member_images, member_ages, seed=seed, draws=draws)
     nonmembers = denoising_scores(model, nonmember_images, nonmember_ages, seed=seed, draws=draws)
     result = empirical_epsilon_lower_bound(members, nonmembers, delta, alpha=alpha)
     result.update(score="-denoising loss (fixed seeded t and noise)", draws=draws, seed=seed,
-                  auc=_auc(members, nonmembers), member_loss_mean=float(-members.mean()),
+                  auc=attack_auc(members, nonmembers), member_loss_mean=float(-members.mean()),
                   nonmember_loss_mean=float(-nonmembers.mean()))
     return result
 
@@ -110,6 +103,21 @@ def accounted_epsilon(run_dir: str | os.PathLike, site: str) -> tuple[float, flo
     return epsilon_of(history, delta, entries[-1]["accountant"]), delta
 
 
+def _global_model(run_dir: Path, weights: str):
+    """The run's global DAE: its trained weights ("model") or their EMA ("ema")."""
+    from ndae.model import load_checkpoint
+
+    if weights not in ("model", "ema"):
+        raise NdaeError(f"--weights must be 'model' or 'ema', got {weights!r}")
+    saved = load_checkpoint(run_dir / "dae" / "checkpoint.pt")
+    return saved.model if weights == "model" else saved.ema.model
+
+
+def _against_accounted(result: dict[str, Any], epsilon: float) -> dict[str, Any]:
+    result.update(epsilon_accounted=epsilon, below_accounted=bool(result["epsilon_lower_bound"] <= epsilon))
+    return result
+
+
 def empirical_audit_run(run_dir: str | os.PathLike, members_manifest: str | os.PathLike,
                         nonmembers_manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                         weights: str = "model", seed: int = 0, draws: int = 8, alpha: float = 0.05,
@@ -118,14 +126,9 @@ def empirical_audit_run(run_dir: str | os.PathLike, members_manifest: str | os.P
     held-out controls (non-members); reported beside the site's accounted epsilon. Runs where the
     data are: at the site. Writes `privacy/empirical.json` (scores are not written)."""
     from ndae.io import atomic_write_json
-    from ndae.model import load_checkpoint
 
     run_dir = Path(run_dir)
-    checkpoint = run_dir / "dae" / "checkpoint.pt"
-    if weights not in ("model", "ema"):
-        raise NdaeError(f"--weights must be 'model' or 'ema', got {weights!r}")
-    saved = load_checkpoint(checkpoint)
-    model = saved.model if weights == "model" else saved.ema.model
+    model = _global_model(run_dir, weights)
     member_images, member_ages, sites = _controls(members_manifest, cache_dir)
     nonmember_images, nonmember_ages, _ = _controls(nonmembers_manifest, cache_dir)
     if len(sites) != 1:
@@ -138,9 +141,9 @@ def empirical_audit_run(run_dir: str | os.PathLike, members_manifest: str | os.P
     result = membership_audit(model, member_images, nonmember_images, delta=delta, seed=seed, draws=draws,
                               alpha=alpha, member_ages=member_ages if conditioned else None,
                               nonmember_ages=nonmember_ages if conditioned else None)
-    result.update(site=site, weights=weights, epsilon_accounted=epsilon,
-                  members_manifest=str(members_manifest), nonmembers_manifest=str(nonmembers_manifest),
-                  below_accounted=bool(result["epsilon_lower_bound"] <= epsilon))
+    _against_accounted(result, epsilon)
+    result.update(site=site, weights=weights, members_manifest=str(members_manifest),
+                  nonmembers_manifest=str(nonmembers_manifest))
     if write:
         from ndae.federation.report import finite_or_null
 
@@ -159,7 +162,6 @@ def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLi
     its own folder). Needs no patient data: the canaries are synthetic. Writes
     `privacy/canaries_audit.json` in RUN. Each site's bound is compared with its accounted epsilon."""
     from ndae.io import atomic_write_json
-    from ndae.model import load_checkpoint
     from ndae.privacy.canaries import one_run_audit, read_canary_record
 
     run_dir = Path(run_dir)
@@ -167,32 +169,26 @@ def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLi
     records = sorted(folder.glob("*.canaries.json"))
     if not records:
         raise NdaeError(f"{folder}: no canary records (*.canaries.json): train the run with audit-canaries > 0")
-    if weights not in ("model", "ema"):
-        raise NdaeError(f"--weights must be 'model' or 'ema', got {weights!r}")
-    saved = load_checkpoint(run_dir / "dae" / "checkpoint.pt")
-    model = saved.model if weights == "model" else saved.ema.model
-    sites, all_scores, all_included, deltas, epsilons = {}, [], [], [], []
+    model = _global_model(run_dir, weights)
+    sites, scores, included, deltas = {}, [], [], []
     for path in records:
         canaries = read_canary_record(path)
         epsilon, delta = accounted_epsilon(run_dir, canaries.site)
-        if delta is None:
-            delta = 1e-5
+        delta = 1e-5 if delta is None else delta
         ages = canaries.ages() if model.config.model.age_conditioned else None
-        scores = denoising_scores(model, canaries.images(), ages, seed=seed, draws=draws, t_range=CANARY_T_RANGE)
-        result = one_run_audit(scores, canaries.included(), delta, alpha=alpha)
-        result.update(site=canaries.site, epsilon_accounted=epsilon,
-                      below_accounted=bool(result["epsilon_lower_bound"] <= epsilon))
-        sites[canaries.site] = result
-        all_scores.append(scores), all_included.append(canaries.included()), deltas.append(delta), epsilons.append(epsilon)
+        scores.append(denoising_scores(model, canaries.images(), ages, seed=seed, draws=draws, t_range=CANARY_T_RANGE))
+        included.append(canaries.included())
+        deltas.append(delta)
+        sites[canaries.site] = _against_accounted(one_run_audit(scores[-1], included[-1], delta, alpha=alpha), epsilon)
+        sites[canaries.site]["site"] = canaries.site
     report = {"weights": weights, "draws": draws, "seed": seed, "t_range": list(CANARY_T_RANGE), "sites": sites}
     if len(sites) > 1:
         # Every canary is a record some site protects with at most max(epsilon_site): pooling all
         # sites' canaries audits the global model against that maximum, with more guesses.
-        pooled = one_run_audit(np.concatenate(all_scores), np.concatenate(all_included), max(deltas), alpha=alpha)
-        pooled.update(site="all sites", epsilon_accounted=max(epsilons),
-                      below_accounted=bool(pooled["epsilon_lower_bound"] <= max(epsilons)))
-        report["pooled"] = pooled
-    report["ok"] = all(r["below_accounted"] for r in [*sites.values(), *([report["pooled"]] if "pooled" in report else [])])
+        pooled = one_run_audit(np.concatenate(scores), np.concatenate(included), max(deltas), alpha=alpha)
+        report["pooled"] = _against_accounted(pooled, max(r["epsilon_accounted"] for r in sites.values()))
+        report["pooled"]["site"] = "all sites"
+    report["ok"] = all(r["below_accounted"] for _, r in canary_results(report))
     if write:
         from ndae.federation.report import finite_or_null
 
@@ -200,9 +196,15 @@ def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLi
     return report
 
 
+def canary_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, result) for every site, then for all sites pooled when there is more than one."""
+    pooled = [("all sites", report["pooled"])] if report.get("pooled") else []
+    return [*report["sites"].items(), *pooled]
+
+
 def format_canary_audit(report: dict[str, Any]) -> str:
     lines = [f"one-run canary audit ({report['weights']} weights, {report['draws']} fixed draws per canary):"]
-    for site, r in [*report["sites"].items(), *([("all sites", report["pooled"])] if "pooled" in report else [])]:
+    for site, r in canary_results(report):
         accounted = r["epsilon_accounted"]
         lines.append(
             f"  {site}: {r['correct']}/{r['guesses']} guesses right over {r['canaries']} canaries "
