@@ -33,6 +33,7 @@ from ndae.model import (
     EMA, batch_iterator, build_model, decode, encode, invert, make_optimizer, prepare_images, prepare_masks, preset,
     psnr_in_mask, set_seed, ssim, train_steps,
 )
+from ndae.model.probe import effective_rank, ridge_probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,33 +53,24 @@ def stratified_split(ages: np.ndarray, every: int = 5, offset: int = 2) -> tuple
     return train, held
 
 
-def age_probe(z_sem: np.ndarray, ages: np.ndarray, repeats: int = 10, folds: int = 5) -> dict[str, float]:
-    """5-fold × repeats CV: standardise, RidgeCV (penalty chosen on the training fold only)."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.model_selection import KFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def ventricle_areas(manifest: str | None, cache: str | None, subjects, slice_channels) -> np.ndarray:
+    """Lateral-ventricle area (DLMUSE labels 51/52, pixels at 2 mm) on the slices the DAE sees, per
+    subject, from the label maps in the prepared cache: the anatomy the latent should carry (the
+    ventricles widen with age; dae-latent-study in shared/notes)."""
+    from ndae.data.cache import load_prepared
+    from ndae.data.dataset import default_cache_dir
+    from ndae.data.demo import demo_manifest_path
+    from ndae.data.preprocess import PrepareConfig, extract_axial_slices
+    from ndae.data.template import output_grid
 
-    rs, maes, mean_maes = [], [], []
-    for repeat in range(repeats):
-        prediction = np.zeros_like(ages, dtype=float)
-        mean_prediction = np.zeros_like(ages, dtype=float)
-        for train, test in KFold(folds, shuffle=True, random_state=repeat).split(z_sem):
-            probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
-            probe.fit(z_sem[train], ages[train])
-            prediction[test] = probe.predict(z_sem[test])
-            mean_prediction[test] = ages[train].mean()
-        rs.append(np.corrcoef(prediction, ages)[0, 1])
-        maes.append(np.abs(prediction - ages).mean())
-        mean_maes.append(np.abs(mean_prediction - ages).mean())
-    return {"r": float(np.mean(rs)), "r_sd": float(np.std(rs)), "mae": float(np.mean(maes)),
-            "mae_sd": float(np.std(maes)), "mean_mae": float(np.mean(mean_maes))}
-
-
-def effective_rank(z: np.ndarray) -> float:
-    s = np.linalg.svd(z - z.mean(0), compute_uv=False)
-    p = s / s.sum()
-    return float(np.exp(-(p * np.log(p + 1e-12)).sum()))
+    cache = cache or default_cache_dir(manifest or demo_manifest_path())
+    grid, z_mm = output_grid(), PrepareConfig().slice_z_mm
+    areas = []
+    for subject in subjects:
+        ventricles = np.isin(load_prepared(cache, subject).labels, (51, 52)).astype(np.float32)
+        slices = extract_axial_slices(ventricles, grid, z_mm)
+        areas.append(slices[list(slice_channels)].sum() if slice_channels is not None else slices.sum())
+    return np.asarray(areas, float)
 
 
 def paper_throughput(in_channels: int, batch_size: int = 4, steps: int = 2) -> dict:
@@ -95,6 +87,9 @@ def paper_throughput(in_channels: int, batch_size: int = 4, steps: int = 2) -> d
     encode(model, x)
     return {"parameters": model.num_parameters()["total"], "train_images_per_s": train_ips,
             "encode_images_per_s": batch_size / (time.perf_counter() - start)}
+
+
+HIGH_NOISE_T = (500, 700)
 
 
 @torch.no_grad()
@@ -141,7 +136,7 @@ def run(args) -> dict:
                               generator=generator, grad_clip=config.train.grad_clip)
         if args.probe_every and len(losses) % args.probe_every == 0:
             t0 = time.perf_counter()
-            probe_curve.append((len(losses), age_probe(encode(ema.model, x_all).numpy(), ages, repeats=3)["r"]))
+            probe_curve.append((len(losses), ridge_probe(encode(ema.model, x_all).numpy(), ages, repeats=3)["r"]))
             print(f"step {len(losses)}: loss {np.mean(losses[-10:]):.3f}, age probe r {probe_curve[-1][1]:.3f}",
                   flush=True)
             probe_seconds += time.perf_counter() - t0
@@ -200,14 +195,19 @@ def run(args) -> dict:
     result["epsilon_mse_own_z_sem"] = float(own.mean())
     result["epsilon_mse_swapped_z_sem"] = float(swapped.mean())
     result["own_z_sem_better_fraction"] = float((own < swapped).float().mean())
+    # At t = 100-300 x_t still shows the image, so z_sem can add little; at t = 500-700 it is the
+    # decoder's main source of the subject's anatomy (relative excess error of a swapped z_sem).
+    own, swapped = (epsilon_mse(net, held, z, timesteps=HIGH_NOISE_T) for z in (z_held, z_held.roll(1, 0)))
+    result["epsilon_mse_high_noise_swap_excess"] = float(swapped.mean() / own.mean() - 1.0)
+    result["own_z_sem_better_fraction_high_noise"] = float((own < swapped).float().mean())
 
     z_all_trained = encode(net, x_all).numpy()
     result["z_sem_effective_rank"] = effective_rank(z_all_trained)
-    result["age_probe_trained"] = age_probe(z_all_trained, ages)
+    result["age_probe_trained"] = ridge_probe(z_all_trained, ages)
     random_probes = []
     for seed in range(args.random_inits):
         random_net = build_model(config, seed=1000 + seed)
-        random_probes.append(age_probe(encode(random_net, x_all).numpy(), ages))
+        random_probes.append(ridge_probe(encode(random_net, x_all).numpy(), ages))
     result["age_probe_random"] = {k: float(np.mean([p[k] for p in random_probes])) for k in random_probes[0]}
     if args.paper_throughput:
         result["paper_cpu"] = paper_throughput(images.shape[1])
@@ -219,11 +219,17 @@ def run(args) -> dict:
     # random features a property of training or of seed 0?
     # Paired with the same seed's untrained encoder: random inits differ a lot (r 0.52-0.66 here),
     # so "trained beats random" must be judged against the weights training started from.
-    def init_r(seed: int) -> float:
-        return age_probe(encode(build_model(config, seed=seed), x_all).numpy(), ages)["r"]
+    areas = ventricle_areas(args.manifest, args.cache, data.subjects[control], config.model.slice_channels)
 
-    result["age_probe_replicates"] = [{"seed": args.seed, "r": tr["r"], "mae": tr["mae"], "init_r": init_r(args.seed)}
-                                      for tr in [result["age_probe_trained"]]]
+    def paired(seed: int, z_trained: np.ndarray) -> dict:
+        """Age and ventricle-area probes of a trained encoder and of the init it started from."""
+        z_init = encode(build_model(config, seed=seed), x_all).numpy()
+        age, age0 = ridge_probe(z_trained, ages), ridge_probe(z_init, ages)
+        return {"seed": seed, "r": age["r"], "mae": age["mae"], "init_r": age0["r"], "init_mae": age0["mae"],
+                "ventricles_r": ridge_probe(z_trained, areas)["r"], "init_ventricles_r": ridge_probe(z_init, areas)["r"]}
+
+    result["ventricle_area_age_r"] = float(np.corrcoef(areas, ages)[0, 1])
+    result["age_probe_replicates"] = [paired(args.seed, z_all_trained)]
     for seed in args.replicate_seeds:
         generator = set_seed(seed)
         replicate = build_model(config, seed=seed)
@@ -231,10 +237,8 @@ def run(args) -> dict:
         train_steps(replicate, replicate_ema, make_optimizer(replicate, config),
                     batch_iterator(x_train, None, config.train.batch_size, generator, config.train.flip_augment),
                     len(losses), generator=generator, grad_clip=config.train.grad_clip)
-        probe = age_probe(encode(replicate_ema.model, x_all).numpy(), ages)
-        result["age_probe_replicates"].append({"seed": seed, "r": probe["r"], "mae": probe["mae"],
-                                               "init_r": init_r(seed)})
-        print(f"replicate seed {seed}: age probe r {probe['r']:.3f}", flush=True)
+        result["age_probe_replicates"].append(paired(seed, encode(replicate_ema.model, x_all).numpy()))
+        print(f"replicate seed {seed}: {result['age_probe_replicates'][-1]}", flush=True)
     return result
 
 
@@ -244,7 +248,11 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
     slices = ("all prepared slices" if result["slice_channels"] is None
               else f"slice channel(s) {result['slice_channels']} of the prepared slices")
     beats = [p["r"] for p in result["age_probe_random_each"]]
-    replicate_r = ", ".join(f"{p['init_r']:.2f} → {p['r']:.2f}" for p in result.get("age_probe_replicates", []))
+    replicates = result.get("age_probe_replicates", [])
+    replicate_r = ", ".join(f"{p['init_r']:.2f} → {p['r']:.2f}" for p in replicates)
+    replicate_mae = ", ".join(f"{p['init_mae']:.1f} → {p['mae']:.1f}" for p in replicates if "init_mae" in p)
+    replicate_vent = ", ".join(f"{p['init_ventricles_r']:.2f} → {p['ventricles_r']:.2f}" for p in replicates
+                               if "ventricles_r" in p)
     lines = [
         f"CPU, {threads} thread(s), shared machine; preset `{result['preset']}` "
         f"({result['parameters']['total']:,} parameters; {slices}: {result['in_channels']} channel(s) at "
@@ -268,6 +276,9 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
         f"{(result['n_held'] - 1) / 2:.1f}) | {result['fixed_noise_identity_rank_mean']:.1f} |",
         f"| ε-MSE at t = 100, 300 with own / swapped z_sem (own better for {result['own_z_sem_better_fraction']:.0%} "
         f"of subjects) | {result['epsilon_mse_own_z_sem']:.5f} / {result['epsilon_mse_swapped_z_sem']:.5f} |",
+        *([f"| ε-MSE at t = {', '.join(map(str, HIGH_NOISE_T))}: excess error with a swapped z_sem (own better for "
+           f"{result['own_z_sem_better_fraction_high_noise']:.0%} of subjects) | "
+           f"{result['epsilon_mse_high_noise_swap_excess']:+.1%} |"] if "epsilon_mse_high_noise_swap_excess" in result else []),
         f"| z_sem effective rank | {result['z_sem_effective_rank']:.1f} |",
         f"| age probe, trained encoder: r / MAE | {tr['r']:.2f} ± {tr['r_sd']:.2f} / {tr['mae']:.1f} ± {tr['mae_sd']:.1f} y |",
         f"| age probe, random-init encoder (mean of {result['random_inits']} "
@@ -279,6 +290,13 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
         f"{'yes' if tr['r'] > max(beats) else 'no'} |",
         *([f"| age probe r per training seed ({', '.join(str(p['seed']) for p in result['age_probe_replicates'])}): "
            f"its own untrained init → trained | {replicate_r} |",
+           *([f"| age probe MAE per training seed: own init → trained | {replicate_mae} y |"] if replicate_mae else []),
+           *([f"| ventricle-area probe r per training seed: own init → trained (lateral ventricles on the DAE's "
+              f"slices, DLMUSE labels; the area itself predicts age with r {result['ventricle_area_age_r']:.2f}) | "
+              f"{replicate_vent} |",
+              f"| training seeds whose trained encoder beats its own init on the ventricle-area probe | "
+              f"{sum(p['ventricles_r'] > p['init_ventricles_r'] for p in replicates)} of {len(replicates)} |"]
+             if replicate_vent else []),
            f"| training seeds whose trained encoder beats its own init / every random-init seed | "
            f"{sum(p['r'] > p['init_r'] for p in result['age_probe_replicates'])} / "
            f"{sum(p['r'] > max(beats) for p in result['age_probe_replicates'])} of {len(result['age_probe_replicates'])} |"]

@@ -6,6 +6,7 @@ Run directory layout written here:
     dae/loss.csv           step, loss
     dae/loss_curve.png     training loss (and its running mean)
     dae/reconstruction.png originals vs DDIM inversion + decoding (EMA weights), PSNR in brain
+    (config.json "dae_result" also holds the age probe of z_sem, trained vs initial encoder)
     latents.npz            subject, z_sem, x_T (from `encode_run`)
 """
 
@@ -21,6 +22,7 @@ import torch
 from ndae.errors import NdaeError
 from ndae.io import atomic_save_figure, atomic_save_npz, atomic_write_json, atomic_write_text
 from ndae.model.config import DAEConfig, preset
+from ndae.model.probe import age_probe_vs_init
 from ndae.model.training import (
     EMA, batch_iterator, build_model, decode, encode, invert, load_checkpoint, make_optimizer, prepare_images,
     prepare_masks, psnr_in_mask, save_checkpoint, set_seed, train_steps,
@@ -121,6 +123,14 @@ def train_run(manifest: str | Path, out: str | Path, config: str | DAEConfig = "
                                        conditioned_ages, figure_steps or cfg.diffusion.sample_steps)
     summary = {"steps": step, "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None,
                "reconstruction_psnr_brain_db": psnr, "parameters": model.num_parameters()}
+    # Does z_sem carry meaning? Age probe of the trained encoder vs the weights it started from.
+    probe = age_probe_vs_init(ema.model, build_model(cfg, seed=cfg.train.seed, device=dev), x, ages)
+    if probe is not None:
+        summary["latent_age_probe"] = {"r_trained": probe["trained"]["r"], "r_init": probe["init"]["r"],
+                                       "mae_trained": probe["trained"]["mae"], "mae_init": probe["init"]["mae"],
+                                       "mae_predicting_mean": probe["trained"]["mean_mae"],
+                                       "trained_beats_init": probe["trained_beats_init"],
+                                       "n_controls": probe["n_subjects"]}
     _merge_config_json(out / "config.json", {"dae_result": summary})
     return summary
 
