@@ -1,14 +1,15 @@
 """Benchmark of the diffusion autoencoder on the shipped IXI demo slices (CPU).
 
-Trains the `tiny` preset for a bounded wall-clock budget on the age-stratified training split,
-then measures, on the held-out healthy subjects: DDIM-inversion reconstruction PSNR inside the
-brain mask and SSIM (whole slice and inside the brain mask), decoding from a random x_T, the
-effect of swapping z_sem, and a cross-validated age probe (standardised z_sem, ridge with its
-penalty chosen inside each training fold) of the trained encoder vs the same encoder at random
-initialisation. Also training and encoding images/s. Writes `benchmarks/results/dae.md`.
+Trains a preset (default `tiny-ventricle`, 1000 steps) on the age-stratified training split, then
+measures, on the held-out healthy subjects: DDIM-inversion reconstruction PSNR inside the brain
+mask and SSIM (whole slice and inside the brain mask), decoding from a random x_T, the effect of
+swapping z_sem (on the decode, and on the denoising error at low and at high noise), and
+cross-validated probes of age and of the lateral-ventricle area (`ndae.model.probe`) of the
+trained encoder vs the same encoder at its initial weights, for the main seed and replicate
+seeds. Also training and encoding images/s. Writes `benchmarks/results/<section>.md`.
 
-    python -m benchmarks.bench_dae [--preset tiny-ventricle] [--minutes 8] [--steps N] [--batch-size B]
-        [--channels 1] [--probe-every 100] [--threads 1]
+    python -m benchmarks.bench_dae [--preset tiny-ventricle] [--steps 1000] [--replicate-seeds 1 2]
+        [--z-sem-dim 16 --section dae_z16] [--batch-size B] [--channels 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def run(args) -> dict:
         config = replace(config, model=replace(config.model, slice_channels=tuple(args.channels)))
     if args.batch_size is not None:
         config = replace(config, train=replace(config.train, batch_size=args.batch_size))
+    if args.z_sem_dim is not None:
+        config = replace(config, model=replace(config.model, z_sem_dim=args.z_sem_dim))
     config = config.with_data_shape(images.shape[1])
     if config.model.slice_channels is not None:  # brain mask of the slices the DAE sees
         masks = (images[:, list(config.model.slice_channels)] > -1.0).any(axis=1, keepdims=True)
@@ -155,7 +158,7 @@ def run(args) -> dict:
               "loss_last50": float(np.mean(losses[-50:])), "n_train": len(train_idx), "n_held": len(held_idx),
               "image_size": list(config.model.image_size), "in_channels": config.model.in_channels,
               "slice_channels": None if config.model.slice_channels is None else list(config.model.slice_channels),
-              "probe_curve": probe_curve, "seed": args.seed,
+              "probe_curve": probe_curve, "seed": args.seed, "z_sem_dim": config.model.z_sem_dim,
               "loss_weight_cap": config.diffusion.loss_weight_cap}
 
     for steps in args.inversion_steps:
@@ -172,9 +175,9 @@ def run(args) -> dict:
 
         from benchmarks.common import RESULTS_DIR
 
-        write_reconstruction_figure(RESULTS_DIR / "dae_reconstructions.png", net, images[held_idx], masks[held_idx],
+        write_reconstruction_figure(RESULTS_DIR / f"{args.section}_reconstructions.png", net, images[held_idx], masks[held_idx],
                                     None, steps)
-        result["figure"] = "dae_reconstructions.png"
+        result["figure"] = f"{args.section}_reconstructions.png"
     x_T = invert(net, held, z_held, steps=steps)
     noise = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1))
     from_noise = decode(net, z_held, noise, steps=steps)
@@ -242,7 +245,7 @@ def run(args) -> dict:
     return result
 
 
-def write_report(result: dict, threads: int, out: str | None = None) -> Path:
+def write_report(result: dict, threads: int, out: str | None = None, section: str = "dae") -> Path:
     tr, rd = result["age_probe_trained"], result["age_probe_random"]
     steps = sorted(int(k.rsplit("_", 1)[1]) for k in result if k.startswith("psnr_brain_") and k[-1].isdigit())
     slices = ("all prepared slices" if result["slice_channels"] is None
@@ -255,7 +258,8 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
                                if "ventricles_r" in p)
     lines = [
         f"CPU, {threads} thread(s), shared machine; preset `{result['preset']}` "
-        f"({result['parameters']['total']:,} parameters; {slices}: {result['in_channels']} channel(s) at "
+        f"({result['parameters']['total']:,} parameters, {result.get('z_sem_dim', 64)}-d z_sem; {slices}: "
+        f"{result['in_channels']} channel(s) at "
         f"{result['image_size'][0]}×{result['image_size'][1]}), trained {result['steps']} steps × "
         f"{result['batch_size']} on {result['n_train']} IXI controls in {result['train_seconds'] / 60:.1f} min; "
         f"evaluated on {result['n_held']} age-stratified held-out controls. EMA weights. Seed {result['seed']}.", "",
@@ -314,12 +318,16 @@ def write_report(result: dict, threads: int, out: str | None = None) -> Path:
         "every position where the window fits in the slice (whole slice, MONAI's `SSIMMetric`) or over the window centres inside the brain "
         "mask (in brain); held-out controls, mean over subjects. "
         "Age probe: all controls, standardised z_sem, ridge with the penalty chosen by leave-one-out inside each "
-        "training fold, 5-fold CV × 10 repeats (± = sd over repeats). The encoder was trained without labels "
-        "on the training split. Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is shown.", "",
+        "training fold, 5-fold CV × 10 repeats (± = sd over repeats) (`ndae.model.probe`). Ventricle-area probe: the "
+        "same probe with the lateral-ventricle area (DLMUSE labels 51/52 on the DAE's slices, from the prepared "
+        "label maps) as target. 'Own init' is the encoder at the weights its training run started from (same "
+        "seed). The encoder was trained without labels on the training split. Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is shown.", "",
     ]
     title = "Diffusion autoencoder (`benchmarks/bench_dae.py`)"
+    if result.get("z_sem_dim", 64) != 64:
+        title += f", {result['z_sem_dim']}-d z_sem"
     if out is None:
-        return write_section("dae", title, "\n".join(lines))
+        return write_section(section, title, "\n".join(lines))
     atomic_write_text(out, f"## {title}\n\n" + "\n".join(lines) + "\n")
     return Path(out)
 
@@ -328,26 +336,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", default=None, help="manifest (default: the shipped IXI demo)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache (default: the manifest's)")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget")
+    parser.add_argument("--preset", default="tiny-ventricle")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=100_000)
-    parser.add_argument("--steps", type=int, default=None, help="train exactly this many steps (unless --minutes runs out first)")
+    parser.add_argument("--steps", type=int, default=1000, help="train exactly this many steps (unless --minutes runs out first)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--z-sem-dim", type=int, default=None, help="override the preset's z_sem dimension")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="slice channels the DAE sees (overrides the preset's slice_channels; 1 = lateral ventricles)")
-    parser.add_argument("--probe-every", type=int, default=0, help="age-probe the EMA encoder every N steps (0: off)")
+    parser.add_argument("--probe-every", type=int, default=250, help="age-probe the EMA encoder every N steps (0: off)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-inits", type=int, default=5)
     parser.add_argument("--replicate-seeds", type=int, nargs="*", default=[1, 2],
                         help="train again from these seeds (same steps) and age-probe each encoder")
     parser.add_argument("--inversion-steps", type=int, nargs="+", default=[20, 50])
-    parser.add_argument("--paper-throughput", action="store_true", help="also time the paper preset on CPU")
+    parser.add_argument("--paper-throughput", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the paper preset on CPU")
+    parser.add_argument("--section", default="dae", help="results/<section>.md (and its figure), e.g. for a variant")
     parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/dae.md with provenance)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
     result = run(args)
-    write_report(result, args.threads, args.out)
+    write_report(result, args.threads, args.out, args.section)
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

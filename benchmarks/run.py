@@ -21,7 +21,9 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "modes", "federation", "privacy", "canaries", "dae", "cohort", "registration"]
+ORDER = ["survival", "modes", "federation", "privacy", "canaries", "dae", "dae_z16", "cohort", "registration"]
+# Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
+RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]]}
 
 
 def available() -> list[str]:
@@ -55,7 +57,8 @@ def main() -> None:
     if not args.stitch_only:
         for name in args.only or available():
             print(f"== benchmark {name}", flush=True)
-            subprocess.run([sys.executable, "-m", f"benchmarks.bench_{name}"], check=True)
+            for extra in RUNS.get(name, [[]]):
+                subprocess.run([sys.executable, "-m", f"benchmarks.bench_{name}", *extra], check=True)
     print(stitch())
 
 
