@@ -129,7 +129,8 @@ def write_report(result: dict, table: pd.DataFrame, path: Path, command: str) ->
     subjects = first["subjects"]
     star = ", ".join(f"{v:.3f} (cohort seed {k})" for k, v in oracle.items())
     lines = [
-        "## Survival: NDAE scores vs baselines vs oracle (`benchmarks/bench_survival.py`)", "",
+        "## Survival: NDAE scores vs baselines vs oracle (`benchmarks/bench_survival.py`"
+        + ("" if result["preset"] == "tiny" else f", DAE preset `{result['preset']}`") + ")", "",
         f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} CPU, {os.cpu_count()} cores visible "
         f"(shared with other work), torch threads {result['threads']}, Python {platform.python_version()}. "
         f"Total {result['total_seconds'] / 60:.1f} min (cohort generation {result['cohort_seconds'] / 60:.1f} min).", "",
@@ -162,8 +163,8 @@ def write_report(result: dict, table: pd.DataFrame, path: Path, command: str) ->
             f"total {r['timings']['total_s']:.0f}" for r in runs) + ".", "",
     ]
     lines += [
-        "Reading: at the `tiny` preset and this CPU step budget the DAE is far from converged (see the "
-        "reconstruction PSNR above; the DAE benchmark's 800-step run is the reference), so the NDAE rows check the "
+        f"Reading: at the `{result['preset']}` preset and this CPU step budget the DAE is far from converged (the "
+        "DAE benchmark measures what its latent carries), so the NDAE rows check the "
         "pipeline end to end, not the method's ceiling; that needs the `paper` preset on a GPU. Folds hold ~12 "
         "patients, so a fold's C has sd ≈ 0.1: differences below ~0.05 between rows are noise.", "",
     ]

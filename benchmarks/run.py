@@ -21,9 +21,12 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "modes", "federation", "privacy", "canaries", "dae", "dae_z16", "cohort", "registration"]
+ORDER = ["survival", "survival_ventricle", "modes", "federation", "privacy", "canaries", "dae", "dae_z16", "cohort", "registration"]
 # Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
-RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]]}
+RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]],
+        "survival": [[], ["--preset", "tiny-ventricle", "--steps", "1000", "--threads", "2",
+                          "--work", "/tmp/ndae-bench-survival-ventricle",
+                          "--out", str(RESULTS_DIR / "survival_ventricle.md")]]}
 
 
 def available() -> list[str]:
