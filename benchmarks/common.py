@@ -32,14 +32,22 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch_version}"
 
 
-def write_section(name: str, title: str, body: str) -> Path:
-    """Write `results/<name>.md` with a header naming the machine, the command and the date."""
-    command = "python -m benchmarks." + " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]])
+def provenance() -> dict[str, str]:
+    """The machine, the command and the date of this run (UTC), as each section's header states them."""
+    return {"machine": machine_description(),
+            "command": "python -m benchmarks." + " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]]),
+            "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
+
+
+def write_section(name: str, title: str, body: str, run: dict[str, str] | None = None) -> Path:
+    """Write `results/<name>.md` with a header naming the machine, the command and the date (those of
+    `run`, a saved `provenance()`, when a section is rendered again from saved numbers)."""
+    run = run or provenance()
     header = (
         f"## {title}\n\n"
-        f"*Machine:* {machine_description()}  \n"
-        f"*Command:* `{command}`  \n"
-        f"*Date:* {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+        f"*Machine:* {run['machine']}  \n"
+        f"*Command:* `{run['command']}`  \n"
+        f"*Date:* {run['date']}\n\n"
     )
     path = RESULTS_DIR / f"{name}.md"
     atomic_write_text(path, header + body.rstrip() + "\n")
