@@ -79,4 +79,4 @@ def test_train_reports_the_age_probe_against_the_initial_encoder(tmp_path):
     assert probe["n_controls"] == MIN_SUBJECTS + 4
     assert -1 <= probe["r_init"] <= 1 and -1 <= probe["r_trained"] <= 1
     assert probe["trained_beats_init"] == (probe["r_trained"] > probe["r_init"])
-    assert probe["mae_predicting_mean"] > 0
+    assert probe["mae_predicting_mean"] > 0 and probe["r_sd"] >= 0

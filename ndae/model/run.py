@@ -126,7 +126,9 @@ def train_run(manifest: str | Path, out: str | Path, config: str | DAEConfig = "
     # Does z_sem carry meaning? Age probe of the trained encoder vs the weights it started from.
     probe = age_probe_vs_init(ema.model, build_model(cfg, seed=cfg.train.seed, device=dev), x, ages)
     if probe is not None:
+        # r_sd: spread of r over CV repeats; a difference from r_init below it is a tie.
         summary["latent_age_probe"] = {"r_trained": probe["trained"]["r"], "r_init": probe["init"]["r"],
+                                       "r_sd": probe["trained"]["r_sd"],
                                        "mae_trained": probe["trained"]["mae"], "mae_init": probe["init"]["mae"],
                                        "mae_predicting_mean": probe["trained"]["mean_mae"],
                                        "trained_beats_init": probe["trained_beats_init"],
