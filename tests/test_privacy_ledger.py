@@ -103,3 +103,63 @@ def test_append_refuses_a_tampered_chain(ledger):
     ledger.write_text("".join(lines))
     with pytest.raises(LedgerError, match="line 1"):
         append_entry(ledger, **_event(9))
+
+
+def test_non_utf8_line_is_named(ledger):
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"accountant":"rdp"', b'"accountant":"rd\xff"')
+    ledger.write_bytes(b"".join(lines))
+    with pytest.raises(LedgerError, match=r"site-a\.jsonl, line 3: not UTF-8"):
+        verify_ledger(ledger)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused_even_when_rehashed(ledger, literal):
+    """Python's json reads NaN and Infinity; one NaN makes every epsilon comparison false."""
+    lines = _lines(ledger)
+    entry = json.loads(lines[0])
+    entry["noise_multiplier"] = float("nan")
+    entry["hash"] = "0" * 64
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":")).replace("NaN", literal)
+    ledger.write_text(text + "\n" + "".join(lines[1:]))
+    with pytest.raises(LedgerError, match=rf"site-a\.jsonl, line 1: not a valid ledger line .*{literal}"):
+        verify_ledger(ledger)
+
+
+@pytest.mark.parametrize("field,value", [("steps", "ten"), ("noise_multiplier", None), ("delta", -1.0),
+                                         ("epsilon_spent_so_far", "lots"), ("site", 3), ("index", True)])
+def test_a_well_chained_line_with_a_junk_field_is_named(tmp_path, field, value):
+    from ndae.privacy.ledger import canonical_json
+
+    path = tmp_path / "site-a.jsonl"
+    append_entry(path, **_event(0))
+    entry = json.loads(path.read_text())
+    entry[field] = value
+    entry["hash"] = entry_hash(entry)  # a consistent chain: only the type is wrong
+    path.write_text(canonical_json(entry) + "\n")
+    with pytest.raises(LedgerError, match=rf"line 1: field '{field}' must be"):
+        verify_ledger(path)
+
+
+def test_heads_are_read_strictly(tmp_path):
+    from ndae.errors import NdaeError
+    from ndae.privacy.ledger import heads_path, read_heads, write_heads
+
+    assert read_heads(heads_path(tmp_path)) == {}
+    head = {"final_hash": "a" * 64, "entries": 2, "epsilon": "inf", "delta": 1e-5, "budget_epsilon": 8.0,
+            "signature": "c2ln", "public_key": "PEM", "added-later": [1, 2]}  # extra fields tolerated
+    write_heads(tmp_path, {"site-a": head})
+    assert read_heads(heads_path(tmp_path)) == {"site-a": head}
+    path = heads_path(tmp_path)
+    for text, message in (("{not json", r"heads\.json: not valid JSON"), ("[1, 2]", "got a JSON list"),
+                          ('{"site-a": 3}', "site 'site-a': expected an object"),
+                          ('{"site-a": {"entries": 1}}', "missing final_hash"),
+                          ('{"site-a": {"final_hash": "xyz", "entries": 1}}', "final_hash must be"),
+                          ('{"site-a": {"final_hash": "' + "a" * 64 + '", "entries": NaN}}', "NaN"),
+                          ('{"site-a": {"final_hash": "' + "a" * 64 + '", "entries": 1, "delta": 2}}', "delta")):
+        path.write_text(text)
+        with pytest.raises(NdaeError, match=message):
+            read_heads(path)
+    path.write_bytes(b'{"site-\xff": {}}')
+    with pytest.raises(NdaeError, match="heads.json: not UTF-8"):
+        read_heads(path)

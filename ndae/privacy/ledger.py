@@ -27,11 +27,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ndae.errors import LedgerError
+from ndae.errors import LedgerError, NdaeError
 from ndae.io import atomic_write_bytes, atomic_write_json
 
 GENESIS_HASH = "0" * 64
-MECHANISMS = ("dp-sgd", "gaussian-moments", "shared-scores")
+MECHANISMS = ("dp-sgd", "gaussian-moments", "shared-scores", "cox-terms", "risk-summary")
+ACCOUNTED_MECHANISMS = ("dp-sgd", "gaussian-moments")  # with an epsilon; the others are declared, non-DP releases
 FIELDS = (
     "index", "time", "site", "mechanism", "noise_multiplier", "clip", "sample_rate", "steps",
     "records_touched", "delta", "epsilon_spent_so_far", "accountant", "prev_hash", "hash",
@@ -79,28 +80,78 @@ def verify_ledger(path: str | os.PathLike, expected_final_hash: str | None = Non
     return final
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf: as bad as a literal Infinity
+        raise ValueError(f"{text} overflows to {value}")
+    return value
+
+
+def strict_json_loads(text: str) -> Any:
+    """json.loads that refuses NaN, Infinity and overflowing numbers (Python accepts all three,
+    and one NaN in a ledger would make every epsilon comparison silently false)."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field_problem(entry: Mapping[str, Any]) -> str | None:
+    """Type of every field the audit computes with (a well-chained line may still carry junk)."""
+    for name in ("index", "steps", "records_touched"):
+        if not isinstance(entry[name], int) or isinstance(entry[name], bool) or entry[name] < 0:
+            return f"field {name!r} must be an integer >= 0, not {entry[name]!r}"
+    for name in ("noise_multiplier", "clip", "sample_rate", "delta"):
+        if not _is_number(entry[name]) or entry[name] < 0:
+            return f"field {name!r} must be a number >= 0, not {entry[name]!r}"
+    eps = entry["epsilon_spent_so_far"]
+    if not (eps == "inf" or (_is_number(eps) and eps >= 0)):
+        return f"field 'epsilon_spent_so_far' must be a number >= 0 or \"inf\", not {eps!r}"
+    for name in ("time", "site", "mechanism", "accountant", "prev_hash", "hash"):
+        if not isinstance(entry[name], str):
+            return f"field {name!r} must be a string, not {entry[name]!r}"
+    return None
+
+
 def _verified(path: Path, expected_final_hash: str | None) -> tuple[list[dict], str]:
     if not path.exists():
         if expected_final_hash not in (None, GENESIS_HASH):
             raise LedgerError(f"{path}: ledger is missing but a final hash {expected_final_hash} was expected")
         return [], GENESIS_HASH
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise LedgerError(f"{path}: cannot read the ledger ({error.strerror or error})") from None
     if raw and not raw.endswith(b"\n"):
         raise LedgerError(f"{path}: last line has no newline (a partial write or a truncated file)")
     entries: list[dict] = []
     previous = GENESIS_HASH
     site = None
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    for number, raw_line in enumerate(raw.splitlines(), start=1):
         where = f"{path}, line {number}"
         try:
-            entry = json.loads(line)
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise LedgerError(f"{where}: not UTF-8 text (byte {error.start + 1} of the line)") from None
+        try:
+            entry = strict_json_loads(line)
         except json.JSONDecodeError as error:
             raise LedgerError(f"{where}: not a JSON object ({error.msg})") from None
+        except (ValueError, RecursionError) as error:
+            raise LedgerError(f"{where}: not a valid ledger line ({error})") from None
         if not isinstance(entry, dict):
             raise LedgerError(f"{where}: not a JSON object")
         missing = [field for field in FIELDS if field not in entry]
         if missing:
             raise LedgerError(f"{where}: missing fields {', '.join(missing)}")
+        problem = _field_problem(entry)
+        if problem:
+            raise LedgerError(f"{where}: {problem}")
         if entry["hash"] != entry_hash(entry):
             raise LedgerError(f"{where}: hash does not match the line's content (the entry was edited)")
         if entry["prev_hash"] != previous:
@@ -189,10 +240,63 @@ def append_entry(path: str | os.PathLike, **fields: Any) -> dict:
     return entry
 
 
+HEAD_FIELDS = ("final_hash", "entries")  # required; the rest are optional, extra fields tolerated
+
+
+def heads_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "privacy" / "heads.json"
+
+
 def write_heads(run_dir: str | os.PathLike, heads: Mapping[str, Mapping[str, Any]]) -> None:
-    """Record each site's ledger head {site: {"final_hash", "entries"}} in privacy/heads.json.
+    """Record each site's ledger head in privacy/heads.json:
+    {site: {"final_hash", "entries", "epsilon", "delta", "budget_epsilon", "signature", "public_key"}}
+    ("signature": the site's `ndae.privacy.signing.sign_head` over site, entries and final_hash;
+    "public_key": the PEM key the site says it signs with; "epsilon"/"budget_epsilon" may be "inf").
 
     Kept by whoever receives the releases (the server), so `audit_run` can catch a site ledger
-    that was cut short after the fact.
+    that was cut short or forged after the fact.
     """
-    atomic_write_json(Path(run_dir) / "privacy" / "heads.json", {k: dict(v) for k, v in heads.items()})
+    atomic_write_json(heads_path(run_dir), {k: dict(v) for k, v in heads.items()})
+
+
+def read_heads(path: str | os.PathLike) -> dict[str, dict]:
+    """privacy/heads.json, checked field by field ({} when absent). NdaeError naming the file,
+    the site and the field for anything malformed: bad UTF-8 or JSON, NaN, a wrong shape."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    where = str(path)
+    try:
+        heads = strict_json_loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NdaeError(f"{where}: not UTF-8 text (byte {error.start + 1})") from None
+    except json.JSONDecodeError as error:
+        raise NdaeError(f"{where}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
+    except (ValueError, RecursionError, OSError) as error:
+        raise NdaeError(f"{where}: not a valid heads file ({error})") from None
+    if not isinstance(heads, dict):
+        raise NdaeError(f"{where}: expected an object {{site: {{\"final_hash\": ..., \"entries\": ...}}}}, "
+                        f"got a JSON {type(heads).__name__}")
+    for site, head in heads.items():
+        at = f"{where}: site {site!r}"
+        if not site or "/" in site or site.startswith("."):
+            raise NdaeError(f"{at}: not a usable site name")
+        if not isinstance(head, dict):
+            raise NdaeError(f"{at}: expected an object with final_hash and entries, got {type(head).__name__}")
+        missing = [field for field in HEAD_FIELDS if field not in head]
+        if missing:
+            raise NdaeError(f"{at}: missing {', '.join(missing)}")
+        if not isinstance(head["final_hash"], str) or len(head["final_hash"]) != 64 \
+                or any(c not in "0123456789abcdef" for c in head["final_hash"]):
+            raise NdaeError(f"{at}: final_hash must be 64 lowercase hex digits, not {head['final_hash']!r}")
+        if not isinstance(head["entries"], int) or isinstance(head["entries"], bool) or head["entries"] < 0:
+            raise NdaeError(f"{at}: entries must be an integer >= 0, not {head['entries']!r}")
+        for name in ("signature", "public_key"):
+            if name in head and not isinstance(head[name], str):
+                raise NdaeError(f"{at}: {name} must be a string, not {type(head[name]).__name__}")
+        for name in ("epsilon", "budget_epsilon"):
+            if name in head and not (head[name] == "inf" or (_is_number(head[name]) and head[name] >= 0)):
+                raise NdaeError(f"{at}: {name} must be a number >= 0 or \"inf\", not {head[name]!r}")
+        if "delta" in head and not (_is_number(head["delta"]) and 0 < head["delta"] < 1):
+            raise NdaeError(f"{at}: delta must be a number in (0, 1), not {head['delta']!r}")
+    return heads
