@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -12,11 +13,20 @@ def register(subparsers) -> None:
         "audit", help="verify a run's privacy ledgers, recompute epsilon, check budgets",
         description="Verify every privacy/<site>.jsonl hash chain of a run, recompute epsilon with "
         "an independent accountant, check the budget; writes privacy/audit.json. Without "
-        "--budget-epsilon, the budgets the sites reported (privacy/heads.json) are checked.",
+        "--budget-epsilon, the budgets the sites reported (privacy/heads.json) are checked. Each "
+        "site's ledger head must be signed by the site's key: pass --keys REGISTRY to check the "
+        "signatures against the consortium's registered keys.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--budget-epsilon", type=float, default=None, help="per-site epsilon budget")
-    parser.add_argument("--budget-delta", type=float, default=None, help="per-site delta (default: 1e-5)")
+    parser.add_argument("--budget-delta", type=float, default=None,
+                        help="per-site delta (default: the delta each site recorded in privacy/heads.json, "
+                        "its policy; 1e-5 where none is recorded)")
+    parser.add_argument("--keys", metavar="DIR", default=None,
+                        help="the consortium's registry of ledger-signing public keys, one <site>.pub (PEM) "
+                        "per site (deploy: consortium/registry); every site's head signature must verify "
+                        "against it. Without it the keys the run folder reports are used, which proves "
+                        "integrity only against someone who cannot write the run folder (a warning)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     canary = parser.add_argument_group("one-run canary audit (Steinke et al. 2023; runs trained with audit-canaries > 0)")
     canary.add_argument("--canaries", action="store_true",
@@ -35,26 +45,16 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _reported_budgets(run_dir):
-    from ndae.federation.privacy import load_heads
-
-    budgets = {}
-    for site, head in load_heads(run_dir).items():
-        if "budget_epsilon" in head and head["budget_epsilon"] != "inf":
-            budgets[site] = (float(head["budget_epsilon"]), float(head["delta"]))
-    return budgets or None
-
-
 def run(args) -> int:
     from ndae.errors import NdaeError
     from ndae.privacy.audit import audit_run, format_report
 
-    budgets = None
-    if args.budget_epsilon is not None:
-        budgets = (args.budget_epsilon, args.budget_delta if args.budget_delta is not None else 1e-5)
-    else:
-        budgets = _reported_budgets(args.run_dir)
-    report = audit_run(args.run_dir, budgets)
+    from ndae.privacy.audit import reported_budgets
+
+    if not Path(args.run_dir).is_dir():
+        raise NdaeError(f"{args.run_dir}: run directory does not exist")
+    budgets = reported_budgets(args.run_dir, args.budget_epsilon, args.budget_delta)
+    report = audit_run(args.run_dir, budgets, keys_dir=args.keys)
     ok = report["ok"]
     if args.empirical:
         from ndae.privacy.empirical import empirical_audit_run, format_empirical

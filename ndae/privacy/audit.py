@@ -32,7 +32,10 @@ from scipy import stats as _stats
 from ndae.errors import LedgerError, NdaeError
 from ndae.io import atomic_write_json
 from ndae.privacy.accountant import epsilon_of
-from ndae.privacy.ledger import decode_epsilon, read_ledger
+from ndae.privacy.delta import DEFAULT_DELTA
+from ndae.privacy.ledger import (GENESIS_HASH, decode_epsilon, heads_path, read_heads, read_ledger,
+                                 strict_json_loads)
+from ndae.privacy.signing import fingerprint, verify_head
 
 RELATIVE_TOLERANCE = 1e-3
 SAME_ACCOUNTANT_TOLERANCE = 1e-6
@@ -51,17 +54,6 @@ def _budget_for(budgets: Any, site: str) -> tuple[float, float] | None:
         return None
     epsilon, delta = budgets
     return float(epsilon), float(delta)
-
-
-def _load_heads(privacy_dir: Path) -> dict[str, str]:
-    path = privacy_dir / "heads.json"
-    if not path.exists():
-        return {}
-    try:
-        heads = json.loads(path.read_text())
-        return {site: head["final_hash"] for site, head in heads.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise NdaeError(f"{path}: expected {{site: {{'final_hash': ...}}}} ({error})") from None
 
 
 def audit_site(path: Path, budget: tuple[float, float] | None, expected_final_hash: str | None,
@@ -150,55 +142,228 @@ def _close(a: float, b: float, rtol: float) -> bool:
     return abs(a - b) <= rtol * max(1.0, abs(b))
 
 
+def _run_config(run_dir: Path) -> dict | None:
+    """(private?, sites) from RUN/config.json, or None when there is none; NdaeError naming the
+    file when it is unreadable or of the wrong shape (an auditor must not guess)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        config = strict_json_loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise NdaeError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise NdaeError(f"{path}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
+    except (ValueError, RecursionError, OSError) as error:
+        raise NdaeError(f"{path}: unreadable ({error})") from None
+    if not isinstance(config, dict):
+        raise NdaeError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    federation = config.get("federation", {})
+    if not isinstance(federation, dict):
+        raise NdaeError(f"{path}: field 'federation' must be an object")
+    private = federation.get("privacy", False)
+    if not isinstance(private, bool):
+        raise NdaeError(f"{path}: field 'federation.privacy' must be true or false, not {private!r}")
+    sites = config.get("sites", {})
+    if not isinstance(sites, (dict, list)) or not all(isinstance(site, str) for site in sites):
+        raise NdaeError(f"{path}: field 'sites' must be an object (or list) keyed by site name")
+    return {"path": str(path), "private": private, "sites": sorted(sites)}
+
+
+def reported_budgets(run_dir: str | os.PathLike, budget_epsilon: float | None = None,
+                     budget_delta: float | None = None) -> dict | None:
+    """Budgets for `audit_run` from the sites' recorded policy in privacy/heads.json.
+
+    Without `budget_epsilon`: each site's own (budget_epsilon, delta), for sites with a finite
+    budget. With it: that epsilon for every site, at `budget_delta` if given, else at the delta
+    the site recorded (its policy), else `DEFAULT_DELTA`. Note that these head fields are not
+    covered by the site's signature: pass both flags to hold every site to an agreed policy.
+    """
+    heads = read_heads(heads_path(run_dir))
+
+    def site_delta(head: Mapping[str, Any]) -> float:
+        return float(budget_delta if budget_delta is not None else head.get("delta", DEFAULT_DELTA))
+
+    if budget_epsilon is None:
+        budgets = {site: (float(head["budget_epsilon"]), site_delta(head)) for site, head in heads.items()
+                   if head.get("budget_epsilon", "inf") != "inf"}
+        return budgets or None
+    budgets = {site: (float(budget_epsilon), site_delta(head)) for site, head in heads.items()}
+    budgets["*"] = (float(budget_epsilon), float(budget_delta if budget_delta is not None else DEFAULT_DELTA))
+    return budgets
+
+
+class _Keys:
+    """Where the public keys that check head signatures come from: the consortium registry
+    (`--keys DIR`, one `<site>.pub` each) or, failing that, what the run folder itself says."""
+
+    def __init__(self, registry: str | os.PathLike | None, privacy_dir: Path):
+        self.registry = Path(registry) if registry is not None else None
+        self.privacy_dir = privacy_dir
+        if self.registry is not None and not self.registry.is_dir():
+            raise NdaeError(f"{self.registry}: the key registry (--keys) is not a folder")
+
+    def describe(self) -> str:
+        return f"registry {self.registry}" if self.registry is not None else "self-reported"
+
+    def key_for(self, site: str, head: Mapping[str, Any]) -> tuple[str, str]:
+        """(PEM, where it came from), or NdaeError saying why there is no usable key."""
+        if self.registry is not None:
+            path = self.registry / f"{site}.pub"
+            if not path.is_file():
+                raise NdaeError(f"{path}: no registered public key for site {site!r}")
+            try:
+                pem = path.read_text()
+            except (OSError, UnicodeDecodeError) as error:
+                raise NdaeError(f"{path}: unreadable registered key ({error})") from None
+            fingerprint(pem, str(path))  # a clear error for a key file that is not a key
+            return pem, f"the registered key {path}"
+        candidates = []
+        if head.get("public_key"):
+            candidates.append((head["public_key"], f"the public key in {self.privacy_dir / 'heads.json'}"))
+        pub = self.privacy_dir / f"{site}.signing.pub"
+        if pub.is_file():
+            try:
+                candidates.append((pub.read_text(), f"the public key {pub}"))
+            except (OSError, UnicodeDecodeError) as error:
+                raise NdaeError(f"{pub}: unreadable ({error})") from None
+        if not candidates:
+            raise NdaeError(f"site {site!r}: no public key to check its head signature against "
+                            f"(none in heads.json or {pub}; pass --keys REGISTRY)")
+        prints = {fingerprint(pem, where) for pem, where in candidates}
+        if len(prints) > 1:
+            raise NdaeError(f"site {site!r}: {candidates[0][1]} and {candidates[1][1]} are different keys")
+        pem, where = candidates[0]
+        return pem, f"{where} (self-reported)"
+
+
+def _check_head(report: dict, site: str, head: Mapping[str, Any] | None, heads_file: Path, keys: _Keys) -> None:
+    """The recorded head: present, as long as the ledger, and signed by the site's key."""
+    problems = report["problems"]
+    if head is None:
+        report["signature"] = "no head"
+        problems.append(f"{heads_file}: no head recorded for site {site!r} (a truncated or forged "
+                        f"ledger would go unnoticed)")
+        return
+    if "entries" in report and head["entries"] != report["entries"]:
+        problems.append(f"{heads_file}: site {site!r} head says {head['entries']} entries, the ledger has "
+                        f"{report['entries']}")
+    signature = head.get("signature")
+    if not signature:
+        report["signature"] = "missing"
+        problems.append(f"{heads_file}: site {site!r} has no signature on its ledger head")
+        return
+    try:
+        pem, source = keys.key_for(site, head)
+    except NdaeError as error:
+        report["signature"] = "unverifiable"
+        problems.append(str(error))
+        return
+    report.update(signature_key=source, signature_key_fingerprint=fingerprint(pem))
+    if verify_head(pem, site, head["final_hash"], head["entries"], signature):
+        report["signature"] = "valid"
+    else:
+        report["signature"] = "invalid"
+        problems.append(f"site {site!r}: the signature on its ledger head in {heads_file} does not verify "
+                        f"against {source}: the ledger or its head was altered, or signed by another key")
+
+
 def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
               expected_final_hashes: Mapping[str, str] | None = None, eps_error: float = 0.01,
-              write: bool = True) -> dict:
-    """Audit every `privacy/*.jsonl` of a run; write `privacy/audit.json`; return the report.
+              write: bool = True, keys_dir: str | os.PathLike | None = None) -> dict:
+    """Audit a run's privacy releases; write `privacy/audit.json`; return the report.
 
+    Every site with a ledger or a head, and in a private run (config.json federation.privacy)
+    every site of config.json's "sites", must have its ledger `privacy/<site>.jsonl`, a head in
+    `privacy/heads.json` whose final hash and length the chain matches, and a valid signature on
+    that head. Signatures are checked against `keys_dir/<site>.pub` (the consortium registry),
+    else against the keys the run folder reports (a warning: integrity only).
     budgets: None, (epsilon, delta) for every site, {"epsilon": e, "delta": d}, or
-    {site: (epsilon, delta), "*": default}. Expected final hashes come from the argument or
-    from `privacy/heads.json` (written by the server) and catch truncated ledgers.
+    {site: (epsilon, delta), "*": default}. `expected_final_hashes`: heads the caller vouches
+    for, checked in addition to heads.json.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NdaeError(f"{run_dir}: run directory does not exist")
     privacy_dir = run_dir / "privacy"
-    heads = _load_heads(privacy_dir)
-    heads.update(expected_final_hashes or {})
-    ledgers = sorted(privacy_dir.glob("*.jsonl")) if privacy_dir.is_dir() else []
+    heads_file = heads_path(run_dir)
+    config = _run_config(run_dir)
+    keys = _Keys(keys_dir, privacy_dir)
+    heads = read_heads(heads_file)
+    ledgers = sorted(p.name[: -len(".jsonl")] for p in privacy_dir.glob("*.jsonl")) if privacy_dir.is_dir() else []
+    problems: list[str] = []
+    notes: list[str] = []
+    expected_sites = config["sites"] if config and config["private"] else []
+    if config and config["private"] and not privacy_dir.is_dir():
+        problems.append(f"{privacy_dir}: missing, but {config['path']} says the run is private")
+    if config is None and not ledgers and not heads:
+        problems.append(f"{run_dir}: no config.json and no privacy ledgers: nothing shows whether, or what, "
+                        f"this run released")
+    if config and not config["private"] and not ledgers and not heads:
+        notes.append("not a private run (config.json federation.privacy = false): no privacy releases to audit")
     sites = {}
-    for path in ledgers:
-        site = path.name[: -len(".jsonl")]
-        sites[site] = audit_site(path, _budget_for(budgets, site), heads.get(site), eps_error)
-    for site in sorted(set(heads) - set(sites)):
-        sites[site] = {"site": site, "ledger": str(privacy_dir / f"{site}.jsonl"), "chain": "missing",
-                       "ok": False, "problems": [f"{privacy_dir / site}.jsonl: ledger missing but a head was recorded"]}
+    for site in sorted(set(ledgers) | set(heads) | set(expected_sites)):
+        sites[site] = _audit_one(site, privacy_dir, heads.get(site), heads_file, keys,
+                                 (expected_final_hashes or {}).get(site), _budget_for(budgets, site), eps_error)
+    if keys.registry is None and any(r.get("signature") == "valid" for r in sites.values()):
+        notes.append("WARNING: head signatures were checked against SELF-REPORTED keys (heads.json, "
+                     "privacy/<site>.signing.pub): this proves integrity only against someone who cannot "
+                     "write the run folder; pass --keys REGISTRY (the consortium's registered <site>.pub) "
+                     "to check them against keys the sites registered")
     report = {
         "run_dir": str(run_dir),
         "audited_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "ok": all(site["ok"] for site in sites.values()),
+        "ok": not problems and all(site["ok"] for site in sites.values()),
+        "private": config["private"] if config else None,
+        "key_source": keys.describe(),
+        "problems": problems,
         "sites": sites,
-        "tampered": sorted(s for s, r in sites.items() if r.get("chain") in ("broken", "missing")),
+        "tampered": sorted(s for s, r in sites.items()
+                           if r.get("chain") in ("broken", "missing") or r.get("signature") == "invalid"),
+        "unsigned": sorted(s for s, r in sites.items() if r.get("signature") in ("missing", "no head", "unverifiable")),
         "over_budget": sorted(s for s, r in sites.items()
                               if "budget_epsilon" in r and r["epsilon_at_budget_delta"] > r["budget_epsilon"] * (1 + 1e-9)),
         "tolerance": (
             f"same accountant: relative {SAME_ACCOUNTANT_TOLERANCE:g}; independent accountant: PRV "
             f"≤ RDP + {eps_error} (PRV error) + {RELATIVE_TOLERANCE:.1%}"
         ),
-        "notes": [] if ledgers else ["no privacy ledgers in this run"],
+        "notes": notes + ([] if ledgers else ["no privacy ledgers in this run"]),
     }
-    if write:
+    if write and privacy_dir.is_dir():
         atomic_write_json(privacy_dir / "audit.json", report)
+    return report
+
+
+def _audit_one(site: str, privacy_dir: Path, head: Mapping[str, Any] | None, heads_file: Path, keys: _Keys,
+               vouched_hash: str | None, budget: tuple[float, float] | None, eps_error: float) -> dict:
+    path = privacy_dir / f"{site}.jsonl"
+    if not path.is_file():
+        report = {"site": site, "ledger": str(path), "chain": "missing", "ok": False,
+                  "problems": [f"{path}: ledger missing" + (" but a head was recorded" if head else
+                                                             " for a site of the run")]}
+        _check_head(report, site, head, heads_file, keys)
+        return report
+    report = audit_site(path, budget, head["final_hash"] if head else None, eps_error)
+    if report["chain"] != "broken":
+        _check_head(report, site, head, heads_file, keys)
+        final = report.get("final_hash") or GENESIS_HASH
+        if vouched_hash is not None and final != vouched_hash:
+            report["problems"].append(f"{path}: final hash {final} is not the expected {vouched_hash}")
+    report["ok"] = not report["problems"]
     return report
 
 
 def format_report(report: Mapping[str, Any]) -> str:
     """A few readable lines per site."""
-    lines = [f"privacy audit of {report['run_dir']}: {'OK' if report['ok'] else 'FAILED'}"]
+    lines = [f"privacy audit of {report['run_dir']}: {'OK' if report['ok'] else 'FAILED'}"
+             f" (signing keys: {report.get('key_source', 'self-reported')})"]
+    for problem in report.get("problems", []):
+        lines.append(f"  problem: {problem}")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     for site, r in report["sites"].items():
-        lines.append(f"  site {site}: {'ok' if r['ok'] else 'FAILED'} — chain {r['chain']}")
+        lines.append(f"  site {site}: {'ok' if r['ok'] else 'FAILED'} — chain {r['chain']}, "
+                     f"head signature {r.get('signature', 'not checked')}")
         if "epsilon_reported" in r:
             lines.append(
                 f"    {r['entries']} releases {r['mechanisms']}, {r['steps_total']} steps; epsilon "
@@ -210,6 +375,8 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"    budget epsilon {r['budget_epsilon']:g} at delta {r['budget_delta']:g}: spent "
                 f"{r['epsilon_at_budget_delta']:.4f}"
             )
+        if "signature_key" in r:
+            lines.append(f"    head signed; checked against {r['signature_key']} ({r['signature_key_fingerprint']})")
         for problem in r["problems"]:
             lines.append(f"    problem: {problem}")
     return "\n".join(lines)
