@@ -69,6 +69,96 @@ def test_superlink_cert_needs_the_ca(tmp_path):
         pki.issue_superlink_cert(tmp_path / "no-ca", tmp_path / "tls", ["localhost"])
 
 
+def test_private_keys_are_0600_from_their_first_byte(tmp_path, monkeypatch):
+    """Every private key is created by os.open(O_CREAT|O_EXCL|O_WRONLY, 0600) in its target folder
+    and is already 0600 when renamed/linked into place: no window in which others could read it."""
+    opened, published = [], []
+    real_open, real_replace, real_link = os.open, os.replace, os.link
+
+    def spy_open(path, flags, mode=0o777, *args, **kwargs):
+        opened.append((Path(path), flags, mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    def spy_publish(real):
+        def publish(source, target, *args, **kwargs):
+            published.append((Path(target).name, stat.S_IMODE(os.stat(source).st_mode), Path(source).parent))
+            return real(source, target, *args, **kwargs)
+        return publish
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "replace", spy_publish(real_replace))
+    monkeypatch.setattr(os, "link", spy_publish(real_link))
+    old_umask = os.umask(0)  # the widest umask: only the mode given to os.open protects the key
+    try:
+        pki.create_ca(tmp_path / "ca")
+        pki.issue_superlink_cert(tmp_path / "ca", tmp_path / "tls", ["localhost"])
+        pki.create_site_key("hospital-a", tmp_path / "keys")
+        pki.create_ledger_key("hospital-a", tmp_path / "privacy")
+    finally:
+        os.umask(old_umask)
+    private = {"ca.key": tmp_path / "ca", "superlink.key": tmp_path / "tls", "hospital-a.key": tmp_path / "keys",
+               "hospital-a.signing.key": tmp_path / "privacy"}
+    for name, folder in private.items():
+        opens = [(p, f, m) for p, f, m in opened if p.name.startswith(f".{name}.")]
+        assert opens, f"{name} was not created through os.open"
+        for path, flags, mode in opens:
+            assert path.parent == folder and mode == 0o600
+            assert flags & os.O_CREAT and flags & os.O_EXCL and flags & os.O_WRONLY
+        assert [m for n, m, parent in published if n == name] == [0o600], name
+        assert all(parent == folder for n, _, parent in published if n == name)
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+
+
+def test_ledger_key_is_registered_and_a_different_key_is_not_replaced_silently(tmp_path, capsys):
+    from ndae.privacy.signing import fingerprint, verify_head, sign_head, load_or_create_signing_key
+
+    assert pki.main(["site-key", "hospital-a", "--out", str(tmp_path / "keys"),
+                     "--privacy-dir", str(tmp_path / "privacy")]) == 0
+    out = capsys.readouterr().out
+    key_path, pub_path = tmp_path / "privacy" / "hospital-a.signing.key", tmp_path / "privacy" / "hospital-a.signing.pub"
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600 and stat.S_IMODE(pub_path.stat().st_mode) == 0o644
+    assert fingerprint(pub_path.read_text()) in out and pki.fingerprint(tmp_path / "keys" / "hospital-a.pub") in out
+    registry = tmp_path / "consortium" / "registry"
+    assert pki.main(["register-ledger-key", "hospital-a", str(pub_path), "--registry", str(registry)]) == 0
+    registered = (registry / "hospital-a.pub").read_text()
+    key = load_or_create_signing_key(key_path)
+    assert verify_head(registered, "hospital-a", "a" * 64, 2, sign_head(key, "hospital-a", "a" * 64, 2))
+    assert pki.register_ledger_key(registry, "hospital-a", pub_path) == registry / "hospital-a.pub"  # same key: fine
+    other = pki.create_ledger_key("hospital-b", tmp_path / "privacy-b")[1]
+    with pytest.raises(NdaeError, match="already registers another key"):
+        pki.register_ledger_key(registry, "hospital-a", other)
+    assert (registry / "hospital-a.pub").read_text() == registered
+    (tmp_path / "junk.pub").write_text("junk")
+    assert pki.main(["register-ledger-key", "hospital-c", str(tmp_path / "junk.pub"), "--registry", str(registry)]) == 1
+    assert "junk.pub: not a PEM public key" in capsys.readouterr().err
+
+
+def test_a_ca_key_open_to_others_is_refused(tmp_path):
+    pki.create_ca(tmp_path / "ca")
+    (tmp_path / "ca" / "ca.key").chmod(0o644)
+    with pytest.raises(NdaeError, match=r"ca\.key: the CA key has mode 0644"):
+        pki.issue_superlink_cert(tmp_path / "ca", tmp_path / "tls", ["localhost"])
+
+
+def test_deploy_steps_inside_a_checkout_leave_no_key_addable_to_git(tmp_path):
+    """deploy/README.md creates consortium/ (CA, SuperLink key, registry) in the checkout: git
+    must ignore it, and any *.key, wherever a user puts it."""
+    root = DEPLOY.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["consortium/ca/ca.key", "consortium/superlink-tls/superlink.key", "consortium/registry/site.pub",
+             "keys/hospital-a.key", "privacy/hospital-a.signing.key"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root, capture_output=True, text=True)
+    assert sorted(result.stdout.split()) == sorted(paths), result.stdout + result.stderr
+    assert "consortium/" in (DEPLOY / "README.md").read_text()
+
+
+def test_deploy_docs_no_longer_pass_canary_secret():
+    for path in [*DEPLOY.rglob("*"), DEPLOY.parent / "ndae" / "deploy" / "loopback.py"]:
+        if path.is_file():
+            assert "canary-secret" not in path.read_text(errors="replace"), path
+
+
 # --- site control ------------------------------------------------------------------------------
 def test_check_app_bundle_accepts_only_approved_hashes(tmp_path):
     bundle = b"PK\x03\x04 pretend app bundle"

@@ -139,6 +139,7 @@ class LoopbackConsortium:
         self.port = self.port or free_port()
         self.tls_dir = self.root / "superlink-tls"
         self.cli_home = self.root / "flwr-cli"
+        self.registry = self.root / "consortium" / "registry"  # sites' ledger-signing public keys
 
     # Environment shared by every process: no telemetry, no update check, our venv first.
     def _env(self, **extra: str) -> dict[str, str]:
@@ -197,13 +198,17 @@ class LoopbackConsortium:
         return self.root / "sites" / site
 
     def create_site(self, site: str, manifest: Path | None = None) -> tuple[Path, Path]:
-        """Site key pair (private key stays in the site folder) and a manifest path."""
+        """Site key pair (private key stays in the site folder) and a manifest path; the site's
+        ledger-signing key in its default privacy-dir (beside the manifest), its public key
+        registered in `self.registry` (for `ndae audit RUN --keys`)."""
         key, public = pki.create_site_key(site, self.site_dir(site) / "keys")
         if manifest is None:
             manifest = self.site_dir(site) / "manifest.csv"
             if not manifest.exists():
                 atomic_write_text(manifest, "subject,site,image,age,sex,group\n")
         (self.site_dir(site) / "manifest-path").write_text(str(manifest))
+        _, signing_public = pki.create_ledger_key(site, Path(manifest).resolve().parent / "privacy")
+        pki.register_ledger_key(self.registry, site, signing_public)
         return key, public
 
     def start_supernode(self, site: str, extra_args: tuple[str, ...] = (),
@@ -329,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             consortium.wait_for_log(node, "SuperNode ID:", 120)
         run_id = consortium.run(Path(args.app), args.run_config)
         status = consortium.wait_run(run_id, args.timeout)
-        print(f"run {run_id}: {status}; logs under {root / 'logs'}")
+        print(f"run {run_id}: {status}; logs under {root / 'logs'}; audit a private run with "
+              f"`ndae audit RUN_DIR --keys {consortium.registry}`")
         return 0 if status == "finished:completed" else 1
 
 
