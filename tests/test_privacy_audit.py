@@ -177,7 +177,7 @@ def test_a_forged_ledger_fails_against_the_registry_naming_the_site(consortium, 
     assert read_ledger(ledger_path(run, "site-b"))  # the forged chain is a valid chain ...
     loose = audit_run(run)  # ... its epsilons agree with the accountant, and heads.json matches it
     assert loose["ok"], loose
-    assert any("SELF-REPORTED" in note for note in loose["notes"])  # ... which is why that is a warning
+    assert any("SELF-REPORTED" in warning for warning in loose["warnings"])  # ... which is why that is a warning
     report = audit_run(run, keys_dir=registry)
     assert not report["ok"] and report["tampered"] == ["site-b"]
     assert report["sites"]["site-a"]["ok"]
@@ -312,3 +312,8 @@ def test_budget_delta_defaults_to_each_sites_recorded_delta(consortium):
     report = audit_run(run, budgets)
     assert report["sites"]["site-a"]["budget_delta"] == 1e-7
     assert report["sites"]["site-a"]["epsilon_at_budget_delta"] > report["sites"]["site-a"]["epsilon_reported"]
+
+
+def test_a_missing_registry_is_a_clear_error(run_dir, tmp_path, capsys):
+    assert main(["audit", str(run_dir), "--keys", str(tmp_path / "no-registry")]) == 1
+    _no_traceback(capsys, "no-registry: the key registry (--keys) is not a folder")

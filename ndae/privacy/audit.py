@@ -80,19 +80,23 @@ def audit_site(path: Path, budget: tuple[float, float] | None, expected_final_ha
     accountant = entries[-1]["accountant"]
     if len(accountants) > 1:
         problems.append(f"{path}: entries mix accountants {accountants}")
-    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    # Declared (non-DP) releases — Cox terms, concordance counts, consented scores — carry no ε.
+    from ndae.privacy.ledger import ACCOUNTED_MECHANISMS
+
+    accounted = [e["mechanism"] in ACCOUNTED_MECHANISMS for e in entries]
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e, a in zip(entries, accounted) if a]
     mechanisms: dict[str, int] = {}
     for entry in entries:
         mechanisms[entry["mechanism"]] = mechanisms.get(entry["mechanism"], 0) + 1
     report.update(accountant=accountant, mechanisms=mechanisms,
                   records_touched_max=max(e["records_touched"] for e in entries),
-                  steps_total=sum(e["steps"] for e in entries))
+                  steps_total=sum(steps for _, _, steps in history))
 
     # 1. every line's reported epsilon against the same accountant (PRV: last line only, it is slow)
     lines = range(len(entries)) if accountant != "prv" else [len(entries) - 1]
     for i in lines:
         reported = decode_epsilon(entries[i]["epsilon_spent_so_far"])
-        recomputed = epsilon_of(history[: i + 1], entries[i]["delta"], accountant)
+        recomputed = epsilon_of(history[: sum(accounted[: i + 1])], entries[i]["delta"], accountant)
         if not _close(reported, recomputed, SAME_ACCOUNTANT_TOLERANCE):
             problems.append(
                 f"{path}, line {i + 1}: reported epsilon {reported:.6g} but {accountant} gives "
@@ -167,6 +171,9 @@ def _run_config(run_dir: Path) -> dict | None:
     sites = config.get("sites", {})
     if not isinstance(sites, (dict, list)) or not all(isinstance(site, str) for site in sites):
         raise NdaeError(f"{path}: field 'sites' must be an object (or list) keyed by site name")
+    for site in sites:
+        if not site or "/" in site or "\\" in site or site.startswith("."):
+            raise NdaeError(f"{path}: site name {site!r} in 'sites' cannot name a ledger file")
     return {"path": str(path), "private": private, "sites": sorted(sites)}
 
 
@@ -305,8 +312,9 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
     for site in sorted(set(ledgers) | set(heads) | set(expected_sites)):
         sites[site] = _audit_one(site, privacy_dir, heads.get(site), heads_file, keys,
                                  (expected_final_hashes or {}).get(site), _budget_for(budgets, site), eps_error)
+    warnings = []
     if keys.registry is None and any(r.get("signature") == "valid" for r in sites.values()):
-        notes.append("WARNING: head signatures were checked against SELF-REPORTED keys (heads.json, "
+        warnings.append("head signatures were checked against SELF-REPORTED keys (heads.json, "
                      "privacy/<site>.signing.pub): this proves integrity only against someone who cannot "
                      "write the run folder; pass --keys REGISTRY (the consortium's registered <site>.pub) "
                      "to check them against keys the sites registered")
@@ -327,6 +335,7 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
             f"same accountant: relative {SAME_ACCOUNTANT_TOLERANCE:g}; independent accountant: PRV "
             f"≤ RDP + {eps_error} (PRV error) + {RELATIVE_TOLERANCE:.1%}"
         ),
+        "warnings": warnings,
         "notes": notes + ([] if ledgers else ["no privacy ledgers in this run"]),
     }
     if write and privacy_dir.is_dir():
@@ -359,6 +368,8 @@ def format_report(report: Mapping[str, Any]) -> str:
              f" (signing keys: {report.get('key_source', 'self-reported')})"]
     for problem in report.get("problems", []):
         lines.append(f"  problem: {problem}")
+    for warning in report.get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     for site, r in report["sites"].items():
@@ -376,7 +387,7 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"{r['epsilon_at_budget_delta']:.4f}"
             )
         if "signature_key" in r:
-            lines.append(f"    head signed; checked against {r['signature_key']} ({r['signature_key_fingerprint']})")
+            lines.append(f"    head signature checked against {r['signature_key']} ({r['signature_key_fingerprint']})")
         for problem in r["problems"]:
             lines.append(f"    problem: {problem}")
     return "\n".join(lines)
