@@ -53,7 +53,7 @@ def one_run(root: str, epsilon: float, args: dict) -> dict:
     run_dir = root / ("eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}")
     settings = dict(run_dir=str(run_dir), cache_dir=str(root / "cache"), rounds=args["rounds"],
                     local_epochs=args["local_epochs"], batch_size=8, seed=args["seed"], survival_mode="federated",
-                    resume=False, audit_canaries=args["canaries"], privacy_dir=str(run_dir / "privacy"),
+                    resume=False, audit_canaries=args["canaries"],
                     min_sites=min(2, args["sites"]))
     if math.isfinite(epsilon):
         settings.update(privacy=True, target_epsilon=epsilon, budget_epsilon=epsilon,
@@ -63,14 +63,16 @@ def one_run(root: str, epsilon: float, args: dict) -> dict:
     if status.exists() and json.loads(status.read_text())["status"] == "completed" and \
             json.loads((run_dir / "config.json").read_text())["federation"].get("audit-canaries") == args["canaries"]:
         summary = json.loads((run_dir / "summary.json").read_text())  # --work kept a finished run: audit it again
-        from ndae.federation.privacy import load_heads
+        from ndae.federation.server_privacy import load_heads
 
         summary["privacy"] = load_heads(run_dir)
         seconds = summary["timings"]["total_s"]
     else:
         manifests = sorted((root / "cohort" / "sites").glob("*/manifest.csv"))
         started = time.perf_counter()
-        summary = run_federation(InProcessGrid(manifests, config.to_run_config()), config, log=lambda _: None)
+        # Each site keeps its ledger and canary record in the run folder (its node config), where the audit reads them.
+        grid = InProcessGrid(manifests, config.to_run_config(), node_config={"privacy-dir": str(run_dir / "privacy")})
+        summary = run_federation(grid, config, log=lambda _: None)
         seconds = time.perf_counter() - started
     audits = {weights: canary_audit_run(run_dir, weights=weights, write=False) for weights in ("model", "ema")}
     return {"epsilon": epsilon, "seconds": seconds, "audits": audits,

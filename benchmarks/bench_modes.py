@@ -143,8 +143,8 @@ def specs_for(args, seed: int, cohort: Path, central: Path) -> tuple[list[dict],
     for epsilon in args.epsilons:  # longest first
         s = spec(dp_mode(epsilon), f"dp-eps{epsilon:g}", site_manifests(cohort), f"dp{epsilon:g}",
                  survival_mode="pooled", privacy=True, target_epsilon=epsilon, budget_epsilon=epsilon,
-                 moments_noise_multiplier=max(2.0, 10.0 / epsilon), privacy_dir=str(runs / f"dp-eps{epsilon:g}" / "privacy"))
-        s["node_config"] = {"allow-pooled-scores": "true"}
+                 moments_noise_multiplier=max(2.0, 10.0 / epsilon))
+        s["node_config"] = {"allow-pooled-scores": "true", "privacy-dir": str(runs / f"dp-eps{epsilon:g}" / "privacy")}
         specs.append(s)
     specs.append(spec(POOLED, "federated-pooled", site_manifests(cohort), "pooled", survival_mode="pooled"))
     specs.append(spec(CENTRAL, "centralised", site_manifests(central), "central", survival_mode="pooled", min_sites=1))
@@ -199,6 +199,20 @@ def run_all(args, cohorts: dict[int, Path], centrals: dict[int, Path]) -> dict[t
 
 
 # ---- evaluation (main process) ---------------------------------------------------------------
+def relink_pseudonyms(deviations: pd.DataFrame, privacy_dir: Path) -> pd.DataFrame:
+    """A private pooled run's rows carry per-run pseudonyms; every site keeps the key beside its
+    ledger (here all sites' keys are in the run folder, as the benchmark plays every site)."""
+    keys = sorted(privacy_dir.glob("*.pseudonyms.csv"))
+    if not keys:
+        return deviations
+    key = pd.concat([pd.read_csv(k, dtype=str) for k in keys]).set_index("pseudonym")["subject"]
+    relinked = deviations.copy()
+    relinked["subject"] = relinked["subject"].astype(str).map(key)
+    if relinked["subject"].isna().any():
+        raise RuntimeError(f"{privacy_dir}: pseudonyms without a key in {[k.name for k in keys]}")
+    return relinked
+
+
 def patients(cohort: Path, deviations: pd.DataFrame) -> pd.DataFrame:
     """Patients of the cohort (true sites, follow-up) with the mode's scores and the true risk."""
     from ndae.data.manifest import read_manifest
@@ -317,7 +331,7 @@ def evaluate_seed(args, seed: int, cohort: Path, results: dict) -> tuple[pd.Data
         else:
             from ndae.survival.analysis import read_deviations
 
-            deviations = read_deviations(run_dir / "deviations.csv")
+            deviations = relink_pseudonyms(read_deviations(run_dir / "deviations.csv"), run_dir / "privacy")
         table = patients(cohort, deviations)
         tables[mode] = table
         frame, folds = cross_validate(table, args)

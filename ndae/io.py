@@ -18,8 +18,11 @@ import numpy as np
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside `path`; on success it replaces `path` atomically."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", private: bool = False) -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success it replaces `path` atomically.
+
+    `private`: the file keeps mode 0600 from its first byte (secrets: never readable by others,
+    not even between the write and a chmod)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,9 +32,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; give the result the usual permissions (0666 minus umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,18 +43,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, private: bool = False) -> None:
+    with atomic_open(path, "wb", private=private) as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike, obj: Any, private: bool = False) -> None:
     """Human-readable JSON (indented, sorted keys), written atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", private=private)
 
 
 def atomic_save_npz(path: str | os.PathLike, compressed: bool = True, **arrays: Any) -> None:

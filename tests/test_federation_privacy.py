@@ -19,7 +19,8 @@ from ndae.federation.server import FederationError, run_federation
 from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.audit import audit_run
-from ndae.privacy.ledger import read_ledger
+from ndae.privacy.delta import DEFAULT_DELTA
+from ndae.privacy.ledger import ACCOUNTED_MECHANISMS, read_ledger
 
 SITES = ("site1", "site2", "site3")
 BUDGET = 50.0
@@ -45,21 +46,29 @@ def cohort(tmp_path_factory):
     return root
 
 
-def _grid(cohort, config, node_overrides=None):
-    grid = InProcessGrid([cohort / "cohort" / "split" / s / "train.csv" for s in SITES], config.to_run_config())
+def _grid(cohort, config, node_config, node_overrides=None):
+    grid = InProcessGrid([cohort / "cohort" / "split" / s / "train.csv" for s in SITES], config.to_run_config(),
+                         node_config=node_config)
     for context in grid.contexts.values():
         site = context.node_config["manifest"].split("/")[-2]
         context.node_config.update((node_overrides or {}).get(site, {}))
     return grid
 
 
-def _run(cohort, name, node_overrides=None, **overrides):
+def _run(cohort, name, node_overrides=None, node_config=None, **overrides):
+    """A private run; every site's policy (node config) keeps its ledger in RUN/privacy and allows
+    BUDGET (the tiny cohort's 5 controls a site cannot buy much for the default 10)."""
     run_dir = cohort / name
-    settings = dict(rounds=1, batch_size=4, seed=3, privacy=True, budget_epsilon=BUDGET,
-                    privacy_dir=str(run_dir / "privacy"), cache_dir=str(cohort / "cache"))
+    settings = dict(rounds=1, batch_size=4, seed=3, privacy=True, cache_dir=str(cohort / "cache"))
     settings.update(overrides)
     config = FederationConfig(run_dir=str(run_dir), **settings)
-    return run_federation(_grid(cohort, config, node_overrides), config, log=lambda _: None), run_dir
+    policy = {"privacy-dir": str(run_dir / "privacy"), "budget-epsilon": BUDGET, "max-epsilon-per-run": BUDGET,
+              **(node_config or {})}
+    return run_federation(_grid(cohort, config, policy, node_overrides), config, log=lambda _: None), run_dir
+
+
+def _accounted(path, head=None):
+    return [e for e in read_ledger(path, head) if e["mechanism"] in ACCOUNTED_MECHANISMS]
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +92,14 @@ def test_private_run_writes_ledgers_and_the_audit_recomputes_the_reported_epsilo
     assert report["ok"], report
     for site in SITES:
         entries = read_ledger(run / "privacy" / f"{site}.jsonl", heads[site]["final_hash"])
-        assert [e["mechanism"] for e in entries] == ["dp-sgd", "gaussian-moments"]
-        assert entries[0]["records_touched"] == 5 and entries[0]["details"]["round"] == 1
-        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+        mechanisms = [e["mechanism"] for e in entries]
+        # DP releases first, then what federated Cox asked (declared, no epsilon), then the concordance counts
+        assert mechanisms[:2] == ["dp-sgd", "gaussian-moments"] and mechanisms[-1] == "risk-summary"
+        assert set(mechanisms[2:-1]) == {"cox-terms"} and len(mechanisms) - 3 == summary["survival"]["newton_message_rounds"]
+        assert entries[0]["records_touched"] == 0 and entries[0]["details"]["round"] == 1  # counts are not public
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries[:2]]
         recomputed = epsilon_of(history, heads[site]["delta"], "rdp")
-        assert heads[site]["delta"] == pytest.approx(1 / 50)  # 1 / (10 n_site)
+        assert heads[site]["delta"] == DEFAULT_DELTA  # the site's policy, not a function of its size
         assert summary["privacy"][site]["epsilon"] == pytest.approx(recomputed, rel=1e-9)
         assert report["sites"][site]["epsilon_reported"] == pytest.approx(recomputed, rel=1e-9)
         assert 0 < recomputed < BUDGET
@@ -124,10 +136,12 @@ def test_a_site_over_budget_is_refused_and_the_run_goes_on_without_it(private_ru
     reason = refused[0]["reason"]
     assert "PrivacyBudgetExceeded: site 'site2'" in reason and "would bring epsilon to" in reason
     assert f"over the budget epsilon {tight:g}" in reason
-    assert (run / "privacy" / "site2.jsonl").read_bytes() == before["site2"]  # nothing written on refusal
+    # nothing accounted on refusal (site2 still answered the survival queries: declared lines follow)
+    site2 = run / "privacy" / "site2.jsonl"
+    assert site2.read_bytes().startswith(before["site2"]) and len(_accounted(site2)) == 2
     for site in ("site1", "site3"):  # append-only: the old lines are byte-identical
         after = (run / "privacy" / f"{site}.jsonl").read_bytes()
-        assert after.startswith(before[site]) and len(after.splitlines()) == 4
+        assert after.startswith(before[site]) and len(_accounted(run / "privacy" / f"{site}.jsonl")) == 4
     assert summary["participation"] == {"site1": 2, "site2": 1, "site3": 2}
     assert summary["normative"]["sites"] == ["site1", "site3"]
     assert audit_run(run)["ok"]
@@ -162,15 +176,15 @@ def test_dp_moments_with_zero_noise_give_the_exact_federated_normative_fit(priva
     for name in ("exact", "zero-noise"):
         shutil.copytree(source / "dae", cohort / name / "dae")
     _run(cohort, "exact", privacy=False)
-    _run(cohort, "zero-noise", moments_noise_multiplier=0.0, moments_covariate_clip=1e6,
-         moments_latent_clip=1e6, budget_epsilon=0.0)  # 0 = no limit: a noise-free release has epsilon inf
+    _run(cohort, "zero-noise", moments_noise_multiplier=0.0, moments_covariate_clip=1e6, moments_latent_clip=1e6,
+         node_config={"budget-epsilon": "inf", "max-epsilon-per-run": "inf"})  # a noise-free release has epsilon inf
     with np.load(cohort / "exact" / "normative" / "sufficient_stats.npz") as a, \
             np.load(cohort / "zero-noise" / "normative" / "sufficient_stats.npz") as b:
         for key in ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-10, atol=1e-10, err_msg=key)
     exact, private = (NormativeModel.load(cohort / n / "normative") for n in ("exact", "zero-noise"))
     np.testing.assert_allclose(private.beta, exact.beta, rtol=1e-9, atol=1e-10)
-    entries = read_ledger(cohort / "zero-noise" / "privacy" / "site1.jsonl")
+    entries = _accounted(cohort / "zero-noise" / "privacy" / "site1.jsonl")
     assert entries[-1]["mechanism"] == "gaussian-moments" and entries[-1]["epsilon_spent_so_far"] == "inf"
 
 
@@ -180,14 +194,22 @@ def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, coho
     run = cohort / "pooled"
     _copy_run(source, run)
     own = cohort / "site1-own-ledger"  # site1 keeps its ledger in its own folder: the run gets a verified copy
-    summary, _ = _run(cohort, "pooled", {"site1": {"allow-pooled-scores": "true", "privacy-dir": str(own)},
-                                         "site3": {"allow-pooled-scores": "true"}},
-                      survival_mode="pooled", min_sites=2, moments_noise_multiplier=0.0, budget_epsilon=0.0)
-    refused = [m for m in summary["missing"] if m["phase"] == "deviations"]
-    assert [m["site"] for m in refused] == ["site2"] and "PooledScoresNotAllowed" in refused[0]["reason"]
-    assert summary["survival"]["counts"].keys() == {"site1", "site3"}
+    consent = {"allow-pooled-scores": "true", "public-counts": "true"}
+    summary, _ = _run(cohort, "pooled", {"site1": {**consent, "privacy-dir": str(own)}, "site3": consent},
+                      survival_mode="pooled", min_sites=2)
+    # site2 refuses before it reads anything (even its manifest: the server sees a node, not a site), and says why
+    refused = summary["missing"]
+    assert len(refused) == 1 and sorted(summary["sites"]) == ["site1", "site3"]
+    assert refused[0]["phase"] == "site_info" and "PolicyViolation" in refused[0]["reason"]
+    assert "'survival-mode' = 'pooled'" in refused[0]["reason"] and "allow-pooled-scores=true" in refused[0]["reason"]
+    assert summary["survival"]["counts"].keys() == {"site1", "site3"}  # the two sites declare counts public
     assert (run / "privacy" / "site1.jsonl").read_bytes() == (own / "site1.jsonl").read_bytes()
-    assert len(read_ledger(own / "site1.jsonl", summary["privacy"]["site1"]["final_hash"])) == 1
+    entries = read_ledger(own / "site1.jsonl", summary["privacy"]["site1"]["final_hash"])
+    assert [e["mechanism"] for e in entries] == ["gaussian-moments", "shared-scores", "risk-summary"]
+    rows = pd.read_csv(run / "deviations.csv")
+    subjects = set(pd.read_csv(cohort / "cohort" / "split" / "site1" / "train.csv")["subject"].astype(str))
+    assert len(rows) == 8 and not set(rows["subject"].astype(str)) & subjects  # pseudonyms, never the ids
+    assert "pseudonym drawn for this run" in (run / "report.md").read_text()
 
 
 def test_empirical_audit_stays_below_the_accounted_epsilon(private_run, cohort, capsys):
@@ -225,13 +247,13 @@ def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys)
     from ndae.cli import main
     from ndae.privacy.canaries import canary_record_path, read_canary_record
 
-    summary, run = _run(cohort, "canaries", audit_canaries=12)
+    summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true"})
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     for site in SITES:
         canaries = read_canary_record(canary_record_path(run / "privacy", site))
         assert canaries.count == 12 and canaries.shape[1:] == (96, 80)
         # the canaries the site trained on are records like its 5 controls: DP-SGD touched and accounted them
-        entry = next(e for e in read_ledger(run / "privacy" / f"{site}.jsonl") if e["mechanism"] != "gaussian-moments")
+        entry = next(e for e in read_ledger(run / "privacy" / f"{site}.jsonl") if e["mechanism"] == "dp-sgd")
         assert entry["records_touched"] == 5 + int(canaries.included().sum())
     code = main(["audit", str(run), "--canaries"])
     out = capsys.readouterr().out

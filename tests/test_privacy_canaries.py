@@ -9,7 +9,7 @@ import pytest
 
 from ndae.errors import NdaeError
 from ndae.privacy.canaries import (
-    CanarySet, canary_record_path, canary_seed, ensure_canary_record, epsilon_lower_bound_one_run,
+    CanarySet, canary_record_path, epsilon_lower_bound_one_run, site_canaries,
     make_canaries, one_run_audit, p_value_dp_audit, read_canary_record,
 )
 
@@ -56,17 +56,29 @@ def test_canaries_are_seeded_mirror_symmetric_and_in_range():
     assert not np.allclose(a[0], a[1])
 
 
-def test_canary_record_round_trip_and_mismatch(tmp_path):
-    canaries = CanarySet("site1", 16, canary_seed(0, "site1"), (2, 96, 80), (30.0, 70.0))
-    assert canary_seed(0, "site1", "secret") != canary_seed(0, "site1")
-    ensure_canary_record(tmp_path, canaries)
-    ensure_canary_record(tmp_path, canaries)  # a later round: same record, nothing changes
-    saved = read_canary_record(canary_record_path(tmp_path, "site1"))
+def test_canary_record_is_drawn_once_from_the_site_secret_private_and_reused(tmp_path):
+    import os
+    import secrets
+
+    draws = []
+
+    def draw():
+        draws.append(secrets.randbits(63))
+        return draws[-1]
+
+    canaries = site_canaries(tmp_path, "site1", 16, (2, 96, 80), (30.0, 70.0), draw)
+    again = site_canaries(tmp_path, "site1", 16, (2, 96, 80), (30.0, 70.0), draw)  # a later round
+    assert len(draws) == 1 and again == canaries and canaries.seed == draws[0]
+    path = canary_record_path(tmp_path, "site1")
+    assert os.stat(path).st_mode & 0o077 == 0  # the seed decides the audit: only the site reads it
+    other = site_canaries(tmp_path / "b", "site1", 16, (2, 96, 80), (30.0, 70.0), lambda: secrets.randbits(63))
+    assert other.seed != canaries.seed and not np.array_equal(other.included(), canaries.included())
+    saved = read_canary_record(path)
     assert saved == canaries and np.array_equal(saved.included(), canaries.included())
     images, ages = canaries.training_images()
     assert len(images) == len(ages) == canaries.included().sum() and 30 <= ages.min() <= ages.max() <= 70
-    with pytest.raises(NdaeError, match="differ from the recorded"):
-        ensure_canary_record(tmp_path, CanarySet("site1", 32, canaries.seed, (2, 96, 80), (30.0, 70.0)))
+    with pytest.raises(NdaeError, match="canaries are 16 of shape"):
+        site_canaries(tmp_path, "site1", 32, (2, 96, 80), (30.0, 70.0), draw)
     canary_record_path(tmp_path, "site2").write_text("{not json")
     with pytest.raises(NdaeError, match="site2.canaries.json: corrupt"):
         read_canary_record(canary_record_path(tmp_path, "site2"))

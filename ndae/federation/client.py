@@ -13,69 +13,85 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from ndae.federation import site as site_task
 from ndae.federation.config import FederationConfig
+from ndae.federation.site_policy import SitePolicy
 from ndae.federation.records import arrays_to_record, config_to_normative, frame_to_record, record_to_frame
 
 STATE_KEY = "survival-table"
+QUERIES_KEY = "queries"
 
 
-def _site(context: Context) -> tuple[FederationConfig, site_task.SiteData]:
+def _request(context: Context) -> tuple[FederationConfig, SitePolicy]:
+    """The run config (a request) and the site's policy in force for it. Checked before any
+    data is read: a request looser than the node config allows is refused, naming the key."""
     config = FederationConfig.from_run_config(context.run_config)
+    return config, SitePolicy.from_node_config(context.node_config).enforce(config)
+
+
+def _site(context: Context) -> tuple[FederationConfig, SitePolicy, site_task.SiteData]:
+    config, policy = _request(context)
     manifest = site_task.site_manifest_path(context.node_config, config.cohort_dir)
-    return config, site_task.load_site(manifest, config.cache_dir)
+    return config, policy, site_task.load_site(manifest, config.cache_dir)
+
+
+def _privacy(config: FederationConfig, policy: SitePolicy, context: Context, site: site_task.SiteData):
+    from ndae.federation.site_privacy import SitePrivacy
+
+    return SitePrivacy.for_site(config, policy, site.name, int(site.controls.sum()), site.manifest_path,
+                                flower_run_id=context.run_id)
 
 
 def handle_site_info(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "site_info")
-    return Message(RecordDict({"info": ConfigRecord(site_task.site_info(site))}), reply_to=message)
-
-
-def _privacy(config: FederationConfig, context: Context, site: site_task.SiteData):
-    from ndae.federation.privacy import SitePrivacy
-
-    return SitePrivacy.for_site(config, context.node_config, site.name, int(site.controls.sum()))
+    info = site_task.site_info(site)
+    if policy.withholds_counts(config.privacy):
+        info.update(controls=-1, patients=-1)  # not public by this site's policy: the server is told nothing
+    return Message(RecordDict({"info": ConfigRecord(info)}), reply_to=message)
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     settings = message.content["config"]
     round_number = int(settings["server-round"])
     site_task.check_fault(config, site.name, "train", round_number)
-    from ndae.federation.privacy import site_canaries
-
-    canaries = site_canaries(config, context.node_config, site)
     if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
-        from ndae.federation.privacy import ledger_reply, private_train_round
+        from ndae.federation.site_privacy import ledger_reply, private_train_round, site_canaries
 
-        privacy = _privacy(config, context, site)
+        privacy = _privacy(config, policy, context, site)
         weights, metrics, _ = private_train_round(
             site, message.content["arrays"], json.loads(settings["dae-config"]), privacy,
             round_number=round_number, rounds=config.rounds, epochs=int(settings["local-epochs"]),
-            seed=int(settings["seed"]), ema_step=int(settings["ema-step"]), device=config.device,
-            canaries=canaries)
-        train_metrics = {k: metrics[k] for k in ("num-examples", "train-loss", "local-steps")}
+            ema_step=int(settings["ema-step"]), device=config.device,
+            canaries=site_canaries(config, privacy, site, policy))
+        # The loss of the controls is not DP: it stays here. The step count follows from the DP
+        # parameters in the ledger (sample rate 1/ceil(n/B)); the number of controls is sent only
+        # where the site declares counts public (else 1: FedAvg then weights sites equally).
+        train_metrics = {"num-examples": metrics["num-examples"] if policy.public_counts else 1,
+                         "local-steps": metrics["local-steps"]}
         return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(train_metrics),
                                    "privacy": ConfigRecord({**ledger_reply(privacy),
                                                             "noise-multiplier": metrics["noise-multiplier"]})}),
                        reply_to=message)
+    from ndae.federation.site_privacy import site_canaries
+
     weights, metrics = site_task.train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
         epochs=int(settings["local-epochs"]), seed=int(settings["seed"]), ema_step=int(settings["ema-step"]),
-        proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device, canaries=canaries)
+        proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device,
+        canaries=site_canaries(config, None, site, policy))
     return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(metrics)}), reply_to=message)
 
 
 def handle_normative_stats(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
     if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
-        from ndae.federation.privacy import ledger_reply, private_normative_statistics
+        from ndae.federation.site_privacy import ledger_reply, private_normative_statistics
 
-        privacy = _privacy(config, context, site)
+        privacy = _privacy(config, policy, context, site)
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
-                                                json.loads(settings["design"]), privacy, seed=config.seed,
-                                                device=config.device)
+                                                json.loads(settings["design"]), privacy, device=config.device)
         return Message(RecordDict({"stats": arrays_to_record(stats),
                                    "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
     stats = site_task.normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
@@ -84,26 +100,42 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
 
 
 def handle_deviations(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "deviations")
     settings = message.content["config"]
+    share_rows = bool(settings["share-rows"])
+    if share_rows and ("pooled" not in policy.survival_modes or not policy.pooled_scores_allowed(config.privacy)):
+        # The server asks for the rows whatever the run config said: the site's policy decides.
+        from ndae.federation.site_policy import PolicyViolation
+
+        raise PolicyViolation(
+            f"site {site.name!r} refuses to share patients' deviation scores: its policy does not allow pooled "
+            "scores in this run (node config allow-pooled-scores / survival-modes); use survival-mode federated")
     features = [str(f) for f in settings["features"]]
     normative = config_to_normative(message.content["normative"])
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
-    if config.privacy and bool(settings["share-rows"]) and not _privacy(config, context, site).allow_pooled_scores:
-        from ndae.federation.privacy import PooledScoresNotAllowed
-
-        # Pooled scores are a non-DP release of the patients' rows: only with the site's consent.
-        raise PooledScoresNotAllowed(
-            f"site {site.name!r} refuses to share patients' deviation scores in a private run: its policy "
-            f"does not allow pooled scores (node config allow-pooled-scores=true to allow; or survival-mode federated)")
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
-    moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
-    reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
-             "moments": arrays_to_record(moments)}
-    if bool(settings["share-rows"]):
-        reply["rows"] = frame_to_record(table)
+    context.state[QUERIES_KEY] = ConfigRecord({"cox": 0})
+    if not config.privacy:
+        moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
+        reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
+                 "moments": arrays_to_record(moments)}
+        if share_rows:
+            reply["rows"] = frame_to_record(table)
+        return Message(RecordDict(reply), reply_to=message)
+    # A private run: exact covariate moments are not sent (not DP); counts only if declared public.
+    from ndae.federation.site_privacy import POOLED_ROW_CONTENT, ledger_reply, pseudonymised_rows, record_declared
+
+    privacy = _privacy(config, policy, context, site)
+    reply = {}
+    if policy.public_counts:
+        reply["counts"] = MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())})
+    if share_rows:
+        rows = pseudonymised_rows(table, privacy)
+        record_declared(privacy, "shared-scores", columns=list(rows.columns), content=POOLED_ROW_CONTENT)
+        reply["rows"] = frame_to_record(rows)
+    reply["privacy"] = ConfigRecord(ledger_reply(privacy))
     return Message(RecordDict(reply), reply_to=message)
 
 
@@ -125,18 +157,60 @@ def _beta_and_covariates(message: Message) -> tuple[np.ndarray, list[str]]:
     return beta, [str(c) for c in message.content["config"]["covariates"]]
 
 
+def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> None:
+    """Each Cox query evaluates the patients' likelihood at a β the server chose: bounded per run."""
+    from ndae.federation.site_policy import PolicyViolation
+
+    asked = int(context.state[QUERIES_KEY]["cox"]) if QUERIES_KEY in context.state else 0
+    if asked >= policy.max_cox_queries:
+        raise PolicyViolation(f"site {site_name!r} has answered {asked} Cox queries in this run, its limit "
+                              f"(node config max-cox-queries = {policy.max_cox_queries})")
+    context.state[QUERIES_KEY] = ConfigRecord({"cox": asked + 1})
+
+
+def _json_numbers(values):
+    """Numbers for the ledger (JSON): a line search may probe a β where the likelihood is -inf."""
+    array = np.asarray(values, float)
+    return np.where(np.isfinite(array), array, 0.0).tolist() if np.isfinite(array).all() else \
+        np.vectorize(lambda v: float(v) if np.isfinite(v) else str(v), otypes=[object])(array).tolist()
+
+
 def handle_cox_terms(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "cox_terms")
-    terms = site_task.cox_terms(_table(context, site.name), *_beta_and_covariates(message))
-    return Message(RecordDict({"terms": arrays_to_record(terms)}), reply_to=message)
+    _count_cox_query(context, policy, site.name)
+    beta, covariates = _beta_and_covariates(message)
+    terms = site_task.cox_terms(_table(context, site.name), beta, covariates)
+    reply = {}
+    if config.privacy:
+        from ndae.federation.site_privacy import ledger_reply, record_declared
+
+        if not policy.public_counts:
+            terms = {k: v for k, v in terms.items() if k not in ("n", "events")}
+        privacy = _privacy(config, policy, context, site)
+        record_declared(privacy, "cox-terms", beta=_json_numbers(beta), covariates=covariates,
+                        **{k: _json_numbers(v) for k, v in terms.items()})
+        reply["privacy"] = ConfigRecord(ledger_reply(privacy))
+    return Message(RecordDict({"terms": arrays_to_record(terms), **reply}), reply_to=message)
 
 
 def handle_risk_summary(message: Message, context: Context) -> Message:
-    config, site = _site(context)
+    config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "risk_summary")
-    summary = site_task.risk_summary(_table(context, site.name), *_beta_and_covariates(message))
-    return Message(RecordDict({"summary": arrays_to_record(summary)}), reply_to=message)
+    beta, covariates = _beta_and_covariates(message)
+    summary = site_task.risk_summary(_table(context, site.name), beta, covariates)
+    reply = {}
+    if config.privacy:
+        # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
+        # The concordance pair counts are an aggregate the site declares (in its ledger).
+        from ndae.federation.site_privacy import ledger_reply, record_declared
+
+        summary["km"] = np.zeros((0, 4))
+        privacy = _privacy(config, policy, context, site)
+        record_declared(privacy, "risk-summary", beta=[float(b) for b in beta], covariates=covariates,
+                        comparable=float(summary["comparable"]), concordant=float(summary["concordant"]))
+        reply["privacy"] = ConfigRecord(ledger_reply(privacy))
+    return Message(RecordDict({"summary": arrays_to_record(summary), **reply}), reply_to=message)
 
 
 HANDLERS = {

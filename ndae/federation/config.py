@@ -38,21 +38,22 @@ class FederationConfig:
     seed: int = 0
     resume: bool = True  # continue from RUN/dae/checkpoint.pt when it exists
     device: str = "auto"
-    # Differential privacy at the sites (ndae.federation.privacy). Site-side keys: a SuperNode's
-    # node config may set privacy-dir, allow-pooled-scores and a stricter budget-epsilon/-delta.
+    # Differential privacy at the sites (ndae.federation.site_privacy). What a site allows is its
+    # node config's (ndae.federation.site_policy): these keys are requests, which may only be
+    # stricter; 0 = "the site's own value".
     privacy: bool = False
     noise_multiplier: float = 1.0  # DP-SGD sigma / max-grad-norm (used when target-epsilon = 0)
     max_grad_norm: float = 1.0  # per-sample gradient clip
     target_epsilon: float = 0.0  # > 0: solve the DP-SGD noise so this run (all rounds + moments) reaches it
-    delta: float = 0.0  # 0 = 1 / (10 n_site controls)
-    budget_epsilon: float = 10.0  # the site refuses any release that would take it past this (0 = no limit)
-    budget_delta: float = 0.0  # 0 = delta
+    delta: float = 0.0  # a smaller delta than the site's (0 = the site's: 1e-5 by default)
+    budget_epsilon: float = 0.0  # a smaller lifetime epsilon than the site's (0 = the site's: 10 by default)
+    budget_delta: float = 0.0  # a smaller lifetime delta than the site's (0 = the site's)
+    max_epsilon_per_run: float = 0.0  # a smaller per-run epsilon than the site's (0 = the site's)
+    max_cox_queries: int = 0  # fewer Cox likelihood queries per site than the site allows (0 = the site's)
     dp_mode: str = "hooks"  # Opacus per-sample gradients: hooks (fastest on the tiny DAE), functorch, ghost
     moments_noise_multiplier: float = 5.0  # Gaussian noise on the moments, in units of their sensitivity
     moments_covariate_clip: float = 2.5  # L2 clip of each control's design row (intercept, age basis, sex): ~1.5-2.3
     moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem (tiny DAE: ‖z_sem‖ ≈ 2.6; raise for paper)
-    privacy_dir: str = ""  # folder of the site ledgers <site>.jsonl ("" = run-dir/privacy in simulation)
-    allow_pooled_scores: bool = False  # private run + pooled survival: only sites that allow it share scores
     audit_canaries: int = 0  # > 0: each site adds this many synthetic canaries (half trained on) for `ndae audit --canaries`
     # Test hooks: make one site raise in one phase (and training round), or stop the server
     # right after a round's checkpoint as if it had been killed.
@@ -74,6 +75,11 @@ class FederationConfig:
             raise NdaeError(f"run config 'min-sites' must be >= 1, got {self.min_sites}")
         if self.fault_phase and self.fault_phase not in PHASES:
             raise NdaeError(f"run config 'fault-phase' must be one of {PHASES}, got {self.fault_phase!r}")
+        for name in ("delta", "budget_epsilon", "budget_delta", "max_epsilon_per_run", "max_cox_queries",
+                     "target_epsilon"):
+            value = getattr(self, name)
+            if not value >= 0:  # also NaN
+                raise NdaeError(f"run config {name.replace('_', '-')!r} must be >= 0 (0 = the site's), got {value}")
         if self.dp_mode not in DP_MODES:
             raise NdaeError(f"run config 'dp-mode' must be one of {DP_MODES}, got {self.dp_mode!r}")
         if self.privacy:
@@ -101,7 +107,12 @@ class FederationConfig:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederationConfig":
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
+        from ndae.federation.site_policy import SITE_ONLY_KEYS
+
         for key, value in run_config.items():
+            if key in SITE_ONLY_KEYS:
+                raise NdaeError(f"run config key {key!r} is the site's to set (node config of each SuperNode, "
+                                "ndae.federation.site_policy), not the run's: remove it from the run config")
             name = key.replace("-", "_")
             if name not in known:
                 raise NdaeError(f"unknown run config key {key!r}; known: {sorted(k.replace('_', '-') for k in known)}")

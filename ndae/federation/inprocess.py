@@ -21,7 +21,11 @@ SUPERLINK_NODE_ID = 1
 
 
 class InProcessGrid(Grid):
-    def __init__(self, manifests: Mapping[str, str | Path] | list[str | Path], run_config: Mapping, client_app=None):
+    def __init__(self, manifests: Mapping[str, str | Path] | list[str | Path], run_config: Mapping, client_app=None,
+                 node_config: Mapping | None = None):
+        """`node_config`: what each site's administrator would set on its SuperNode (the site
+        policy, `ndae.federation.site_policy`), the same for every node; tests change a single
+        node's through `contexts[node].node_config`."""
         from ndae.federation.client import build_client_app
 
         paths = list(manifests.values()) if isinstance(manifests, Mapping) else list(manifests)
@@ -29,7 +33,8 @@ class InProcessGrid(Grid):
         # Node ids are arbitrary in Flower; large and unordered here, so nothing relies on them.
         self.contexts = {
             1000 + 7 * (len(paths) - i) + 1: Context(run_id=1, node_id=1000 + 7 * (len(paths) - i) + 1,
-                                                    node_config={"manifest": str(p)}, state=RecordDict(),
+                                                    node_config={**dict(node_config or {}), "manifest": str(p)},
+                                                    state=RecordDict(),
                                                     run_config=dict(run_config))
             for i, p in enumerate(paths)}
         self.messages_sent = 0

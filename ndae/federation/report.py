@@ -133,16 +133,14 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
              f"- sites: {len(summary['sites'])} ({', '.join(summary['sites'])}); min-sites {config.min_sites}",
              f"- DAE: preset `{config.dae_preset}`, {config.rounds} round(s) of {config.strategy} × "
              f"{config.local_epochs} local epoch(s), seed {config.seed}",
-             f"- survival mode: `{survival['mode']}` ("
-             + ("sites shared de-identified deviation scores, covariates and follow-up" if survival["mode"] == "pooled"
-                else "no patient row left any site: Newton rounds of summed gradients/Hessians") + ")",
+             f"- survival mode: `{survival['mode']}` (" + _survival_mode_line(config, survival) + ")",
              f"- wall time: {_fmt(summary['timings'].get('total_s'), 1)} s (DAE training "
              f"{_fmt(summary['timings'].get('dae_training_s'), 1)} s)", "",
              "## Sites", "", "| site | controls | patients | training rounds answered | patients scored | events |",
              "|---|---|---|---|---|---|"]
     for site, info in summary["sites"].items():
         counts = survival["counts"].get(site, {})
-        lines.append(f"| {site} | {info['controls']} | {info['patients']} | "
+        lines.append(f"| {site} | {_count(info['controls'])} | {_count(info['patients'])} | "
                      f"{summary['participation'].get(site, 0)}/{config.rounds} | {counts.get('patients', '–')} | "
                      f"{counts.get('events', '–')} |")
     lines += ["", "## Missing sites", ""]
@@ -158,7 +156,9 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
                   f"DP-SGD (Opacus `{config.dp_mode}`, max-grad-norm {config.max_grad_norm:g}) and Gaussian "
                   f"normative moments (noise multiplier {config.moments_noise_multiplier:g}, clips: design row "
                   f"{config.moments_covariate_clip:g}, z_sem {config.moments_latent_clip:g}); epsilon composed over "
-                  "every release of the site (RDP). `ndae audit RUN` verifies the chains against `privacy/heads.json`.", "",
+                  "every release of the site (RDP). Each site signs its ledger head with its own key; "
+                  "`ndae audit RUN --keys REGISTRY` verifies the chains, the heads in `privacy/heads.json` and their "
+                  "signatures against the consortium's registered keys.", "",
                   "| site | epsilon spent | delta | budget epsilon | releases | final ledger hash |",
                   "|---|---|---|---|---|---|"]
         for site, head in sorted(summary["privacy"].items()):
@@ -172,7 +172,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     lines += ["", f"Normative model: {summary['normative']['n_controls']:g} controls from "
               f"{', '.join(summary['normative']['sites'])} (`normative/`).", "",
               "## Survival", "",
-              f"{survival.get('patients', 0)} patients, {survival.get('events', 0)} events; Cox model stratified by "
+              f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
               f"site on {', '.join(survival['covariates'])} (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",
               "| covariate | coef | se | hazard ratio |", "|---|---|---|---|"]
     for name, coef in survival["coef"].items():
@@ -182,7 +182,10 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     if pooled:
         lines.append(f"- C-index (Harrell, pooled, training data): **{_fmt(pooled.get('estimate'))}** "
                      f"(95% bootstrap CI {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
-    lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
+    if survival.get("km", {}).get("group_sizes"):
+        lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
+    elif config.privacy:
+        lines += ["", "Kaplan–Meier counts per month are row-level on a small site: private sites keep them."]
     if "km_pooled" in survival:
         lines += ["", f"![Kaplan–Meier by pooled risk tertile](survival/km_risk.png) (log-rank p = "
                   f"{_fmt(survival['km_pooled'].get('p_value'), 3)})"]
@@ -192,6 +195,45 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     path = Path(run_dir) / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _count(value) -> str:
+    return "withheld" if value is None or (isinstance(value, (int, float)) and value < 0) else str(value)
+
+
+def _survival_mode_line(config, survival: dict) -> str:
+    if survival["mode"] != "pooled":
+        return "no patient row left any site: Newton rounds of summed gradients/Hessians"
+    if config.privacy:
+        from ndae.federation.site_privacy import POOLED_ROW_CONTENT
+
+        held = "; ".join(f"{k}: {v}" for k, v in POOLED_ROW_CONTENT.items())
+        return f"consenting sites shared patients' deviation scores, sex and event, with {held}"
+    return "sites shared patients' deviation scores with their subject ids, age, sex and follow-up"
+
+
+def write_failure_report(run_dir: Path, config, error: str, missing: list[dict]) -> Path:
+    """The report of a run that stopped: the error and every site's reason, as the sites gave them."""
+    lines = ["# Federated NDAE run: failed", "", f"- error: {error.splitlines()[0][:500] if error else ''}",
+             f"- privacy: {'on' if config.privacy else 'off'}; survival mode `{config.effective_survival_mode}`", "",
+             "## Sites that refused or did not answer", ""]
+    if missing:
+        lines += ["| phase | round | site | reason |", "|---|---|---|---|"]
+        for entry in missing:
+            reason = _site_reason(entry.get("reason", ""))
+            lines.append(f"| {entry['phase']} | {entry['round'] or ''} | {entry['site']} | {reason} |")
+    else:
+        lines.append("None recorded.")
+    # A failed rerun must not replace the report of a run that completed before it.
+    path = Path(run_dir) / ("failure.md" if (Path(run_dir) / "report.md").exists() else "report.md")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _site_reason(reason: str) -> str:
+    """The site's own message from an error reply (Flower wraps it in the exception's repr)."""
+    first = reason.strip().splitlines()[0] if reason.strip() else ""
+    return first.replace("|", "\\|")[:300]
 
 
 def read_json(path: Path) -> Any:

@@ -136,7 +136,7 @@ class Federation:
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config.privacy:
-            from ndae.federation.privacy import load_heads
+            from ndae.federation.server_privacy import load_heads
 
             self.privacy_heads = load_heads(self.run_dir)  # a resumed run keeps the heads it had
         self._status("running")
@@ -147,6 +147,9 @@ class Federation:
             raise
         except BaseException as error:
             self._status("failed", f"{type(error).__name__}: {error}")
+            from ndae.federation.report import write_failure_report
+
+            write_failure_report(self.run_dir, self.config, f"{type(error).__name__}: {error}", self.state.missing)
             raise
         self._status("completed")
         return summary
@@ -203,7 +206,8 @@ class Federation:
         result = self._split("site_info", nodes, replies)
         self.state.info = {site: dict(content["info"]) for site, content in result.replies.items()}
         self.state.participation = {site: 0 for site in self.state.info}
-        described = [f"{s} ({i['controls']} controls, {i['patients']} patients)" for s, i in self.state.info.items()]
+        described = [f"{s} ({i['controls']} controls, {i['patients']} patients)" if int(i["controls"]) >= 0
+                     else f"{s} (counts withheld by its policy)" for s, i in self.state.info.items()]
         self.log("sites: " + ", ".join(described))
 
     # ---- phase 1 ---------------------------------------------------------------------------
@@ -256,17 +260,21 @@ class Federation:
             ema.step = global_step
             for site in result.replies:
                 self.state.participation[site] = self.state.participation.get(site, 0) + 1
-            losses = {s: float(c["metrics"]["train-loss"]) for s, c in result.replies.items()}
+            # A private site keeps its training loss (not DP): only the weights and step count come back.
+            losses = {s: float(c["metrics"]["train-loss"]) for s, c in result.replies.items()
+                      if "train-loss" in c["metrics"]}
             self._append_metrics({"phase": "dae", "round": round_number, "sites": sorted(result.replies),
                                   "missing": result.missing, "train_loss": losses,
-                                  "train_loss_mean": float(metrics["train-loss"]) if metrics else None,
+                                  "train_loss_mean": float(metrics["train-loss"]) if metrics and "train-loss" in metrics
+                                  else None,
                                   "num_examples": {s: int(c["metrics"]["num-examples"]) for s, c in result.replies.items()},
                                   "global_step": global_step, "seconds": round(time.time() - t, 3)})
             save_checkpoint(checkpoint, model, ema, optimizer, global_step, extra={"federation": {
                 "round": round_number, "global_step": global_step, "strategy": _strategy_state(strategy),
                 "participation": dict(self.state.participation), "missing": list(self.state.missing)}})
-            self.log(f"round {round_number}/{self.config.rounds}: loss {metrics['train-loss'] if metrics else float('nan'):.4f} "
-                     f"from {len(result.replies)} site(s), checkpoint saved")
+            loss = f"loss {float(metrics['train-loss']):.4f}" if metrics and "train-loss" in metrics else "loss withheld"
+            self.log(f"round {round_number}/{self.config.rounds}: {loss} from {len(result.replies)} site(s), "
+                     "checkpoint saved")
             if self.config.stop_after_round == round_number:
                 raise SimulatedKill(f"stop-after-round {round_number}")
         if not checkpoint.exists():  # zero rounds: keep the initial model as the global one
@@ -286,7 +294,7 @@ class Federation:
         result = self._query("normative_stats", content)
         stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
         if self.config.privacy and self.config.moments_noise_multiplier > 0:  # noised sums -> valid fit input
-            from ndae.federation.privacy import postprocess_noisy_stats
+            from ndae.privacy.dp_moments import postprocess_noisy_stats
 
             stats = postprocess_noisy_stats(stats)
         feature_names = [f"z_sem_{k}" for k in range(stats.n_features)]
@@ -310,21 +318,23 @@ class Federation:
                               "config": ConfigRecord({"dae-config": json.dumps(self.dae_config.to_dict()),
                                                       "features": features, "share-rows": pooled})})
         result = self._query("deviations", content)
-        counts = {s: {k: int(v) for k, v in c["counts"].items()} for s, c in result.replies.items()}
-        # Which clinical covariates vary across all answering sites (from summable moments).
-        moments = {s: record_to_arrays(c["moments"]) for s, c in result.replies.items()}
-        n = sum(float(m["n"]) for m in moments.values())
-        if n < 2:
-            raise FederationError(f"survival: {n:g} patients with deviation scores across sites {sorted(moments)}")
-        total = sum(m["sum"] for m in moments.values())
-        squares = sum(m["sum_of_squares"] for m in moments.values())
-        variance = (squares - total**2 / n) / (n - 1)
+        # Private sites send counts only where their policy declares them public.
+        counts = {s: {k: int(v) for k, v in c["counts"].items()} for s, c in result.replies.items() if "counts" in c}
         candidates = [*features, *CLINICAL]
-        constant = [c for c, v in zip(candidates, variance) if not v > 1e-12]
-        if any(c in features for c in constant):
-            raise FederationError(f"survival: deviation score(s) {constant} are constant across patients")
-        covariates = [c for c in candidates if c not in constant]
-        sites_with_patients = [s for s in result.replies if counts[s]["patients"] > 0]
+        covariates = candidates
+        moments = {s: record_to_arrays(c["moments"]) for s, c in result.replies.items() if "moments" in c}
+        if moments:  # non-private runs: which clinical covariates vary across all answering sites
+            n = sum(float(m["n"]) for m in moments.values())
+            if n < 2:
+                raise FederationError(f"survival: {n:g} patients with deviation scores across sites {sorted(moments)}")
+            total = sum(m["sum"] for m in moments.values())
+            squares = sum(m["sum_of_squares"] for m in moments.values())
+            variance = (squares - total**2 / n) / (n - 1)
+            constant = [c for c, v in zip(candidates, variance) if not v > 1e-12]
+            if any(c in features for c in constant):
+                raise FederationError(f"survival: deviation score(s) {constant} are constant across patients")
+            covariates = [c for c in candidates if c not in constant]
+        sites_with_patients = [s for s in result.replies if s not in counts or counts[s]["patients"] > 0]
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
                                     "features": features}
         out = self.run_dir / "survival"
@@ -362,8 +372,11 @@ class Federation:
         survival["km"] = report.km_from_counts(km_rows, out / "km_risk_within_site_tertiles.png")
         if pooled:
             survival.update(report.pooled_survival_extras(survival.pop("pooled_table"), beta, covariates, out))
-        survival["patients"] = int(sum(c["patients"] for c in counts.values()))
-        survival["events"] = int(sum(c["events"] for c in counts.values()))
+        if len(counts) == len(result.replies):
+            survival["patients"] = int(sum(c["patients"] for c in counts.values()))
+            survival["events"] = int(sum(c["events"] for c in counts.values()))
+        else:  # some site withheld its counts: no total is reported rather than a partial one
+            survival["patients"] = survival["events"] = None
         atomic_write_json(out / "metrics.json", report.finite_or_null(survival))
         self._append_metrics({"phase": "survival", "mode": config.survival_mode, "sites": sorted(result.replies),
                               "missing": result.missing, "c_index_within_site": survival["c_index_within_site"],
@@ -415,7 +428,7 @@ class Federation:
         """Private runs: each answering site's ledger head and epsilon -> privacy/heads.json."""
         if not self.config.privacy:
             return
-        from ndae.federation.privacy import record_site_ledger
+        from ndae.federation.server_privacy import record_site_ledger
 
         for content in replies.values():
             if "privacy" in content:

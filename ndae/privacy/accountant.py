@@ -22,7 +22,7 @@ import numpy as np
 from opacus.accountants import create_accountant
 
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
-from ndae.privacy.ledger import MECHANISMS, append_entry, ledger_lock, ledger_path, read_ledger
+from ndae.privacy.ledger import ACCOUNTED_MECHANISMS, MECHANISMS, append_entry, ledger_lock, ledger_path, read_ledger
 
 History = list[tuple[float, float, int]]
 
@@ -121,8 +121,10 @@ class SiteAccountant:
 
     @property
     def history(self) -> History:
-        """[(noise_multiplier, sample_rate, steps)], one per release, in ledger order."""
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
+        """[(noise_multiplier, sample_rate, steps)], one per DP release, in ledger order (declared
+        non-DP releases — Cox terms, concordance counts, consented scores — carry no ε)."""
+        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries
+                if e["mechanism"] in ACCOUNTED_MECHANISMS]
 
     def state_dict(self) -> dict:
         """In Opacus' accountant format, to load into a fresh PrivacyEngine's accountant."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -73,12 +72,6 @@ class CanarySet:
             raise NdaeError(f"{where}: not a canary record ({error!r})") from error
 
 
-def canary_seed(run_seed: int, site: str, secret: str = "") -> int:
-    """The site's canary seed: from its own secret (node config `canary-secret`) when it sets one,
-    so the server cannot know which canaries were included; else from the run seed (simulation)."""
-    return zlib.crc32(f"{secret}|{run_seed}|{site}|canaries".encode()) % 2**31
-
-
 def make_canaries(count: int, shape: Sequence[int], seed: int) -> np.ndarray:
     """`count` canary images of `shape` (C, H, W), float32 in [-1, 1]."""
     if count < 0:
@@ -96,19 +89,26 @@ def canary_record_path(privacy_dir: str | os.PathLike, site: str) -> Path:
     return Path(privacy_dir) / f"{site}.canaries.json"
 
 
-def ensure_canary_record(privacy_dir: str | os.PathLike, canaries: CanarySet) -> None:
-    """Write the site's canary record once (atomically); a later round must find the same one, or
-    the audit would test canaries other than those trained on."""
+def site_canaries(privacy_dir: str | os.PathLike, site: str, count: int, shape: Sequence[int],
+                  age_range: tuple[float, float], draw_seed) -> CanarySet:
+    """The site's canaries: the ones in its record when it has one (later rounds, resumed and
+    later runs train on the same canaries), else new ones from `draw_seed()` (the site's CSPRNG),
+    recorded once with mode 0600. The seed never leaves the site: whoever knows it knows which
+    canaries were included, and could fake the audit."""
     from ndae.io import atomic_write_json
 
-    path = canary_record_path(privacy_dir, canaries.site)
+    path = canary_record_path(privacy_dir, site)
+    wanted = dict(site=site, count=int(count), shape=tuple(int(s) for s in shape),
+                  age_range=(float(age_range[0]), float(age_range[1])))
     if path.exists():
         saved = read_canary_record(path)
-        if saved != canaries:
-            raise NdaeError(f"{path}: this run's canaries ({canaries.count}, seed {canaries.seed}) differ from the "
-                            f"recorded ones ({saved.count}, seed {saved.seed}); use a new run directory")
-        return
-    atomic_write_json(path, canaries.to_dict())
+        if (saved.site, saved.count, saved.shape) != (site, wanted["count"], wanted["shape"]):
+            raise NdaeError(f"{path}: this site's canaries are {saved.count} of shape {saved.shape}, the run asks for "
+                            f"{count} of shape {tuple(shape)}; audit the earlier run, then move the record away")
+        return saved
+    canaries = CanarySet(seed=int(draw_seed()), **wanted)
+    atomic_write_json(path, canaries.to_dict(), private=True)
+    return canaries
 
 
 def read_canary_record(path: str | os.PathLike) -> CanarySet:

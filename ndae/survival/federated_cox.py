@@ -187,8 +187,9 @@ class FederatedCoxFitter:
         beta = np.zeros(p)
         total = self._collect(beta)
         self.log_likelihood_null_ = float(total["log_likelihood"])
-        self.n_, self.events_ = int(total["n"]), int(total["events"])
-        if self.events_ == 0:
+        self.n_ = None if total["n"] is None else int(total["n"])
+        self.events_ = None if total["events"] is None else int(total["events"])
+        if self.events_ == 0 or not np.any(total["hessian"]):  # no event: the likelihood is flat
             raise NdaeError("federated Cox: no events at any site")
         objective, gradient, hessian = self._penalised(total, beta)
         self.n_rounds_ = 1
@@ -248,10 +249,16 @@ class FederatedCoxFitter:
         total: SiteTerms = {}
         for name, site in self.sites_.items():
             terms = site.partial_likelihood_terms(beta.copy())
-            for key in ("gradient", "hessian", "log_likelihood", "n", "events"):
+            for key in ("gradient", "hessian", "log_likelihood"):
                 if key not in terms:
                     raise NdaeError(f"federated Cox: site {name!r} sent no {key!r}")
                 total[key] = total.get(key, 0) + np.asarray(terms[key], dtype=float)
+            # n and events are counts a private site may withhold: totals only if every site sent them.
+            for key in ("n", "events"):
+                if key in terms and total.get(key, 0) is not None:
+                    total[key] = total.get(key, 0) + np.asarray(terms[key], dtype=float)
+                else:
+                    total[key] = None
         return total
 
     def _penalised(self, total: SiteTerms, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
