@@ -15,6 +15,11 @@
   since noisy statistics can make the estimate indefinite). For subjects at a site without controls the
   site variance τ² is added to Σ's diagonal. β's estimation uncertainty is ignored here.
   Without cross-products in the statistics Σ is diagonal (σ²).
+
+A model fitted on differentially private statistics carries the clip norms its controls were
+clipped to, and every score here is computed on the subject's z_sem and design row clipped the
+same way (`NormativeModel.standardise` / `design_matrix`): patients far from the controls are
+compared on the scale the model was fitted on. A non-private model clips nothing.
 """
 
 from __future__ import annotations

@@ -163,6 +163,34 @@ class DesignSpec:
         return np.column_stack(columns)
 
 
+def clip_row_norms(values: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """Scale every row of a (n, k) array to L2 norm ≤ max_norm (None: unchanged)."""
+    values = np.asarray(values, dtype=np.float64)
+    if max_norm is None:
+        return values
+    if max_norm <= 0:
+        raise NdaeError(f"clip norm {max_norm} must be > 0")
+    norms = np.linalg.norm(values, axis=1)
+    return values * np.minimum(1.0, max_norm / np.maximum(norms, 1e-300))[:, None]
+
+
+def clip_design_rows(X: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """Clip design rows to ‖x‖ ≤ max_norm keeping the intercept (column 0) at 1: only the
+    covariate part is scaled, to norm ≤ √(max_norm² − 1). A clipped control then still counts
+    as one record in n = XᵀX[0, 0] and Σy = XᵀY[0] (whole-row scaling would shrink both), and
+    the per-record bound ‖x‖ ≤ max_norm the privacy accounting needs holds as before.
+    None: unchanged (non-private models)."""
+    X = np.asarray(X, dtype=np.float64)
+    if max_norm is None:
+        return X
+    if not max_norm > 1.0:
+        raise NdaeError(f"covariate clip {max_norm} must be > 1: the intercept alone has norm 1")
+    if X.ndim != 2 or X.shape[1] < 1:
+        raise NdaeError(f"expected a design matrix (records × columns), got shape {X.shape}")
+    rest = clip_row_norms(X[:, 1:], float(np.sqrt(max_norm**2 - 1.0))) if X.shape[1] > 1 else X[:, 1:]
+    return np.column_stack([X[:, :1], rest])
+
+
 def _sex_key(value: Any) -> Any:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None

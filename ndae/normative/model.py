@@ -22,7 +22,15 @@ Prediction: for a site with controls, mean xᵀβ + u_s and variance
 σ² + σ² x̃ᵀA⁻¹x̃ + ρ_s σ²/n_s with x̃ = x − ρ_s x̄_s (A: the GLS precision incl. the prior; x̄_s:
 the site's mean design row; this accounts for u_s being estimated from the same β). For a site
 *without* controls (or no site column) the pooled mean xᵀβ with variance σ² + σ² xᵀA⁻¹x + τ²:
-the predictive distribution of a new, unseen site. `transfer` gives a new site its own shrunken offset from a few of its controls
+the predictive distribution of a new, unseen site.
+
+Clipping (differentially private fits only): a model fitted on DP statistics knows the clip norms
+its controls were clipped to (`covariate_clip`, `latent_clip`, from the statistics). Everyone it
+scores is clipped the same way before anything is computed (`design_matrix`, `clip_latent`, used
+by `predict*`, `standardise`, `z_scores`, `transfer`): design rows to ‖x‖ ≤ covariate_clip with
+the intercept kept at 1, z_sem rows to ‖z‖ ≤ latent_clip. A controls-only clip would compare
+shrunk controls with unshrunk patients. Non-private models (no clip) are unchanged.
+`transfer` gives a new site its own shrunken offset from a few of its controls
 without refitting β, σ², τ² (as PCNtoolkit's transfer does).
 """
 
@@ -40,7 +48,7 @@ import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.io import atomic_write_bytes, atomic_write_json
-from ndae.normative.design import DesignSpec
+from ndae.normative.design import DesignSpec, clip_design_rows, clip_row_norms
 from ndae.normative.sufficient_stats import SufficientStats
 
 MODEL_VERSION = 1
@@ -68,6 +76,8 @@ class NormativeModel:
         self.n_iterations = int(n_iterations)
         self.site_column = site_column
         self.feature_names: list[str] | None = None
+        self.covariate_clip: float | None = None
+        self.latent_clip: float | None = None
         self._fitted = False
 
     # -- fitting ----------------------------------------------------------------------------
@@ -112,6 +122,10 @@ class NormativeModel:
         site_y = (stats.site_sum_y[use] - site_n[:, None] * mean) / sd  # (S, d)
         n_sites = int(use.sum())
         penalty = self.prior_precision * np.eye(p)
+        # DP statistics: the Gaussian noise on XᵀY inflates the explained sum of squares by
+        # E[bᵀA⁻¹b] = σ²_noise·tr(A⁻¹) over the non-intercept coordinates (the centred
+        # intercept row is exactly 0); add it back so the residual variance is not driven to 0.
+        noise_xty = 0.0 if stats.dp_noise_variance is None else float(stats.dp_noise_variance[1])
 
         def solve(rho: np.ndarray):
             weight = rho / site_n[:, None]  # (S, d)
@@ -127,28 +141,43 @@ class NormativeModel:
                 - 2 * np.sum(offset * residual_sum, 0)
                 + np.sum(site_n[:, None] * offset**2, 0)
             )
+            if noise_xty > 0:
+                inverse = np.linalg.inv(A)[:, 1:, 1:]
+                rss = rss + noise_xty / sd**2 * np.trace(inverse, axis1=1, axis2=2)
             return A, beta, residual_sum, offset, rss
 
         rho = np.zeros((n_sites, d))
         A, beta, residual_sum, offset, rss = solve(rho)
         sigma2 = np.maximum(rss / (N - p), _VARIANCE_FLOOR)
         tau2 = np.zeros(d)
+        # DP statistics: each site's Σy carries Gaussian noise (variance per coordinate: the
+        # summed XᵀY noise variance over the sites that sent it), so a site's mean residual is
+        # u_s + ε̄_s + noise_s; its variance κ_s = noise/n_s² (standardised) joins σ²/n_s in the
+        # shrinkage ρ_s = τ² / (τ² + σ²/n_s + κ_s) and the offset's posterior variance.
+        kappa = np.zeros((n_sites, d))
+        if noise_xty > 0 and n_sites:
+            kappa = noise_xty / max(len(stats.site_names), 1) / site_n[:, None] ** 2 / sd**2
+
+        def shrinkage(sigma2, tau2):
+            return tau2 / (tau2 + sigma2 / site_n[:, None] + kappa)
+
         if self.site_effects and n_sites >= 2:
             site_mean = residual_sum / site_n[:, None]
             tau2 = np.maximum(
-                np.mean(site_mean**2 - sigma2 / site_n[:, None], 0), 0.05 * sigma2
+                np.mean(site_mean**2 - sigma2 / site_n[:, None] - kappa, 0), 0.05 * sigma2
             )
             for _ in range(self.n_iterations):  # EM; fixed count (see module docstring)
-                rho = site_n[:, None] * tau2 / (sigma2 + site_n[:, None] * tau2)
+                rho = shrinkage(sigma2, tau2)
                 A, beta, residual_sum, offset, rss = solve(rho)
-                offset_variance = rho * sigma2 / site_n[:, None]
+                offset_variance = rho * (sigma2 / site_n[:, None] + kappa)
                 sigma2 = np.maximum(
-                    (rss + np.sum(site_n[:, None] * offset_variance, 0)) / (N - p), _VARIANCE_FLOOR
+                    (rss + np.sum(site_n[:, None] * rho * sigma2 / site_n[:, None], 0)) / (N - p),
+                    _VARIANCE_FLOOR,
                 )
                 tau2 = np.mean(offset**2 + offset_variance, 0)
-            rho = site_n[:, None] * tau2 / (sigma2 + site_n[:, None] * tau2)
+            rho = shrinkage(sigma2, tau2)
             A, beta, residual_sum, offset, rss = solve(rho)
-        offset_variance = rho * sigma2 / site_n[:, None]
+        offset_variance = rho * (sigma2 / site_n[:, None] + kappa)
 
         self.control_mean = mean
         self.control_sd = sd
@@ -165,6 +194,8 @@ class NormativeModel:
         self.n_controls = N
         self.covariate_min = stats.covariate_min.copy()
         self.covariate_max = stats.covariate_max.copy()
+        self.covariate_clip = stats.covariate_clip
+        self.latent_clip = stats.latent_clip
         self.residual_covariance = None  # (d, d) standardised; for Mahalanobis scores
         if stats.yty is not None:
             yty = (
@@ -191,7 +222,7 @@ class NormativeModel:
     def predict_standardised(self, covariates: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """As `predict`, on the controls-standardised scale (see `standardise`)."""
         self._check_fitted()
-        X = self.design.build(covariates)
+        X = self.design_matrix(covariates)
         self._warn_out_of_range(covariates)
         mean = X @ self.beta.T
         index = self._site_index(covariates)
@@ -214,13 +245,25 @@ class NormativeModel:
 
     def z_scores(self, covariates: pd.DataFrame, Y: np.ndarray) -> np.ndarray:
         mean, variance = self.predict(covariates)
-        Y = self._check_Y(Y, len(covariates))
+        Y = self.clip_latent(self._check_Y(Y, len(covariates)))
         return (Y - mean) / np.sqrt(variance)
 
     def standardise(self, Y: np.ndarray) -> np.ndarray:
-        """(Y − controls' mean) / controls' sd: the scale cosine scores need."""
+        """(Y − controls' mean) / controls' sd: the scale cosine scores need (after the
+        model's latent clip, for a DP model)."""
         self._check_fitted()
-        return (np.asarray(Y, dtype=np.float64) - self.control_mean) / self.control_sd
+        return (self.clip_latent(Y) - self.control_mean) / self.control_sd
+
+    def design_matrix(self, covariates: pd.DataFrame) -> np.ndarray:
+        """The design rows as the model sees them: clipped like its controls' were (DP models)."""
+        return clip_design_rows(self.design.build(covariates), self.covariate_clip)
+
+    def clip_latent(self, Y: np.ndarray) -> np.ndarray:
+        """z_sem rows clipped to the model's latent clip (unchanged for a non-private model)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        if self.latent_clip is None:
+            return Y
+        return clip_row_norms(Y[:, None] if Y.ndim == 1 else Y, self.latent_clip).reshape(Y.shape)
 
     def beta_covariance(self) -> np.ndarray:
         """Posterior covariance of β per feature, (d, p, p), standardised scale."""
@@ -295,7 +338,7 @@ class NormativeModel:
         model.site_offset[row] = rho * residual.mean(0)
         model.site_offset_variance[row] = rho * self.noise_variance / n
         model.site_shrinkage[row] = rho
-        model.site_mean_x[row] = self.design.build(covariates).mean(0)
+        model.site_mean_x[row] = self.design_matrix(covariates).mean(0)
         return model
 
     # -- persistence ------------------------------------------------------------------------
@@ -345,6 +388,8 @@ class NormativeModel:
                 "site_effects": self.site_effects,
                 "n_iterations": self.n_iterations,
                 "site_column": self.site_column,
+                "clip": None if self.latent_clip is None else {
+                    "covariate": self.covariate_clip, "latent": self.latent_clip},
                 "model_npz_sha256": hashlib.sha256(payload).hexdigest(),
             },
         )
@@ -384,6 +429,9 @@ class NormativeModel:
         model.feature_names = list(meta["feature_names"])
         model.site_names = list(meta["sites"])
         model.n_controls = float(meta["n_controls"])
+        clip = meta.get("clip") or {}
+        model.covariate_clip = None if clip.get("covariate") is None else float(clip["covariate"])
+        model.latent_clip = None if clip.get("latent") is None else float(clip["latent"])
         model._fitted = True
         return model
 

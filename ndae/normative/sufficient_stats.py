@@ -13,6 +13,15 @@ Statistics (d features, p design columns, S sites):
 - per site (for the site random intercept): `site_n` (S), `site_sum_x` (S×p), `site_sum_y` (S×d).
 - `covariate_min/max`: observed range of the continuous covariates (age), for range warnings.
 
+Differentially private releases (`ndae.privacy.dp_moments.private_moments`) send only the
+MINIMAL set `xtx`, `xty` and `yty` (or `sum_y2`, its diagonal): because column 0 of the design is
+the intercept, n = XᵀX[0, 0], ΣY = XᵀY[0] and ΣY² = diag(YᵀY), so releasing them again would only
+add sensitivity. `from_arrays` derives the missing ones. Such a release also carries, as public
+fields, the clip norms its rows were clipped to (`covariate_clip`, `latent_clip`: the normative
+model applies the same clipping to everyone it scores) and the variance of the Gaussian noise per
+coordinate of each block (`dp_noise_variance` = [XᵀX, XᵀY, YᵀY], summed over sites like the
+statistics), which the server's post-processing uses. Non-private statistics have neither.
+
 Every numeric array is plain float64 so that the privacy code can clip/noise it
 (`STATISTIC_KEYS` are the sums over subjects; `map_statistics` applies a function to each).
 Note: the controls' variance comes from ΣY² − nμ², which cancels when the latent's shared mean is
@@ -33,6 +42,9 @@ from ndae.normative.design import DesignSpec
 
 STATISTIC_KEYS = ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y")
 RANGE_KEYS = ("covariate_min", "covariate_max")
+MINIMAL_KEYS = ("xtx", "xty", "yty")  # a DP release: everything else is derived (see from_arrays)
+DERIVED_KEYS = ("n", "sum_y", "sum_y2")
+PRIVACY_KEYS = ("covariate_clip", "latent_clip", "dp_noise_variance")  # public, DP releases only
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,13 @@ class SufficientStats:
     site_sum_y: np.ndarray
     covariate_min: np.ndarray
     covariate_max: np.ndarray
+    covariate_clip: float | None = None  # DP release: ‖design row‖ ≤ this (intercept kept at 1)
+    latent_clip: float | None = None  # DP release: ‖z_sem‖ ≤ this
+    dp_noise_variance: np.ndarray | None = None  # per-coordinate noise variance of xtx, xty, yty
+
+    @property
+    def is_private(self) -> bool:
+        return self.latent_clip is not None
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -136,6 +155,12 @@ class SufficientStats:
                 f"{other.n_features} features"
             )
         names = tuple(sorted(set(self.site_names) | set(other.site_names)))
+        if (self.covariate_clip, self.latent_clip) != (other.covariate_clip, other.latent_clip):
+            raise NdaeError(
+                "cannot add sufficient statistics clipped differently: (covariate, latent) clips "
+                f"{(self.covariate_clip, self.latent_clip)} vs {(other.covariate_clip, other.latent_clip)}"
+            )
+        noise = [s.dp_noise_variance for s in (self, other) if s.dp_noise_variance is not None]
 
         def merged(attribute: str) -> np.ndarray:
             width = getattr(self, attribute).shape[1:]
@@ -160,6 +185,9 @@ class SufficientStats:
             site_sum_y=merged("site_sum_y"),
             covariate_min=np.minimum(self.covariate_min, other.covariate_min),
             covariate_max=np.maximum(self.covariate_max, other.covariate_max),
+            covariate_clip=self.covariate_clip,
+            latent_clip=self.latent_clip,
+            dp_noise_variance=sum(noise) if noise else None,
         )
 
     def __radd__(self, other: object) -> "SufficientStats":
@@ -199,6 +227,12 @@ class SufficientStats:
         }
         if self.yty is not None:
             arrays["yty"] = self.yty
+        if self.covariate_clip is not None:
+            arrays["covariate_clip"] = np.asarray(self.covariate_clip, dtype=np.float64)
+        if self.latent_clip is not None:
+            arrays["latent_clip"] = np.asarray(self.latent_clip, dtype=np.float64)
+        if self.dp_noise_variance is not None:
+            arrays["dp_noise_variance"] = np.asarray(self.dp_noise_variance, dtype=np.float64)
         if len(self.site_names) == 1:
             for key in ("site_n", "site_sum_x", "site_sum_y"):
                 del arrays[key]
@@ -206,6 +240,15 @@ class SufficientStats:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "SufficientStats":
+        """From `to_arrays()` or from a minimal DP release (`xtx`, `xty`, `yty` or `sum_y2`):
+        n, ΣY and ΣY² missing from the payload are read off XᵀX[0, 0], XᵀY[0] and diag(YᵀY)."""
+        arrays = dict(arrays)
+        if "xtx" in arrays and "n" not in arrays:
+            arrays["n"] = np.asarray(np.asarray(arrays["xtx"], dtype=np.float64)[0, 0])
+        if "xty" in arrays and "sum_y" not in arrays:
+            arrays["sum_y"] = np.asarray(arrays["xty"], dtype=np.float64)[0].copy()
+        if "yty" in arrays and "sum_y2" not in arrays:
+            arrays["sum_y2"] = np.diag(np.asarray(arrays["yty"], dtype=np.float64)).copy()
         names = tuple(str(s) for s in np.asarray(arrays.get("site_names", [])).reshape(-1))
         derived = ("site_n", "site_sum_x", "site_sum_y") if len(names) == 1 else ()
         required = [
@@ -254,10 +297,25 @@ class SufficientStats:
             site_sum_y=f["site_sum_y"],
             covariate_min=f["covariate_min"],
             covariate_max=f["covariate_max"],
+            covariate_clip=_optional_scalar(arrays, "covariate_clip"),
+            latent_clip=_optional_scalar(arrays, "latent_clip"),
+            dp_noise_variance=(
+                np.asarray(arrays["dp_noise_variance"], dtype=np.float64).reshape(3).copy()
+                if "dp_noise_variance" in arrays else None
+            ),
         )
 
     def without_cross_products(self) -> "SufficientStats":
         return replace(self, yty=None)
+
+
+def _optional_scalar(arrays: Mapping[str, np.ndarray], key: str) -> float | None:
+    if key not in arrays:
+        return None
+    value = float(np.asarray(arrays[key], dtype=np.float64).reshape(()))
+    if not (np.isfinite(value) and value > 0):
+        raise NdaeError(f"sufficient statistics {key!r} must be a positive number, got {value}")
+    return value
 
 
 def _as_matrix(Y: np.ndarray, name: str) -> np.ndarray:
