@@ -116,7 +116,6 @@ def handle_deviations(message: Message, context: Context) -> Message:
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
-    context.state[QUERIES_KEY] = ConfigRecord({"cox": 0})
     if not config.privacy:
         moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
         reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
@@ -158,7 +157,8 @@ def _beta_and_covariates(message: Message) -> tuple[np.ndarray, list[str]]:
 
 
 def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> None:
-    """Each Cox query evaluates the patients' likelihood at a β the server chose: bounded per run."""
+    """Each Cox or risk-summary query evaluates the patients' rows at a β the server chose:
+    bounded per run (the count lives in the run's node state, which no message resets)."""
     from ndae.federation.site_policy import PolicyViolation
 
     asked = int(context.state[QUERIES_KEY]["cox"]) if QUERIES_KEY in context.state else 0
@@ -197,6 +197,7 @@ def handle_cox_terms(message: Message, context: Context) -> Message:
 def handle_risk_summary(message: Message, context: Context) -> Message:
     config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "risk_summary")
+    _count_cox_query(context, policy, site.name)
     beta, covariates = _beta_and_covariates(message)
     summary = site_task.risk_summary(_table(context, site.name), beta, covariates)
     reply = {}
