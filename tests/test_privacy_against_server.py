@@ -329,3 +329,12 @@ def test_consented_pooled_rows_carry_pseudonyms_whole_years_and_months_and_the_k
     entries = read_ledger(tmp_path / "ledger" / "site1.jsonl")
     assert [e["mechanism"] for e in entries] == ["shared-scores"]
     assert entries[0]["details"]["content"]["subject"] == "a pseudonym drawn for this run"
+
+
+def test_the_report_warns_when_a_sites_noise_swamps_its_moments(private_run):
+    """5 controls a site at the default moments noise: the DP statistics are noise, and the
+    report says so for each site (the benchmark's threshold: predicted mean correlation < 0.5)."""
+    summary, _, run = private_run
+    warned = summary["normative"]["warnings"]
+    assert len(warned) == 3 and all(f"site '{s}'" in w for s, w in zip(SITES, warned))
+    assert (run / "report.md").read_text().count("**warning**") == 3

@@ -85,8 +85,9 @@ class FederationConfig:
         if self.privacy:
             if self.max_grad_norm <= 0 or self.noise_multiplier < 0 or self.moments_noise_multiplier < 0:
                 raise NdaeError("run config: max-grad-norm must be > 0, noise multipliers >= 0")
-            if self.moments_covariate_clip <= 0 or self.moments_latent_clip <= 0:
-                raise NdaeError("run config: moments-covariate-clip and moments-latent-clip must be > 0")
+            if not self.moments_covariate_clip > 1 or not self.moments_latent_clip > 0:
+                raise NdaeError("run config: moments-covariate-clip must be > 1 (a design row keeps its intercept 1 "
+                                "when clipped) and moments-latent-clip > 0")
             if self.strategy == "fedprox":
                 raise NdaeError("run config: fedprox's proximal gradient term is not supported under DP-SGD "
                                 "(it would bypass per-sample clipping); use fedavg or fedadam")

@@ -169,8 +169,11 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
         if entry.get("phase") == "dae":
             lines.append(f"| {entry['round']} | {len(entry['sites'])} | {_fmt(entry.get('train_loss_mean'), 4)} | "
                          f"{_fmt(entry.get('seconds'), 1)} |")
-    lines += ["", f"Normative model: {summary['normative']['n_controls']:g} controls from "
-              f"{', '.join(summary['normative']['sites'])} (`normative/`).", "",
+    noisy = " (noisy DP count)" if config.privacy else ""
+    lines += ["", f"Normative model: {summary['normative']['n_controls']:.0f} controls{noisy} from "
+              f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
+    lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
+    lines += ["",
               "## Survival", "",
               f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
               f"site on {', '.join(survival['covariates'])} (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",

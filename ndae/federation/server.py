@@ -181,7 +181,8 @@ class Federation:
         from ndae.federation.report import write_report
 
         summary = {"sites": self.state.info, "missing": self.state.missing, "timings": self.timings,
-                   "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names)},
+                   "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names),
+                                 "warnings": self.moments_warnings},
                    "survival": survival, "participation": self.state.participation}
         if self.config.privacy:
             summary["privacy"] = self.privacy_heads
@@ -293,9 +294,14 @@ class Federation:
             "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict())})})
         result = self._query("normative_stats", content)
         stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
+        self.moments_warnings: list[str] = []
         if self.config.privacy and self.config.moments_noise_multiplier > 0:  # noised sums -> valid fit input
-            from ndae.privacy.dp_moments import postprocess_noisy_stats
+            from ndae.privacy.dp_moments import moments_noise_warnings, postprocess_noisy_stats
 
+            self.moments_warnings = moments_noise_warnings(
+                {s: record_to_arrays(c["stats"]) for s, c in result.replies.items()})
+            for line in self.moments_warnings:
+                self.log(f"[normative] warning: {line}")
             stats = postprocess_noisy_stats(stats)
         feature_names = [f"z_sem_{k}" for k in range(stats.n_features)]
         normative = NormativeModel.from_stats(stats, feature_names)
