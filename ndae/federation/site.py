@@ -3,7 +3,8 @@
 Each function takes the site's own data plus what the server sent (weights, a normative model,
 a Cox coefficient vector) and returns only what may leave the site: DAE weights and counts,
 summable sufficient statistics, Cox gradient/Hessian terms, or (pooled survival mode only) the
-patients' de-identified deviation scores with their covariates and follow-up.
+patients' deviation scores with their covariates and follow-up. What a private run may send of
+these, and in what form, is decided by `site_policy` and done by `site_privacy`.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def local_steps(n_controls: int, batch_size: int, epochs: int) -> int:
 
 
 def site_seed(seed: int, round_number: int, site_name: str) -> int:
-    """A seed for one site's round: the same (seed, round, site) gives the same draws."""
+    """A seed for one NON-private site round: the same (seed, round, site) gives the same draws,
+    so plain runs repeat and resume exactly. Never used for privacy: the server knows all three
+    (private rounds draw from the site's CSPRNG, `ndae.privacy.randomness`)."""
     return (seed * 1_000_003 + round_number * 7919 + zlib.crc32(site_name.encode())) % 2**31
 
 
