@@ -2,9 +2,10 @@
 
 Everything takes plain arrays or tensors and is deterministic under a seed (a `torch.Generator`
 draws timesteps, noise and flips). Federated code calls the same functions a centralised run
-does: `train_steps` on a site's batches, `get_weights`/`set_weights` for FedAvg. `train_steps`
-also runs unchanged on an Opacus `GradSampleModule` with a `DPOptimizer` (then the optimiser
-clips per sample and `grad_clip` here is skipped).
+does: `train_steps` on a site's batches, `get_weights`/`set_weights` for FedAvg. `train_steps` is
+plain (non-private) training; everything trained under DP goes through the one DP-SGD loop,
+`ndae.privacy.dp_sgd_loop.dp_epochs` (every Poisson batch, an empty one too, is one accounted
+step there), and `train_steps` refuses an Opacus `DPOptimizer`.
 """
 
 from __future__ import annotations
@@ -167,8 +168,15 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def _is_dp_optimizer(optimizer: torch.optim.Optimizer) -> bool:
-    return hasattr(optimizer, "original_optimizer")  # opacus.optimizers.DPOptimizer
+def _refuse_dp(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """train_steps is not a DP-SGD loop: it would skip empty Poisson batches (steps the accountant
+    still counts) and draw nothing the site's privacy rests on. Point DP callers at the one loop."""
+    wrapped = model is not unwrap(model)  # an Opacus GradSampleModule
+    if hasattr(optimizer, "original_optimizer") or wrapped:  # opacus.optimizers.DPOptimizer
+        raise NdaeError(
+            "train_steps is plain (non-private) training and refuses an Opacus DP optimizer / private module: "
+            "train under DP with ndae.privacy.dp_sgd_loop.dp_epochs on what "
+            "ndae.privacy.opacus_training.make_private returns")
 
 
 def train_steps(model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimizer,
@@ -180,12 +188,13 @@ def train_steps(model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimi
     `batches` yields image tensors [b, C, ...] already at the model's size (see
     `prepare_images`) or tuples (images, ages); a finite iterable is restarted when exhausted.
     Timesteps and noise are drawn from `generator` (CPU) so runs repeat exactly under a seed.
+    Non-private only: a DP optimizer raises NdaeError (use `ndae.privacy.dp_sgd_loop.dp_epochs`).
     """
+    _refuse_dp(model, optimizer)
     core = unwrap(model)
     diffusion = core.diffusion
     device = model_device(core)
     generator = generator or torch.Generator().manual_seed(0)
-    dp = _is_dp_optimizer(optimizer)
     model.train()
     iterator = iter(batches)
     losses: list[float] = []
@@ -200,9 +209,8 @@ def train_steps(model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimi
         ages = None if ages is None else ages.to(device, torch.float32)
         b = images.shape[0]
         if b == 0:
-            # An empty Poisson-sampled batch (Opacus): no data, so no step. Privacy code that needs
-            # a noise-only step for such batches must take it itself.
-            continue
+            raise NdaeError("train_steps: an empty batch (Poisson-sampled batches belong to "
+                            "ndae.privacy.dp_sgd_loop.dp_epochs)")
         t = diffusion.sample_timesteps(b, generator).to(device)
         noise = torch.randn(images.shape, generator=generator).to(device)
         x_t = diffusion.q_sample(images, t, noise)
@@ -211,7 +219,7 @@ def train_steps(model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimi
             epsilon = model(x_t, t, images, None, ages)
         loss = diffusion.per_sample_loss(epsilon, noise, t).mean()
         loss.backward()
-        if grad_clip and not dp:
+        if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if ema is not None:

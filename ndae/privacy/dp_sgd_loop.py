@@ -1,11 +1,16 @@
 """The one DP-SGD training loop: epochs of Poisson batches through an Opacus private model.
 
-Used by a site's federated round (`ndae.federation.site_privacy`), by `ndae train --privacy`
-and by the privacy benchmark, so that what is benchmarked is what runs at a hospital.
+Used by a site's federated round (`ndae.federation.site_privacy`), by the privacy benchmark
+(`benchmarks/bench_privacy.py`) and by the privacy tests, so that what is benchmarked and tested
+is what runs at a hospital. (`ndae train` is centralised, non-private training; it has no DP
+mode.) `ndae.model.training.train_steps` is plain training and refuses a DP optimizer.
 
 Every batch (an empty Poisson batch too) is one accounted step. The randomness that protects
-privacy (which noise, which timesteps, which flips) comes from the generators the caller gives:
-at a site they are seeded from the operating system's CSPRNG (`ndae.privacy.randomness`).
+privacy comes from generators the caller gives, never from the global torch generator: which
+records form each batch (`make_private(sampling_generator=...)`), the Gaussian noise
+(`make_private(noise_generator=...)` and `noise_generator` here for empty batches), and the
+timesteps, denoising targets and flips (`generator` here). At a site they are seeded from the
+operating system's CSPRNG (`ndae.privacy.randomness.SiteRandomness`).
 """
 
 from __future__ import annotations

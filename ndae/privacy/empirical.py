@@ -63,14 +63,19 @@ def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8,
 
 
 def membership_audit(model, member_images, nonmember_images, *, delta: float, member_ages=None,
-                     nonmember_ages=None, seed: int = 0, draws: int = 8, alpha: float = 0.05) -> dict[str, Any]:
-    """Scores both groups and returns the empirical epsilon lower bound with the attack's AUC."""
+                     nonmember_ages=None, seed: int = 0, draws: int = 8, alpha: float = 0.05,
+                     t_range: tuple[float, float] = (0.05, 0.6)) -> dict[str, Any]:
+    """Scores both groups (`denoising_scores` at `draws` fixed draws over `t_range`) and returns
+    the empirical epsilon lower bound with the attack's AUC.
+
+    Power: even perfectly separated scores give a bound of 0 for 8 records per group, 0.25 for
+    16, 1.10 for 32 and 1.86 for 64 (delta 1e-5, alpha 0.05; tests/test_privacy_empirical_power.py)."""
     from ndae.privacy.audit import attack_auc, empirical_epsilon_lower_bound
 
-    members = denoising_scores(model, member_images, member_ages, seed=seed, draws=draws)
-    nonmembers = denoising_scores(model, nonmember_images, nonmember_ages, seed=seed, draws=draws)
+    members = denoising_scores(model, member_images, member_ages, seed=seed, draws=draws, t_range=t_range)
+    nonmembers = denoising_scores(model, nonmember_images, nonmember_ages, seed=seed, draws=draws, t_range=t_range)
     result = empirical_epsilon_lower_bound(members, nonmembers, delta, alpha=alpha)
-    result.update(score="-denoising loss (fixed seeded t and noise)", draws=draws, seed=seed,
+    result.update(score="-denoising loss (fixed seeded t and noise)", draws=draws, seed=seed, t_range=list(t_range),
                   auc=attack_auc(members, nonmembers), member_loss_mean=float(-members.mean()),
                   nonmember_loss_mean=float(-nonmembers.mean()))
     return result
@@ -99,7 +104,10 @@ def accounted_epsilon(run_dir: str | os.PathLike, site: str) -> tuple[float, flo
     if not entries:
         return 0.0, None
     delta = float(entries[-1]["delta"])
-    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    from ndae.privacy.ledger import ACCOUNTED_MECHANISMS
+
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries
+               if e["mechanism"] in ACCOUNTED_MECHANISMS]  # declared releases carry no epsilon
     return epsilon_of(history, delta, entries[-1]["accountant"]), delta
 
 

@@ -10,11 +10,24 @@ Modes: "hooks" (per-sample gradients by module hooks), "functorch" (per-sample g
 torch.func for every layer), "ghost" (ghost clipping: per-sample gradient norms without
 materialising per-sample gradients; Opacus then returns a wrapped criterion that must be used
 for the loss, and the criterion must give one loss per sample under reduction="none").
+
+Randomness: the Gaussian noise comes from `noise_generator`, the Poisson sampling from
+`sampling_generator` (Opacus' sampler would otherwise draw from the loader's generator, i.e. the
+GLOBAL torch generator, which anything in the process can seed or read). A generator not given is
+seeded from the operating system's CSPRNG (`ndae.privacy.randomness.SiteRandomness`), so DP-SGD
+never touches the global generator.
+
+Sample rate: Opacus' Poisson loader includes each record independently with probability
+q = 1 / len(data_loader) = 1 / ceil(n / B) for n records and batch size B (not B / n: the two
+differ when B does not divide n, e.g. n = 10, B = 4 gives q = 1/3, not 0.4), and one epoch is
+ceil(n / B) steps. `PrivateTraining.sample_rate` is that q, the value the accountant and the
+ledger use; `poisson_sample_rate` computes it without building an engine.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -40,8 +53,10 @@ class PrivateTraining:
     engine: PrivacyEngine
     noise_multiplier: float
     max_grad_norm: float
-    sample_rate: float
+    sample_rate: float  # q = 1 / len(data_loader) = 1 / ceil(n / B): what Opacus samples and accounts
     history_before: History = field(default_factory=list)
+    sampling_generator: torch.Generator | None = None  # draws the Poisson batches
+    noise_generator: torch.Generator | None = None  # draws the Gaussian noise
 
     def __iter__(self):  # module, optimizer, data_loader = make_private(...)
         return iter((self.module, self.optimizer, self.data_loader))
@@ -78,6 +93,14 @@ class PrivateTraining:
             steps=epochs * len(self.data_loader), max_grad_norm=self.max_grad_norm,
             records_touched=records_touched,
         )
+
+
+def poisson_sample_rate(data_loader: torch.utils.data.DataLoader) -> float:
+    """The Poisson sampling rate Opacus uses for this loader: 1 / len(data_loader), i.e.
+    1 / ceil(n / B) for n records and batch size B (1 / floor(n / B) with drop_last)."""
+    if len(data_loader) == 0:
+        raise NdaeError("the site's data loader is empty")
+    return 1 / len(data_loader)
 
 
 def noise_multiplier_for_budget(
@@ -152,12 +175,19 @@ def make_private(
     accountant: str = "rdp",
     criterion: Any = None,
     noise_generator: torch.Generator | None = None,
+    sampling_generator: torch.Generator | None = None,
     poisson_sampling: bool = True,
 ) -> PrivateTraining:
     """Wrap a site's model, optimizer and loader for DP-SGD, continuing `accountant_history`.
 
     Give either `noise_multiplier`, or `target_epsilon` + `target_delta` + `epochs`: the site's
     total budget, of which the history has already spent part.
+
+    `noise_generator` draws the Gaussian noise of every step, `sampling_generator` the Poisson
+    batches (each record in a batch with probability `sample_rate` = 1 / len(data_loader), see
+    the module docstring). A site passes generators from its `SiteRandomness`; one left out is
+    seeded from the OS CSPRNG (never the global torch generator, whose state DP-SGD leaves as it
+    found it). Train with `ndae.privacy.dp_sgd_loop.dp_epochs`.
     """
     if mode not in MODES:
         raise NdaeError(f"DP-SGD mode {mode!r} is not one of {', '.join(MODES)}")
@@ -167,9 +197,14 @@ def make_private(
             "the model cannot be trained with DP-SGD: " + "; ".join(str(e) for e in errors)
             + " (replace BatchNorm with GroupNorm: opacus.validators.ModuleValidator.fix)"
         )
-    if len(data_loader) == 0:
-        raise NdaeError("the site's data loader is empty")
-    sample_rate = 1 / len(data_loader)  # as Opacus computes it
+    sample_rate = poisson_sample_rate(data_loader)  # as Opacus computes it (make_private checks below)
+    if noise_generator is None or (sampling_generator is None and poisson_sampling):
+        from ndae.privacy.randomness import SiteRandomness
+
+        secure = SiteRandomness()
+        noise_generator = noise_generator or secure.torch_generator("dp-sgd", "noise")
+        if poisson_sampling:
+            sampling_generator = sampling_generator or secure.torch_generator("dp-sgd", "poisson-sampling")
     history_before = compact(accountant_history)
     if (noise_multiplier is None) == (target_epsilon is None):
         raise NdaeError("give exactly one of noise_multiplier or target_epsilon")
@@ -194,9 +229,35 @@ def make_private(
         private_module, private_optimizer, criterion, private_loader = wrapped
     else:
         private_module, private_optimizer, private_loader = wrapped
+    if poisson_sampling:
+        _use_sampling_generator(private_loader, sampling_generator, sample_rate)
+    elif sampling_generator is not None:
+        raise NdaeError("sampling_generator is for Poisson sampling (poisson_sampling=False keeps the loader's order)")
     return PrivateTraining(
         module=private_module, optimizer=private_optimizer, data_loader=private_loader,
         criterion=criterion, engine=engine, noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm), sample_rate=float(sample_rate),
-        history_before=list(history_before),
+        history_before=list(history_before), sampling_generator=sampling_generator,
+        noise_generator=noise_generator,
     )
+
+
+def _use_sampling_generator(loader, generator: torch.Generator, sample_rate: float) -> None:
+    """Make Opacus' Poisson sampler draw from `generator`. Opacus (1.6) builds its
+    UniformWithReplacementSampler with the engine's secure_rng, which is None outside secure_mode,
+    so it falls back to the loader's generator: None, the global torch generator. The sampler
+    reads `self.generator` at every batch, so setting it there is enough for the batches; the
+    loader's own generator is set too, because torch's DataLoader draws a worker base seed from it
+    (the global generator when None) each time an epoch starts. The checks keep a future Opacus
+    with another sampler from silently sampling elsewhere."""
+    from opacus.data_loader import DPDataLoader
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    sampler = getattr(loader, "batch_sampler", None)
+    if not isinstance(loader, DPDataLoader) or type(sampler) is not UniformWithReplacementSampler:
+        raise NdaeError(f"Opacus returned a {type(loader).__name__} with a {type(sampler).__name__}: "
+                        "cannot give its Poisson sampling the site's generator")
+    if not math.isclose(sampler.sample_rate, sample_rate, rel_tol=1e-12):
+        raise NdaeError(f"Opacus samples at rate {sampler.sample_rate}, accounted {sample_rate}")
+    sampler.generator = generator
+    loader.generator = generator
