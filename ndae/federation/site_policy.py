@@ -43,8 +43,9 @@ SITE_ONLY_KEYS = ("privacy-dir", "signing-key-file", "allow-pooled-scores", "pub
 POLICY_KEYS = ("require-privacy", "budget-epsilon", "budget-delta", "delta", "max-epsilon-per-run", "privacy-dir",
                "signing-key-file", "allow-pooled-scores", "survival-modes", "max-cox-queries", "public-counts",
                "insecure-reproducible-seed")
-# Flower's own node config keys (simulation) and the data keys a SuperNode is started with.
-_OTHER_NODE_KEYS = ("manifest", "partition-id", "num-partitions", "cache-dir")
+# Flower's own node config keys (simulation), the data keys a SuperNode is started with, and what
+# deploy/start-supernode.sh passes for the site's launch wrapper (site name, site folder, data root).
+_OTHER_NODE_KEYS = ("manifest", "partition-id", "num-partitions", "cache-dir", "site", "site-dir", "data-root")
 
 
 class PolicyViolation(NdaeError):
