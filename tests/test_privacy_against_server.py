@@ -91,8 +91,9 @@ def _one_round(cohort, name, node_config):
     grid = RecordingGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
                          node_config={**POLICY, "privacy-dir": str(cohort / name / "ledgers"), **node_config})
     run_federation(grid, config, log=lambda _: None)
-    weights = _replies(grid, "train")[0]["arrays"]
-    stats = _replies(grid, "query.normative_stats")[0]["stats"]
+    site1 = str(_manifest(cohort, "site1"))  # Flower samples the nodes in random order: pick site1's
+    weights = next(c for kind, m, c in grid.received if kind == "train" and m == site1)["arrays"]
+    stats = next(c for kind, m, c in grid.received if kind == "query.normative_stats" and m == site1)["stats"]
     return ({k: v.numpy() for k, v in weights.items()}, {k: v.numpy() for k, v in stats.items()},
             read_ledger(cohort / name / "ledgers" / "site1.jsonl"))
 
@@ -124,7 +125,8 @@ def test_the_old_seed_derivation_no_longer_removes_the_moments_noise(private_run
 
     summary, grid, _ = private_run
     config = _config(cohort, "recorded")
-    released = _replies(grid, "query.normative_stats")[0]["stats"]["xty"].numpy()
+    site1 = str(_manifest(cohort, "site1"))
+    released = next(c for kind, m, c in grid.received if kind == "query.normative_stats" and m == site1)["stats"]["xty"].numpy()
     seed = (config.seed * 1_000_003 + 10_000 * 7919 + __import__("zlib").crc32(b"site1")) % 2**31  # old site_seed
     guess = np.random.default_rng(seed)
     sd = moments_noise_sd(config.moments_covariate_clip, config.moments_latent_clip, config.moments_noise_multiplier)
@@ -144,7 +146,10 @@ LOOSER = [  # (run config, node config, key the refusal must name)
     ({"max-cox-queries": 1000}, {}, "'max-cox-queries'"),
     ({"privacy": False}, {"require-privacy": "true"}, "'privacy'"),
     ({"survival-mode": "pooled"}, {}, "'survival-mode'"),  # private + pooled without the site's consent
-    ({"survival-mode": "pooled", "privacy": False}, {"allow-pooled-scores": "false"}, "'survival-mode'"),
+    ({"survival-mode": "pooled", "privacy": False}, {"allow-pooled-scores": "false", "require-privacy": "false"},
+     "'survival-mode'"),
+    ({"privacy": False}, {"budget-epsilon": 3.0}, "'privacy'"),  # a site with a privacy policy is not downgraded
+    ({"audit-canaries": 10**9}, {}, "'audit-canaries'"),
     ({"survival-mode": "federated"}, {"survival-modes": "pooled"}, "'survival-mode'"),
 ]
 
@@ -338,3 +343,37 @@ def test_the_report_warns_when_a_sites_noise_swamps_its_moments(private_run):
     warned = summary["normative"]["warnings"]
     assert len(warned) == 3 and all(f"site '{s}'" in w for s, w in zip(SITES, warned))
     assert (run / "report.md").read_text().count("**warning**") == 3
+
+
+# ---- 4. what a hostile server may not ask in a survival query ----------------------------------
+@pytest.mark.parametrize("covariates, beta, why", [
+    (["cosine", "time"], [0.0, 1.0], "covariates must be distinct names among"),  # time: an oracle of follow-up
+    (["cosine", "event"], [0.0, 1.0], "covariates must be distinct names among"),
+    (["subject"], [1.0], "covariates must be distinct names among"),
+    (["cosine", "age"], [float("nan"), 0.0], "finite numbers"),
+    (["cosine", "age"], [0.0], "finite numbers"),
+    (["cosine", "age"], [0.0, 1e4], r"\|beta x sd\|"),  # a huge beta singles out the oldest patient
+])
+def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(cohort, tmp_path, covariates, beta, why):
+    from ndae.federation.client import QUERIES_KEY, handle_cox_terms, handle_risk_summary
+    from ndae.federation.records import arrays_to_record
+
+    context, deviations = _deviations_context(cohort, tmp_path, {}, survival_mode="federated")
+    deviations(share_rows=False)
+    content = RecordDict({"beta": arrays_to_record({"beta": np.asarray(beta, float)}),
+                          "config": ConfigRecord({"covariates": covariates})})
+    for handler, kind in ((handle_cox_terms, "query.cox_terms"), (handle_risk_summary, "query.risk_summary")):
+        with pytest.raises(NdaeError, match=why):
+            handler(Message(content, dst_node_id=1, message_type=kind), context)
+    assert QUERIES_KEY not in context.state  # a refused query is not answered, and not counted
+    assert not (tmp_path / "ledger" / "site1.jsonl").exists()
+
+
+def test_the_batch_a_server_asks_for_cannot_go_below_the_sites_floor(cohort, tmp_path):
+    """A server asking for batch 1 would read n off the ledger's sample rate 1/ceil(n/B)."""
+    config = _config(cohort, "batch-one", batch_size=1, survival_mode="federated")
+    grid = InProcessGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
+                         node_config={**POLICY, "privacy-dir": str(tmp_path / "ledgers"), "min-dp-batch-size": 4})
+    run_federation(grid, config, log=lambda _: None)
+    (entry,) = [e for e in read_ledger(tmp_path / "ledgers" / "site1.jsonl") if e["mechanism"] == "dp-sgd"]
+    assert entry["sample_rate"] == pytest.approx(1 / 2)  # 5 controls, B = 4: ceil(5/4) = 2 batches, not 5

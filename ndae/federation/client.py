@@ -18,6 +18,7 @@ from ndae.federation.records import arrays_to_record, config_to_normative, frame
 
 STATE_KEY = "survival-table"
 QUERIES_KEY = "queries"
+FEATURES_KEY = "features"
 
 
 def _request(context: Context) -> tuple[FederationConfig, SitePolicy]:
@@ -103,7 +104,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "deviations")
     settings = message.content["config"]
-    share_rows = bool(settings["share-rows"])
+    share_rows = _flag(settings, "share-rows")
     if share_rows and ("pooled" not in policy.survival_modes or not policy.pooled_scores_allowed(config.privacy)):
         # The server asks for the rows whatever the run config said: the site's policy decides.
         from ndae.federation.site_policy import PolicyViolation
@@ -116,6 +117,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
+    context.state[FEATURES_KEY] = ConfigRecord({"features": features})  # what Cox queries may name
     if not config.privacy:
         moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
         reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
@@ -150,10 +152,47 @@ def _table(context: Context, site_name: str):
     return table
 
 
-def _beta_and_covariates(message: Message) -> tuple[np.ndarray, list[str]]:
-    """The Cox coefficients and their covariate names the server sent with a survival query."""
-    beta = message.content["beta"]["beta"].numpy()
-    return beta, [str(c) for c in message.content["config"]["covariates"]]
+MAX_STANDARDISED_BETA = 20.0  # |β·sd| beyond this (HR e^20 per sd) is no model: it singles out rows
+
+
+def _beta_and_covariates(message: Message, context: Context, table) -> tuple[np.ndarray, list[str]]:
+    """The Cox coefficients and covariate names the server sent, checked before anything is
+    computed or counted: only the run's deviation scores, age and sex (never time, event or an
+    id, which would make the likelihood an oracle of single rows), and a finite β bounded per
+    standard deviation of the site's own covariate (a huge β isolates the extreme patient)."""
+    from ndae.errors import NdaeError
+
+    try:
+        beta = np.asarray(message.content["beta"]["beta"].numpy(), dtype=np.float64).reshape(-1)
+        covariates = [str(c) for c in message.content["config"]["covariates"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise NdaeError(f"survival query: expected 'beta' and 'covariates' ({type(error).__name__})") from None
+    allowed = [*_run_features(context), "age", "sex_female"]
+    bad = [c for c in covariates if c not in allowed]
+    if bad or len(set(covariates)) != len(covariates) or not covariates:
+        raise NdaeError(f"survival query: covariates must be distinct names among {allowed}, got {covariates}")
+    if beta.shape != (len(covariates),) or not np.isfinite(beta).all():
+        raise NdaeError(f"survival query: beta must be {len(covariates)} finite numbers")
+    spread = table[covariates].to_numpy(float).std(axis=0) if len(table) else np.zeros(len(covariates))
+    if np.any(np.abs(beta) * spread > MAX_STANDARDISED_BETA):
+        raise NdaeError(f"survival query: |beta x sd| must stay within {MAX_STANDARDISED_BETA:g} for every covariate")
+    return beta, covariates
+
+
+def _run_features(context: Context) -> list[str]:
+    return [str(f) for f in context.state[FEATURES_KEY]["features"]] if FEATURES_KEY in context.state else []
+
+
+def _flag(settings, key: str) -> bool:
+    """A boolean the server sends: only a real bool or 'true'/'false' (bool('false') is True)."""
+    from ndae.errors import NdaeError
+
+    value = settings[key]
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("true", "false"):
+        return str(value).strip().lower() == "true"
+    raise NdaeError(f"message field {key!r} must be true or false, got {value!r}")
 
 
 def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> None:
@@ -178,9 +217,10 @@ def _json_numbers(values):
 def handle_cox_terms(message: Message, context: Context) -> Message:
     config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "cox_terms")
+    table = _table(context, site.name)
+    beta, covariates = _beta_and_covariates(message, context, table)
     _count_cox_query(context, policy, site.name)
-    beta, covariates = _beta_and_covariates(message)
-    terms = site_task.cox_terms(_table(context, site.name), beta, covariates)
+    terms = site_task.cox_terms(table, beta, covariates)
     reply = {}
     if config.privacy:
         from ndae.federation.site_privacy import ledger_reply, record_declared
@@ -197,9 +237,10 @@ def handle_cox_terms(message: Message, context: Context) -> Message:
 def handle_risk_summary(message: Message, context: Context) -> Message:
     config, policy, site = _site(context)
     site_task.check_fault(config, site.name, "risk_summary")
+    table = _table(context, site.name)
+    beta, covariates = _beta_and_covariates(message, context, table)
     _count_cox_query(context, policy, site.name)
-    beta, covariates = _beta_and_covariates(message)
-    summary = site_task.risk_summary(_table(context, site.name), beta, covariates)
+    summary = site_task.risk_summary(table, beta, covariates)
     reply = {}
     if config.privacy:
         # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.

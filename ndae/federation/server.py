@@ -436,9 +436,16 @@ class Federation:
             return
         from ndae.federation.server_privacy import record_site_ledger
 
-        for content in replies.values():
-            if "privacy" in content:
-                record_site_ledger(self.run_dir, self.privacy_heads, content["privacy"])
+        for site, content in replies.items():
+            if "privacy" not in content:
+                continue
+            claimed = str(content["privacy"].get("privacy-site", ""))
+            if claimed != site:  # a node may only report its own ledger, never overwrite another's
+                self.log(f"node of site {site!r} sent the ledger head of {claimed!r}: ignored")
+                self.state.missing.append({"phase": "privacy", "round": 0, "site": site,
+                                           "reason": f"sent the ledger head of site {claimed!r}: ignored"})
+                continue
+            record_site_ledger(self.run_dir, self.privacy_heads, content["privacy"])
 
     # ---- metrics.jsonl ----------------------------------------------------------------------
     def _metrics(self) -> list[dict]:

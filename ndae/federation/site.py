@@ -102,7 +102,10 @@ def build_dae(dae_config: dict, device="cpu"):
     from ndae.model import EMA, DAEConfig, build_model
 
     cfg = DAEConfig.from_dict(dae_config)
-    model = build_model(cfg, seed=0, device=device)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # build_model seeds torch's global generator: leave it as it was
+        model = build_model(cfg, seed=0, device=device)
     return model, EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
 
 

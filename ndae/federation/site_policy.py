@@ -10,7 +10,7 @@ Node config keys (all optional; the defaults are what a careful site would choos
 
 | key | default | meaning |
 |---|---|---|
-| require-privacy | false | refuse any run with privacy=false |
+| require-privacy | true if the node config sets any other privacy key, else false | refuse any run with privacy=false |
 | budget-epsilon | 10 | lifetime ε over every run on this site's data |
 | budget-delta | δ | lifetime δ |
 | delta | 1e-5 | δ of every release (`ndae.privacy.delta`) |
@@ -20,6 +20,8 @@ Node config keys (all optional; the defaults are what a careful site would choos
 | allow-pooled-scores | unset | true: patients' scores may leave (pseudonymised); false: never; unset: only in non-private runs |
 | survival-modes | pooled,federated | the survival modes this site takes part in |
 | max-cox-queries | 60 | Cox likelihood evaluations one run may ask of this site |
+| min-dp-batch-size | 8 | DP-SGD batch at least this (the sample rate 1/ceil(n/B) then reveals n only to within B) |
+| max-audit-canaries | 256 | canaries one run may ask the site to train on |
 | public-counts | false | in a private run, send exact numbers of controls/patients/events |
 | insecure-reproducible-seed | unset | TESTS ONLY: draw the privacy noise from this seed; the ledger says so |
 """
@@ -42,7 +44,7 @@ SITE_ONLY_KEYS = ("privacy-dir", "signing-key-file", "allow-pooled-scores", "pub
                   "insecure-reproducible-seed", "require-privacy", "survival-modes", "canary-secret")
 POLICY_KEYS = ("require-privacy", "budget-epsilon", "budget-delta", "delta", "max-epsilon-per-run", "privacy-dir",
                "signing-key-file", "allow-pooled-scores", "survival-modes", "max-cox-queries", "public-counts",
-               "insecure-reproducible-seed")
+               "insecure-reproducible-seed", "min-dp-batch-size", "max-audit-canaries")
 # Flower's own node config keys (simulation), the data keys a SuperNode is started with, and what
 # deploy/start-supernode.sh passes for the site's launch wrapper (site name, site folder, data root).
 _OTHER_NODE_KEYS = ("manifest", "partition-id", "num-partitions", "cache-dir", "site", "site-dir", "data-root")
@@ -86,6 +88,8 @@ class SitePolicy:
     allow_pooled_scores: bool | None = None
     survival_modes: tuple[str, ...] = SURVIVAL_MODES
     max_cox_queries: int = 60
+    min_dp_batch_size: int = 8
+    max_audit_canaries: int = 256
     public_counts: bool = False
     insecure_seed: int | None = None
 
@@ -109,17 +113,24 @@ class SitePolicy:
             raise NdaeError(f"node config 'survival-modes': {bad or 'empty'}; allowed: {list(SURVIVAL_MODES)}")
         allow = get("allow-pooled-scores")
         seed = get("insecure-reproducible-seed")
-        queries = _number("max-cox-queries", get("max-cox-queries", 60))
-        if not float(queries).is_integer():
-            raise NdaeError(f"node config 'max-cox-queries': expected a whole number, got {queries:g}")
+        whole = {}
+        for key, default in (("max-cox-queries", 60), ("min-dp-batch-size", 8), ("max-audit-canaries", 256)):
+            number = _number(key, get(key, default), positive=False)
+            if not float(number).is_integer():
+                raise NdaeError(f"node config {key!r}: expected a whole number, got {number:g}")
+            whole[key] = int(number)
+        # A site that sets any privacy key has a privacy policy: it must not be downgraded to a
+        # non-private run by a run config saying privacy=false (it may still say so explicitly).
+        declares_policy = any(k in node_config for k in POLICY_KEYS if k != "require-privacy")
         if seed is not None and not str(seed).strip().lstrip("-").isdigit():
             raise NdaeError(f"node config 'insecure-reproducible-seed': expected an integer, got {seed!r}")
-        return cls(require_privacy=_bool("require-privacy", get("require-privacy", False)),
+        return cls(require_privacy=_bool("require-privacy", get("require-privacy", declares_policy)),
                    budget_epsilon=budget_epsilon, budget_delta=budget_delta, delta=delta,
                    max_epsilon_per_run=max_run, privacy_dir=str(get("privacy-dir", "") or ""),
                    signing_key_file=str(get("signing-key-file", "") or ""),
                    allow_pooled_scores=None if allow is None else _bool("allow-pooled-scores", allow),
-                   survival_modes=modes, max_cox_queries=int(queries),
+                   survival_modes=modes, max_cox_queries=whole["max-cox-queries"],
+                   min_dp_batch_size=max(1, whole["min-dp-batch-size"]), max_audit_canaries=whole["max-audit-canaries"],
                    public_counts=_bool("public-counts", get("public-counts", False)),
                    insecure_seed=None if seed is None else int(str(seed).strip()))
 
@@ -148,6 +159,9 @@ class SitePolicy:
             if request.target_epsilon > per_run:
                 raise PolicyViolation(f"run config 'target-epsilon' = {request.target_epsilon:g} exceeds the ε this "
                                       f"site allows per run ({per_run:g}, node config 'max-epsilon-per-run')")
+        if request.audit_canaries > self.max_audit_canaries:
+            raise PolicyViolation(f"run config 'audit-canaries' = {request.audit_canaries} exceeds what this site trains "
+                                  f"on ({self.max_audit_canaries}, node config 'max-audit-canaries')")
         mode = request.effective_survival_mode
         if mode not in self.survival_modes:
             raise PolicyViolation(f"run config 'survival-mode' = {mode!r}: this site takes part only in "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ import numpy as np
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
 from ndae.federation.site_policy import SitePolicy
 from ndae.privacy.randomness import SiteRandomness
+
+_log = logging.getLogger("ndae.site")
 
 __all__ = ["SitePrivacy", "private_train_round", "private_normative_statistics", "record_declared", "ledger_reply",
            "site_canaries", "run_id", "PrivacyBudgetExceeded", "pseudonymised_rows",
@@ -125,7 +128,22 @@ class SitePrivacy:
 
     def check(self, account, event) -> float:
         """Refuse (PrivacyBudgetExceeded, nothing written) if `event` would take the site past
-        its lifetime budget or this run past the per-run cap; return the lifetime ε after it."""
+        its lifetime budget or this run past the per-run cap; return the lifetime ε after it.
+
+        The refusal travels to the server: it names the site and its limits (policy, public) but
+        not the ε it would have reached, the sample rate or the steps (they follow from the
+        number of records); the details go to the site's own log."""
+        try:
+            return self._check(account, event)
+        except PrivacyBudgetExceeded as error:
+            _log.warning("%s", error)
+            raise PrivacyBudgetExceeded(
+                f"site {self.site!r} refuses this {event.mechanism} release: it would exceed the site's privacy "
+                f"budget (lifetime epsilon {self.budget_epsilon:g} at delta {self.budget_delta:g}, at most "
+                f"{self.policy.max_epsilon_per_run:g} per run; node config budget-epsilon / max-epsilon-per-run; "
+                "details in the site's log)") from None
+
+    def _check(self, account, event) -> float:
         after = account.check_within(self.budget_epsilon, self.budget_delta, event)
         this_run = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in account.entries
                     if e["mechanism"] in ACCOUNTED and e.get("details", {}).get("run") == self.run]
@@ -270,7 +288,10 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     model, ema, x, ages = start_local_round(site, weights, dae_config, ema_step, device, canaries)
     cfg, n = model.config, int(x.shape[0])
     tensors = [x] if ages is None else [x, torch.as_tensor(ages)]
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=min(cfg.train.batch_size, n))
+    # The batch sets the sample rate 1/ceil(n/B) that the ledger (sent to the server) records: the
+    # site's floor keeps a server asking for B = 1 from reading n off it.
+    batch = min(max(cfg.train.batch_size, privacy.policy.min_dp_batch_size), n)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=batch)
     account = privacy.accountant()
     steps_per_round = epochs * len(loader)
     sigma = _planned_noise_multiplier(privacy, account, poisson_sample_rate(loader), steps_per_round, rounds)
@@ -285,8 +306,12 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     touched = n if privacy.policy.public_counts else 0  # controls + included canaries, where counts are public
     planned = private.planned_event(epochs, records_touched=touched)
     after = privacy.check(account, planned)  # BEFORE any step
-    losses = dp_epochs(private, ema, epochs, draw.torch_generator(*purpose, "steps"),
-                       draw.torch_generator(*purpose, "empty-batch-noise"), cfg.train.flip_augment, dev)
+    # Layers that draw from torch's global generator (dropout) get it seeded by the site too, and
+    # it is restored afterwards, so nothing else in the process sees or sets those draws.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(draw.seed(*purpose, "global"))
+        losses = dp_epochs(private, ema, epochs, draw.torch_generator(*purpose, "steps"),
+                           draw.torch_generator(*purpose, "empty-batch-noise"), cfg.train.flip_augment, dev)
     event = private.round_event(records_touched=touched, **details)
     if event.steps != planned.steps:
         raise NdaeError(f"site {site.name!r}: DP-SGD took {event.steps} steps, {planned.steps} were budgeted")
