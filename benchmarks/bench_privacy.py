@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import write_section
+from ndae.privacy.delta import DEFAULT_DELTA
 
 SITES = ("site1", "site2", "site3")
 MODES = ("hooks", "functorch", "ghost")
@@ -380,15 +381,21 @@ def federated_run(root: Path, epsilon: float, rounds: int, epochs: int, seed: in
     run_dir = root / name
     settings = dict(run_dir=str(run_dir), cache_dir=str(root / "cache"), rounds=rounds, local_epochs=epochs,
                     batch_size=4, seed=seed, survival_mode="federated", resume=False)
+    # Each site's policy (node config): its ledger in the run folder, the project's delta rule (1e-5).
+    policy = {"privacy-dir": str(run_dir / "privacy")}
     if math.isfinite(epsilon):
         # The moments get a fixed share of the budget; DP-SGD's noise is solved for the rest.
         settings.update(privacy=True, target_epsilon=epsilon, budget_epsilon=epsilon,
-                        moments_noise_multiplier=max(2.0, 10.0 / epsilon), privacy_dir=str(run_dir / "privacy"))
+                        moments_noise_multiplier=max(2.0, 10.0 / epsilon))
         if exact_moments:  # diagnostic: DP-SGD at this epsilon, moments without noise (so epsilon is inf)
             settings.update(moments_noise_multiplier=0.0, budget_epsilon=0.0, target_epsilon=0.0,
                             noise_multiplier=float(exact_moments))
+            policy.update({"budget-epsilon": "inf", "max-epsilon-per-run": "inf"})
+    else:
+        policy["require-privacy"] = "false"
     config = FederationConfig(**settings)
-    grid = InProcessGrid([root / "cohort" / "split" / s / "train.csv" for s in SITES], config.to_run_config())
+    grid = InProcessGrid([root / "cohort" / "split" / s / "train.csv" for s in SITES], config.to_run_config(),
+                         node_config=policy)
     started = time.perf_counter()
     summary = run_federation(grid, config, log=lambda _: None)
     summary["seconds"] = time.perf_counter() - started
@@ -480,7 +487,7 @@ def main() -> None:
                     continue
                 privacy = summary.get("privacy", {})
                 accounted = max((h["epsilon"] for h in privacy.values()), default=math.inf)
-                delta = next(iter(privacy.values()))["delta"] if privacy else 1 / (10 * args.train_controls)
+                delta = next(iter(privacy.values()))["delta"] if privacy else DEFAULT_DELTA  # the sites' rule
                 sigma = "–"
                 if privacy:
                     entry = json.loads((summary["run_dir"] / "privacy" / "site1.jsonl").read_text().splitlines()[0])
