@@ -210,16 +210,22 @@ def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> No
 def _json_numbers(values):
     """Numbers for the ledger (JSON): a line search may probe a β where the likelihood is -inf."""
     array = np.asarray(values, float)
-    return np.where(np.isfinite(array), array, 0.0).tolist() if np.isfinite(array).all() else \
-        np.vectorize(lambda v: float(v) if np.isfinite(v) else str(v), otypes=[object])(array).tolist()
+    return np.vectorize(lambda v: float(v) if np.isfinite(v) else str(v), otypes=[object])(array).tolist()
 
 
-def handle_cox_terms(message: Message, context: Context) -> Message:
+def _survival_query(message: Message, context: Context, phase: str):
+    """What both survival queries do first: the policy, the site's scored patients, the checked
+    (β, covariates), and the query counted against the site's limit."""
     config, policy, site = _site(context)
-    site_task.check_fault(config, site.name, "cox_terms")
+    site_task.check_fault(config, site.name, phase)
     table = _table(context, site.name)
     beta, covariates = _beta_and_covariates(message, context, table)
     _count_cox_query(context, policy, site.name)
+    return config, policy, site, table, beta, covariates
+
+
+def handle_cox_terms(message: Message, context: Context) -> Message:
+    config, policy, site, table, beta, covariates = _survival_query(message, context, "cox_terms")
     terms = site_task.cox_terms(table, beta, covariates)
     reply = {}
     if config.privacy:
@@ -235,11 +241,7 @@ def handle_cox_terms(message: Message, context: Context) -> Message:
 
 
 def handle_risk_summary(message: Message, context: Context) -> Message:
-    config, policy, site = _site(context)
-    site_task.check_fault(config, site.name, "risk_summary")
-    table = _table(context, site.name)
-    beta, covariates = _beta_and_covariates(message, context, table)
-    _count_cox_query(context, policy, site.name)
+    config, policy, site, table, beta, covariates = _survival_query(message, context, "risk_summary")
     summary = site_task.risk_summary(table, beta, covariates)
     reply = {}
     if config.privacy:

@@ -34,7 +34,7 @@ from ndae.io import atomic_write_json
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.delta import DEFAULT_DELTA
 from ndae.privacy.ledger import (GENESIS_HASH, decode_epsilon, heads_path, read_heads, read_ledger,
-                                 strict_json_loads)
+                                 read_strict_json_file)
 from ndae.privacy.signing import fingerprint, verify_head
 
 RELATIVE_TOLERANCE = 1e-3
@@ -152,14 +152,7 @@ def _run_config(run_dir: Path) -> dict | None:
     path = run_dir / "config.json"
     if not path.exists():
         return None
-    try:
-        config = strict_json_loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise NdaeError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise NdaeError(f"{path}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
-    except (ValueError, RecursionError, OSError) as error:
-        raise NdaeError(f"{path}: unreadable ({error})") from None
+    config = read_strict_json_file(path, "run configuration")
     if not isinstance(config, dict):
         raise NdaeError(f"{path}: expected a JSON object, got {type(config).__name__}")
     federation = config.get("federation", {})

@@ -91,6 +91,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def read_strict_json_file(path: Path, what: str) -> Any:
+    """A JSON file read strictly (UTF-8, no NaN/Infinity), every failure an NdaeError naming it."""
+    try:
+        return strict_json_loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NdaeError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
+    except json.JSONDecodeError as error:
+        raise NdaeError(f"{path}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
+    except (ValueError, RecursionError, OSError) as error:
+        raise NdaeError(f"{path}: not a valid {what} ({error})") from None
+
+
 def strict_json_loads(text: str) -> Any:
     """json.loads that refuses NaN, Infinity and overflowing numbers (Python accepts all three,
     and one NaN in a ledger would make every epsilon comparison silently false)."""
@@ -266,14 +278,7 @@ def read_heads(path: str | os.PathLike) -> dict[str, dict]:
     if not path.exists():
         return {}
     where = str(path)
-    try:
-        heads = strict_json_loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise NdaeError(f"{where}: not UTF-8 text (byte {error.start + 1})") from None
-    except json.JSONDecodeError as error:
-        raise NdaeError(f"{where}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
-    except (ValueError, RecursionError, OSError) as error:
-        raise NdaeError(f"{where}: not a valid heads file ({error})") from None
+    heads = read_strict_json_file(path, "heads file")
     if not isinstance(heads, dict):
         raise NdaeError(f"{where}: expected an object {{site: {{\"final_hash\": ..., \"entries\": ...}}}}, "
                         f"got a JSON {type(heads).__name__}")
