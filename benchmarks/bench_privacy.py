@@ -464,12 +464,18 @@ def main() -> None:
             root = Path(scratch)
             make_cohort(root, args.controls, args.train_controls, args.patients, args.seed)
             held_out = args.controls - args.train_controls
+            from ndae.federation.site_policy import SitePolicy
+
+            # what each site does with the requested batch 4: its policy's floor, at most its n
+            dp_batch = min(max(4, SitePolicy().min_dp_batch_size), args.train_controls)
+            rate = 1 / math.ceil(args.train_controls / dp_batch)
             lines += [f"### C-index and membership audit vs epsilon", "",
                       f"Synthetic cohort: {len(SITES)} sites × ({args.train_controls} training controls + {held_out} "
                       f"held-out controls, {args.patients} patients); {args.rounds} rounds × {args.local_epochs} local "
-                      f"epochs of FedAvg, batch 4 (Poisson rate {4 / args.train_controls:.2f} under DP), federated Cox. "
-                      f"ε is each site's total (DP-SGD rounds + normative moments; RDP, δ = 1/(10·n_site) = "
-                      f"{1 / (10 * args.train_controls):.3g}); the moments' noise multiplier is max(2, 10/ε). "
+                      f"epochs of FedAvg, batch 4 requested (under DP the site's floor makes it {dp_batch}: Poisson "
+                      f"rate {rate:.2f}), federated Cox. ε is each site's total (DP-SGD rounds + normative moments; "
+                      f"RDP, δ = {DEFAULT_DELTA:g}, the sites' default rule); the moments' noise multiplier is "
+                      "max(2, 10/ε). "
                       f"Empirical ε: membership test (−denoising loss at 8 fixed t/noise draws) of all sites' "
                       f"{len(SITES) * args.train_controls} training controls vs {len(SITES) * held_out} held-out ones, "
                       "95% Clopper–Pearson lower bound.", "",
@@ -501,14 +507,23 @@ def main() -> None:
                              f"{sigma} | {c_index:.3f} | {audit['auc']:.3f} | {audit['epsilon_lower_bound']:.3f} | "
                              f"{summary['seconds']:.0f} |")
                 print(lines[-1], flush=True)
-            lines += ["", "With this few records the Clopper–Pearson bound cannot certify much (it stays near 0 "
-                      "unless members and non-members separate almost perfectly), so a low empirical ε for the "
-                      "non-private run says the tiny DAE does not memorise in a few steps, not that it is private. "
-                      "One seed; C-index differences of a few hundredths are within noise. The last row takes the "
-                      "ε = 8 run's DP-SGD noise but releases the normative moments exactly, to separate the two "
-                      "mechanisms: with 6 controls per site the moments' Gaussian noise (sensitivity ≈ 16 for the "
-                      "default clips, noise multiplier ≥ 2, added to sums over 6 records) leaves the normative model "
-                      "little signal, so useful private moments need many more controls per site than this toy cohort."]
+            from ndae.federation.config import FederationConfig
+            from ndae.privacy.dp_moments import moments_sensitivity
+
+            defaults = FederationConfig()
+            sensitivity = moments_sensitivity(defaults.moments_covariate_clip, defaults.moments_latent_clip)
+            lowest_multiplier = min(max(2.0, 10.0 / e) for e in (1.0, 3.0, 8.0))
+            members = len(SITES) * args.train_controls
+            nonmembers = len(SITES) * (args.controls - args.train_controls)
+            lines += ["", f"The membership test compares {members} training with {nonmembers} held-out controls: "
+                      "its Clopper–Pearson bound stays near 0 unless they separate almost perfectly, so a low "
+                      "empirical ε for the non-private run says the tiny DAE does not memorise in these few steps, "
+                      "not that it is private. One seed. The last row takes the ε = 8 run's DP-SGD noise but "
+                      "releases the normative moments exactly, to separate the two mechanisms: the moments' "
+                      f"Gaussian noise (sensitivity {sensitivity:.1f} for the default clips, noise multiplier ≥ "
+                      f"{lowest_multiplier:g}) is added to sums over {args.train_controls} controls per site; "
+                      "`benchmarks/results/dp_moments.md` measures how many controls a site needs for useful "
+                      "DP moments."]
     path = write_section("privacy", "Differential privacy: DP-SGD cost, utility vs ε, empirical audit", "\n".join(lines))
     print(path.read_text())
 
