@@ -152,14 +152,17 @@ def _table(context: Context, site_name: str):
     return table
 
 
-MAX_STANDARDISED_BETA = 20.0  # |β·sd| beyond this (HR e^20 per sd) is no model: it singles out rows
+# |β·sd| beyond this is no model (a hazard ratio of e^100 per sd; exp() overflows near 700). It keeps
+# β sane, nothing more: within it a chosen β can still weight one patient heavily, which is why the
+# Cox terms are a declared, non-DP release and the covariates are restricted.
+MAX_STANDARDISED_BETA = 100.0
 
 
 def _beta_and_covariates(message: Message, context: Context, table) -> tuple[np.ndarray, list[str]]:
     """The Cox coefficients and covariate names the server sent, checked before anything is
     computed or counted: only the run's deviation scores, age and sex (never time, event or an
     id, which would make the likelihood an oracle of single rows), and a finite β bounded per
-    standard deviation of the site's own covariate (a huge β isolates the extreme patient)."""
+    standard deviation of the site's own covariate."""
     from ndae.errors import NdaeError
 
     try:

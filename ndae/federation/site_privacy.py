@@ -194,7 +194,7 @@ def ledger_reply(privacy: SitePrivacy) -> dict[str, Any]:
     from ndae.privacy.signing import public_key_text, sign_head
 
     entries = read_ledger(privacy.ledger)
-    epsilon = privacy.accountant().epsilon(privacy.budget_delta) if entries else 0.0
+    epsilon = _spent(privacy, entries)
     head = entries[-1]["hash"] if entries else GENESIS_HASH
     key = _signing_key(privacy)
     return {"privacy-site": privacy.site, "ledger-head": head, "ledger-entries": len(entries),
@@ -214,13 +214,29 @@ def record_declared(privacy: SitePrivacy, mechanism: str, **details: Any) -> dic
     so that the site can show afterwards exactly what left it."""
     from ndae.privacy.ledger import append_entry, ledger_lock
 
+    from ndae.privacy.ledger import read_ledger
+
     with ledger_lock(privacy.ledger):
-        account = privacy.accountant()
-        spent = account.epsilon(privacy.budget_delta) if account.entries else 0.0
+        entries = read_ledger(privacy.ledger)
+        accountant = entries[-1]["accountant"] if entries else "rdp"
         return append_entry(privacy.ledger, site=privacy.site, mechanism=mechanism, noise_multiplier=0.0, clip=0.0,
                             sample_rate=1.0, steps=1, records_touched=privacy._records_for_ledger(),
-                            delta=privacy.budget_delta, epsilon_spent_so_far=spent, accountant=account.accountant,
-                            details=privacy.details(**details))
+                            delta=privacy.budget_delta, epsilon_spent_so_far=_spent(privacy, entries),
+                            accountant=accountant, details=privacy.details(**details))
+
+
+def _spent(privacy: SitePrivacy, entries: list[dict]) -> float:
+    """The site's ε so far: what its last DP release recorded, when recorded at today's δ (no
+    accountant needed: a declared release or a ledger reply then starts no Opacus, which costs a
+    ClientApp process seconds per message); else recomputed from the whole history."""
+    from ndae.privacy.ledger import decode_epsilon
+
+    accounted = [e for e in entries if e["mechanism"] in ACCOUNTED]
+    if not accounted:
+        return 0.0
+    if float(accounted[-1]["delta"]) == float(privacy.budget_delta):
+        return decode_epsilon(accounted[-1]["epsilon_spent_so_far"])
+    return privacy.accountant().epsilon(privacy.budget_delta)
 
 
 # What a pooled patient row of a private run holds in place of the manifest's values (the other
