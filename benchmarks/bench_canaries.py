@@ -44,7 +44,7 @@ def one_run(root: str, epsilon: float, args: dict) -> dict:
 
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
-    from ndae.federation.server import run_federation
+    from ndae.federation.server.phases import run_federation
     from ndae.privacy.empirical import canary_audit_run
 
     torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def one_run(root: str, epsilon: float, args: dict) -> dict:
     if status.exists() and json.loads(status.read_text())["status"] == "completed" and \
             json.loads((run_dir / "config.json").read_text())["federation"].get("audit-canaries") == args["canaries"]:
         summary = json.loads((run_dir / "summary.json").read_text())  # --work kept a finished run: audit it again
-        from ndae.federation.server_privacy import load_heads
+        from ndae.federation.server.privacy import load_heads
 
         summary["privacy"] = load_heads(run_dir)
         seconds = summary["timings"]["total_s"]
@@ -123,7 +123,7 @@ def render() -> Path:
 def main() -> None:
     import datetime
 
-    from ndae.federation.report import finite_or_null
+    from ndae.federation.server.report import finite_or_null
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="federated")

@@ -42,10 +42,10 @@ from benchmarks.common import write_section
 def central(cohort: Path, cache: Path, rounds: int, epochs: int, batch_size: int, seed: int) -> dict:
     from ndae.data.dataset import load_slice_dataset
     from ndae.deviation.scores import deviation_table
-    from ndae.federation.report import fit_pooled_cox
-    from ndae.federation.server import dae_config_for
+    from ndae.federation.server.report import fit_pooled_cox
+    from ndae.federation.server.phases import dae_config_for
     from ndae.federation.config import FederationConfig
-    from ndae.federation.site import local_steps
+    from ndae.federation.site.task import local_steps
     from ndae.model import EMA, batch_iterator, build_model, encode, make_optimizer, prepare_images, train_steps
     from ndae.normative import NormativeModel
     from ndae.survival.analysis import patient_table
@@ -84,7 +84,7 @@ def federated(cohort: Path, cache: Path, run_dir: Path, sites: int, rounds: int,
               seed: int, engine: str, mode: str) -> dict:
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
-    from ndae.federation.server import run_federation
+    from ndae.federation.server.phases import run_federation
     from ndae.federation.simulation import run_simulation
 
     config = FederationConfig(run_dir=str(run_dir), cohort_dir=str(cohort), cache_dir=str(cache), rounds=rounds,
@@ -129,7 +129,7 @@ def split_cohort(source: Path, out: Path, sites: int, fraction: float = 1.0) -> 
 def warm_caches(cohort: Path, cache: Path) -> None:
     """Prepare every subject into the caches the central run and the sites read, before any timing."""
     from ndae.data.dataset import load_slice_dataset
-    from ndae.federation.site import load_site
+    from ndae.federation.site.task import load_site
 
     load_slice_dataset(cohort / "manifest.csv", cache, progress=False)
     for manifest in sorted((cohort / "sites").glob("*/manifest.csv")):
@@ -146,8 +146,8 @@ def _child(spec: dict, connection) -> None:
         torch.set_num_threads(spec["threads"])
         # Import what every run uses before reading the baseline, so "after imports" is comparable.
         import ndae.data.dataset  # noqa: F401
-        import ndae.federation.client  # noqa: F401
-        import ndae.federation.server  # noqa: F401
+        import ndae.federation.site.handlers  # noqa: F401
+        import ndae.federation.server.phases  # noqa: F401
         import ndae.model  # noqa: F401
         import ndae.survival.analysis  # noqa: F401
 

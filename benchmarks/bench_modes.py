@@ -57,7 +57,7 @@ def run_mode(spec: dict) -> dict:
 
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
-    from ndae.federation.server import run_federation
+    from ndae.federation.server.phases import run_federation
 
     torch.set_num_threads(spec["threads"])
     warnings.filterwarnings("ignore")
@@ -158,7 +158,7 @@ def specs_for(args, seed: int, cohort: Path, central: Path) -> tuple[list[dict],
 
 def prewarm(manifests: list[str], cache_dir: str) -> None:
     """Prepare every site's slice cache once here, not concurrently in the workers."""
-    from ndae.federation.site import load_site
+    from ndae.federation.site.task import load_site
 
     for manifest in manifests:
         load_site(manifest, cache_dir)
@@ -232,7 +232,7 @@ def site_scores(run_dir: Path, cohort: Path, cache_dir: str) -> pd.DataFrame:
     """The patients' deviation scores as the sites of a federated-Cox run hold them (that run
     writes no deviations.csv): its own checkpoint's EMA encoder and its own normative model."""
     from ndae.deviation.scores import deviation_table
-    from ndae.federation.site import covariates, load_site
+    from ndae.federation.site.task import covariates, load_site
     from ndae.model import encode, load_checkpoint
     from ndae.normative import NormativeModel
 
@@ -276,7 +276,7 @@ def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: i
     from sklearn.model_selection import StratifiedKFold
 
     from ndae.deviation.scores import mahalanobis
-    from ndae.federation.site import covariates, load_site
+    from ndae.federation.site.task import covariates, load_site
     from ndae.model import encode, load_checkpoint
     from ndae.normative import NormativeModel
     from ndae.normative.calibration import calibration_table

@@ -375,7 +375,7 @@ def make_cohort(root: Path, controls: int, train_controls: int, patients: int, s
 def federated_run(root: Path, epsilon: float, rounds: int, epochs: int, seed: int, exact_moments: bool = False) -> dict:
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
-    from ndae.federation.server import run_federation
+    from ndae.federation.server.phases import run_federation
 
     name = ("eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}") + ("-exact-moments" if exact_moments else "")
     run_dir = root / name
@@ -464,7 +464,7 @@ def main() -> None:
             root = Path(scratch)
             make_cohort(root, args.controls, args.train_controls, args.patients, args.seed)
             held_out = args.controls - args.train_controls
-            from ndae.federation.site_policy import SitePolicy
+            from ndae.federation.site.policy import SitePolicy
 
             # what each site does with the requested batch 4: its policy's floor, at most its n
             dp_batch = min(max(4, SitePolicy().min_dp_batch_size), args.train_controls)

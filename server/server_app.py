@@ -1,9 +1,9 @@
-"""Flower ServerApp of ndae-fed: drives the phases in `ndae.federation.server`."""
+"""Flower ServerApp of ndae-fed: drives the phases in `ndae.federation.server.phases`."""
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ndae.federation.server import run_federation
+from ndae.federation.server.phases import run_federation
 
 app = ServerApp()
 

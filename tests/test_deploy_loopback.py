@@ -21,7 +21,7 @@ from flwr.supercore.exit import ExitCode  # noqa: E402
 
 from ndae.deploy.loopback import LoopbackConsortium  # noqa: E402
 from ndae.federation.simulation import stage_app  # noqa: E402
-from ndae.privacy.site_policy import SitePolicy, fab_hash  # noqa: E402
+from ndae.federation.site.app_approval import ApprovedApps, fab_hash  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ("site1", "site2", "site3")
@@ -52,7 +52,7 @@ def consortium(tmp_path_factory):
         for site in SITES:
             _, public = loopback.create_site(site, manifest=root / "cohort" / "sites" / site / "manifest.csv")
             node_ids[site] = loopback.register(public, site)
-            SitePolicy(loopback.site_dir(site)).approve(app_hash, "ndae-fed, reviewed")
+            ApprovedApps(loopback.site_dir(site)).approve(app_hash, "ndae-fed, reviewed")
         loopback.create_site("rogue")  # a key pair, never registered
         supernodes = [loopback.start_supernode(site) for site in SITES]
         rogue = loopback.start_supernode("rogue", extra_args=("--max-retries", "1", "--max-wait-time", "20"))

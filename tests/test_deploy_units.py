@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from ndae.deploy import approved_clientapp, pki
 from ndae.errors import NdaeError
-from ndae.privacy.site_policy import AppNotApprovedError, SitePolicy, fab_hash
+from ndae.federation.site.app_approval import AppNotApprovedError, ApprovedApps, fab_hash
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -169,7 +169,7 @@ def test_check_app_bundle_accepts_only_approved_hashes(tmp_path):
     assert f"site hospital-a has not approved app {fab_hash(bundle)}" in message
     assert f"ndae site approve {fab_hash(bundle)} --site-dir {tmp_path / 'hospital-a'}" in message
 
-    SitePolicy(tmp_path / "hospital-a").approve(fab_hash(bundle))
+    ApprovedApps(tmp_path / "hospital-a").approve(fab_hash(bundle))
     assert approved_clientapp.check_app_bundle(bundle, env) == fab_hash(bundle)
     with pytest.raises(AppNotApprovedError, match="has not approved"):
         approved_clientapp.check_app_bundle(bundle + b"!", env)  # one byte more
@@ -189,7 +189,7 @@ def test_hook_checks_before_flower_installs_the_bundle(tmp_path, monkeypatch):
     with pytest.raises(AppNotApprovedError):
         runner.install_from_fab(b"unreviewed", skip_prompt=True)
     assert installed == []  # never unpacked
-    SitePolicy(tmp_path / "site").approve(fab_hash(b"reviewed"))
+    ApprovedApps(tmp_path / "site").approve(fab_hash(b"reviewed"))
     runner.install_from_fab(b"reviewed", skip_prompt=True)
     assert installed == [b"reviewed"]
 

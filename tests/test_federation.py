@@ -18,7 +18,7 @@ from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
-from ndae.federation.server import FederationError, SimulatedKill, run_federation
+from ndae.federation.server.phases import FederationError, SimulatedKill, run_federation
 from ndae.federation.synthetic import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")

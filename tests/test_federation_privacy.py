@@ -15,7 +15,7 @@ import torch
 
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
-from ndae.federation.server import FederationError, run_federation
+from ndae.federation.server.phases import FederationError, run_federation
 from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.audit import audit_run

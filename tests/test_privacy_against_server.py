@@ -18,8 +18,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
-from ndae.federation.server import run_federation
-from ndae.federation.site_policy import PolicyViolation
+from ndae.federation.server.phases import run_federation
+from ndae.federation.site.policy import PolicyViolation
 from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.delta import DEFAULT_DELTA
 from ndae.privacy.ledger import read_ledger
@@ -157,7 +157,7 @@ LOOSER = [  # (run config, node config, key the refusal must name)
 @pytest.mark.parametrize("request_keys, policy, named", LOOSER, ids=[n for _, _, n in LOOSER])
 def test_a_run_config_asking_for_more_than_the_site_allows_is_refused_before_any_data_is_read(
         tmp_path, request_keys, policy, named):
-    from ndae.federation.client import handle_site_info
+    from ndae.federation.site.handlers import handle_site_info
 
     run_config = {**FederationConfig(privacy=True).to_run_config(), **request_keys}
     # The manifest does not exist: a refusal that read data first would complain about it instead.
@@ -175,7 +175,7 @@ def test_keys_only_a_site_sets_are_refused_in_the_run_config(key):
 
 
 def test_a_stricter_request_holds_and_a_silent_one_keeps_the_sites_values():
-    from ndae.federation.site_policy import SitePolicy
+    from ndae.federation.site.policy import SitePolicy
 
     policy = SitePolicy.from_node_config({"budget-epsilon": 10, "delta": 1e-6})
     stricter = policy.enforce(FederationConfig(privacy=True, budget_epsilon=2.0, max_cox_queries=5))
@@ -184,7 +184,7 @@ def test_a_stricter_request_holds_and_a_silent_one_keeps_the_sites_values():
 
 
 def test_a_node_config_typo_is_refused_naming_it():
-    from ndae.federation.site_policy import SitePolicy
+    from ndae.federation.site.policy import SitePolicy
 
     with pytest.raises(NdaeError, match="budget-epsilion"):
         SitePolicy.from_node_config({"budget-epsilion": 1})
@@ -260,10 +260,10 @@ def test_risk_summary_sends_no_kaplan_meier_rows(private_run):
 
 def _deviations_context(cohort, tmp_path, node_config, **request):
     """A site that has scored its patients (phase 'deviations' answered) for a hostile server."""
-    from ndae.federation.client import handle_deviations
+    from ndae.federation.site.handlers import handle_deviations
     from ndae.federation.records import dae_to_record, normative_to_config
-    from ndae.federation.server import dae_config_for
-    from ndae.federation.site import load_site, normative_statistics
+    from ndae.federation.server.phases import dae_config_for
+    from ndae.federation.site.task import load_site, normative_statistics
     from ndae.model import EMA, build_model
     from ndae.normative import DesignSpec, NormativeModel, SufficientStats
 
@@ -295,7 +295,7 @@ def test_a_server_asking_for_rows_the_run_config_did_not_request_is_refused(coho
 
 
 def test_cox_queries_stop_at_the_sites_limit_and_a_new_deviations_phase_does_not_reset_it(cohort, tmp_path):
-    from ndae.federation.client import handle_cox_terms
+    from ndae.federation.site.handlers import handle_cox_terms
     from ndae.federation.records import arrays_to_record
 
     context, deviations = _deviations_context(cohort, tmp_path, {"max-cox-queries": 3}, survival_mode="federated")
@@ -355,7 +355,7 @@ def test_the_report_warns_when_a_sites_noise_swamps_its_moments(private_run):
     (["cosine", "age"], [0.0, 1e4], r"\|beta x sd\|"),  # a huge beta singles out the oldest patient
 ])
 def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(cohort, tmp_path, covariates, beta, why):
-    from ndae.federation.client import QUERIES_KEY, handle_cox_terms, handle_risk_summary
+    from ndae.federation.site.handlers import QUERIES_KEY, handle_cox_terms, handle_risk_summary
     from ndae.federation.records import arrays_to_record
 
     context, deviations = _deviations_context(cohort, tmp_path, {}, survival_mode="federated")

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ndae.errors import NdaeError
-    from ndae.privacy.site_policy import SitePolicy, fab_hash
+    from ndae.federation.site.app_approval import ApprovedApps, fab_hash
 
     if args.site_command == "hash":
         path = Path(args.fab_file)
@@ -32,7 +32,7 @@ def run(args) -> int:
             raise NdaeError(f"{path}: no such app bundle")
         print(fab_hash(path.read_bytes()))
         return 0
-    policy = SitePolicy(args.site_dir)
+    policy = ApprovedApps(args.site_dir)
     if args.site_command == "approve":
         item = policy.approve(args.app_hash, args.note)
         print(f"approved {item['hash']} ({policy.path})")

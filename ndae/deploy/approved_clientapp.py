@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from ndae.privacy.site_policy import AppNotApprovedError, SitePolicy, fab_hash
+from ndae.federation.site.app_approval import AppNotApprovedError, ApprovedApps, fab_hash
 
 SITE_DIR_ENV = "NDAE_SITE_DIR"
 SITE_NAME_ENV = "NDAE_SITE_NAME"
@@ -42,7 +42,7 @@ def check_app_bundle(fab_content: bytes, environ: dict | None = None) -> str:
             f"this SuperNode has no site folder configured ({SITE_DIR_ENV} is unset), so no app "
             f"is approved; refusing app {app_hash}")
     site = environ.get(SITE_NAME_ENV) or Path(site_dir).name
-    if not SitePolicy(site_dir).is_approved(app_hash):
+    if not ApprovedApps(site_dir).is_approved(app_hash):
         raise AppNotApprovedError(
             f"site {site} has not approved app {app_hash}; approve with: "
             f"ndae site approve {app_hash} --site-dir {site_dir}")

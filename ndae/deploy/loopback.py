@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             site = manifest.parent.name if manifest else f"site-{index + 1}"
             _, public = consortium.create_site(site, manifest)
             consortium.register(public, site)
-            from ndae.privacy.site_policy import SitePolicy
+            from ndae.federation.site.app_approval import ApprovedApps
 
-            SitePolicy(consortium.site_dir(site)).approve(app_hash, "loopback rehearsal")
+            ApprovedApps(consortium.site_dir(site)).approve(app_hash, "loopback rehearsal")
             nodes.append(consortium.start_supernode(site, node_config=args.node_config))
         for node in nodes:
             consortium.wait_for_log(node, "SuperNode ID:", 120)
@@ -355,7 +355,7 @@ def _json_reply(result: subprocess.CompletedProcess) -> dict:
 def _app_hash(app: Path) -> str:
     from flwr.cli.build import build_fab_from_disk
 
-    from ndae.privacy.site_policy import fab_hash
+    from ndae.federation.site.app_approval import fab_hash
 
     return fab_hash(build_fab_from_disk(app.resolve()))
 

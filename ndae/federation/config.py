@@ -38,8 +38,8 @@ class FederationConfig:
     seed: int = 0
     resume: bool = True  # continue from RUN/dae/checkpoint.pt when it exists
     device: str = "auto"
-    # Differential privacy at the sites (ndae.federation.site_privacy). What a site allows is its
-    # node config's (ndae.federation.site_policy): these keys are requests, which may only be
+    # Differential privacy at the sites (ndae.federation.site.privacy). What a site allows is its
+    # node config's (ndae.federation.site.policy): these keys are requests, which may only be
     # stricter; 0 = "the site's own value".
     privacy: bool = False
     noise_multiplier: float = 1.0  # DP-SGD sigma / max-grad-norm (used when target-epsilon = 0)
@@ -108,12 +108,12 @@ class FederationConfig:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederationConfig":
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
-        from ndae.federation.site_policy import SITE_ONLY_KEYS
+        from ndae.federation.site.policy import SITE_ONLY_KEYS
 
         for key, value in run_config.items():
             if key in SITE_ONLY_KEYS:
                 raise NdaeError(f"run config key {key!r} is the site's to set (node config of each SuperNode, "
-                                "ndae.federation.site_policy), not the run's: remove it from the run config")
+                                "ndae.federation.site.policy), not the run's: remove it from the run config")
             name = key.replace("-", "_")
             if name not in known:
                 raise NdaeError(f"unknown run config key {key!r}; known: {sorted(k.replace('_', '-') for k in known)}")

@@ -42,7 +42,7 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
                               audit_canaries=audit_canaries)
     if in_process:
         from ndae.federation.inprocess import InProcessGrid
-        from ndae.federation.server import run_federation
+        from ndae.federation.server.phases import run_federation
 
         manifests = sorted((cohort_dir / "sites").glob("*/manifest.csv"))
         run_federation(InProcessGrid(manifests, config.to_run_config()), config, log=log)

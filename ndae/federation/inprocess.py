@@ -24,9 +24,9 @@ class InProcessGrid(Grid):
     def __init__(self, manifests: Mapping[str, str | Path] | list[str | Path], run_config: Mapping, client_app=None,
                  node_config: Mapping | None = None):
         """`node_config`: what each site's administrator would set on its SuperNode (the site
-        policy, `ndae.federation.site_policy`), the same for every node; tests change a single
+        policy, `ndae.federation.site.policy`), the same for every node; tests change a single
         node's through `contexts[node].node_config`."""
-        from ndae.federation.client import build_client_app
+        from ndae.federation.site.handlers import build_client_app
 
         paths = list(manifests.values()) if isinstance(manifests, Mapping) else list(manifests)
         self.client_app = client_app or build_client_app()

@@ -1,6 +1,6 @@
 """The one DP-SGD training loop: epochs of Poisson batches through an Opacus private model.
 
-Used by a site's federated round (`ndae.federation.site_privacy`), by the privacy benchmark
+Used by a site's federated round (`ndae.federation.site.privacy`), by the privacy benchmark
 (`benchmarks/bench_privacy.py`) and by the privacy tests, so that what is benchmarked and tested
 is what runs at a hospital. (`ndae train` is centralised, non-private training; it has no DP
 mode.) `ndae.model.training.train_steps` is plain training and refuses a DP optimizer.

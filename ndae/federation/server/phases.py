@@ -136,7 +136,7 @@ class Federation:
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config.privacy:
-            from ndae.federation.server_privacy import load_heads
+            from ndae.federation.server.privacy import load_heads
 
             self.privacy_heads = load_heads(self.run_dir)  # a resumed run keeps the heads it had
         self._status("running")
@@ -147,7 +147,7 @@ class Federation:
             raise
         except BaseException as error:
             self._status("failed", f"{type(error).__name__}: {error}")
-            from ndae.federation.report import write_failure_report
+            from ndae.federation.server.report import write_failure_report
 
             write_failure_report(self.run_dir, self.config, f"{type(error).__name__}: {error}", self.state.missing)
             raise
@@ -178,7 +178,7 @@ class Federation:
         survival = self.phase_survival(ema, normative)
         self.timings["survival_s"] = time.time() - t
         self.timings["total_s"] = time.time() - started
-        from ndae.federation.report import write_report
+        from ndae.federation.server.report import write_report
 
         summary = {"sites": self.state.info, "missing": self.state.missing, "timings": self.timings,
                    "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names),
@@ -344,7 +344,7 @@ class Federation:
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
                                     "features": features}
         out = self.run_dir / "survival"
-        from ndae.federation import report
+        from ndae.federation.server import report
 
         if pooled:
             tables = [record_to_frame(result.replies[s]["rows"]) for s in sites_with_patients]
@@ -434,7 +434,7 @@ class Federation:
         """Private runs: each answering site's ledger head and epsilon -> privacy/heads.json."""
         if not self.config.privacy:
             return
-        from ndae.federation.server_privacy import record_site_ledger
+        from ndae.federation.server.privacy import record_site_ledger
 
         for site, content in replies.items():
             if "privacy" not in content:
@@ -453,7 +453,7 @@ class Federation:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def _append_metrics(self, entry: dict) -> None:
-        from ndae.federation.report import finite_or_null
+        from ndae.federation.server.report import finite_or_null
 
         lines = self._metrics() + [finite_or_null({"time": round(time.time(), 3), **entry})]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))

@@ -38,7 +38,7 @@ def _normalise(app_hash: str) -> str:
     return value
 
 
-class SitePolicy:
+class ApprovedApps:
     def __init__(self, site_dir: str | os.PathLike) -> None:
         self.site_dir = Path(site_dir)
         self.path = self.site_dir / POLICY_FILE
@@ -95,12 +95,12 @@ class SitePolicy:
 
 
 def approve(site_dir, app_hash: str, note: str = "") -> dict:
-    return SitePolicy(site_dir).approve(app_hash, note)
+    return ApprovedApps(site_dir).approve(app_hash, note)
 
 
 def is_approved(site_dir, app_hash: str) -> bool:
-    return SitePolicy(site_dir).is_approved(app_hash)
+    return ApprovedApps(site_dir).is_approved(app_hash)
 
 
 def check_fab(site_dir, fab_bytes: bytes) -> str:
-    return SitePolicy(site_dir).check_fab(fab_bytes)
+    return ApprovedApps(site_dir).check_fab(fab_bytes)

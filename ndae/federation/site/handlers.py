@@ -1,4 +1,4 @@
-"""The ClientApp's handlers: unpack the message, call `ndae.federation.site`, pack the reply.
+"""The ClientApp's handlers: unpack the message, call `ndae.federation.site.task`, pack the reply.
 
 Kept in the library (not in `client/client_app.py`) so that `InProcessGrid` and the Flower
 ClientApp run exactly the same code.
@@ -11,9 +11,9 @@ import json
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from ndae.federation import site as site_task
+from ndae.federation.site import task as site_task
 from ndae.federation.config import FederationConfig
-from ndae.federation.site_policy import SitePolicy
+from ndae.federation.site.policy import SitePolicy
 from ndae.federation.records import arrays_to_record, config_to_normative, frame_to_record, record_to_frame
 
 STATE_KEY = "survival-table"
@@ -35,7 +35,7 @@ def _site(context: Context) -> tuple[FederationConfig, SitePolicy, site_task.Sit
 
 
 def _privacy(config: FederationConfig, policy: SitePolicy, context: Context, site: site_task.SiteData):
-    from ndae.federation.site_privacy import SitePrivacy
+    from ndae.federation.site.privacy import SitePrivacy
 
     return SitePrivacy.for_site(config, policy, site.name, int(site.controls.sum()), site.manifest_path,
                                 flower_run_id=context.run_id)
@@ -56,7 +56,7 @@ def handle_train(message: Message, context: Context) -> Message:
     round_number = int(settings["server-round"])
     site_task.check_fault(config, site.name, "train", round_number)
     if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
-        from ndae.federation.site_privacy import ledger_reply, private_train_round, site_canaries
+        from ndae.federation.site.privacy import ledger_reply, private_train_round, site_canaries
 
         privacy = _privacy(config, policy, context, site)
         weights, metrics, _ = private_train_round(
@@ -73,7 +73,7 @@ def handle_train(message: Message, context: Context) -> Message:
                                    "privacy": ConfigRecord({**ledger_reply(privacy),
                                                             "noise-multiplier": metrics["noise-multiplier"]})}),
                        reply_to=message)
-    from ndae.federation.site_privacy import site_canaries
+    from ndae.federation.site.privacy import site_canaries
 
     weights, metrics = site_task.train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
@@ -88,7 +88,7 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     site_task.check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
     if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
-        from ndae.federation.site_privacy import ledger_reply, private_normative_statistics
+        from ndae.federation.site.privacy import ledger_reply, private_normative_statistics
 
         privacy = _privacy(config, policy, context, site)
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
@@ -107,7 +107,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     share_rows = _flag(settings, "share-rows")
     if share_rows and ("pooled" not in policy.survival_modes or not policy.pooled_scores_allowed(config.privacy)):
         # The server asks for the rows whatever the run config said: the site's policy decides.
-        from ndae.federation.site_policy import PolicyViolation
+        from ndae.federation.site.policy import PolicyViolation
 
         raise PolicyViolation(
             f"site {site.name!r} refuses to share patients' deviation scores: its policy does not allow pooled "
@@ -126,7 +126,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
             reply["rows"] = frame_to_record(table)
         return Message(RecordDict(reply), reply_to=message)
     # A private run: exact covariate moments are not sent (not DP); counts only if declared public.
-    from ndae.federation.site_privacy import POOLED_ROW_CONTENT, ledger_reply, pseudonymised_rows, record_declared
+    from ndae.federation.site.privacy import POOLED_ROW_CONTENT, ledger_reply, pseudonymised_rows, record_declared
 
     privacy = _privacy(config, policy, context, site)
     reply = {}
@@ -201,7 +201,7 @@ def _flag(settings, key: str) -> bool:
 def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> None:
     """Each Cox or risk-summary query evaluates the patients' rows at a β the server chose:
     bounded per run (the count lives in the run's node state, which no message resets)."""
-    from ndae.federation.site_policy import PolicyViolation
+    from ndae.federation.site.policy import PolicyViolation
 
     asked = int(context.state[QUERIES_KEY]["cox"]) if QUERIES_KEY in context.state else 0
     if asked >= policy.max_cox_queries:
@@ -232,7 +232,7 @@ def handle_cox_terms(message: Message, context: Context) -> Message:
     terms = site_task.cox_terms(table, beta, covariates)
     reply = {}
     if config.privacy:
-        from ndae.federation.site_privacy import ledger_reply, record_declared
+        from ndae.federation.site.privacy import ledger_reply, record_declared
 
         if not policy.public_counts:
             terms = {k: v for k, v in terms.items() if k not in ("n", "events")}
@@ -250,7 +250,7 @@ def handle_risk_summary(message: Message, context: Context) -> Message:
     if config.privacy:
         # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
         # The concordance pair counts are an aggregate the site declares (in its ledger).
-        from ndae.federation.site_privacy import ledger_reply, record_declared
+        from ndae.federation.site.privacy import ledger_reply, record_declared
 
         summary["km"] = np.zeros((0, 4))
         privacy = _privacy(config, policy, context, site)

@@ -8,13 +8,13 @@ import pytest
 
 from ndae.cli import main
 from ndae.errors import NdaeError
-from ndae.privacy.site_policy import AppNotApprovedError, SitePolicy, fab_hash
+from ndae.federation.site.app_approval import AppNotApprovedError, ApprovedApps, fab_hash
 
 
 def test_approve_check_and_revoke(tmp_path):
     fab = b"PK\x03\x04 pretend flower app bundle"
     other = b"PK\x03\x04 a different app"
-    policy = SitePolicy(tmp_path / "site-a")
+    policy = ApprovedApps(tmp_path / "site-a")
     with pytest.raises(AppNotApprovedError, match=fab_hash(fab)):
         policy.check_fab(fab)
     policy.approve(fab_hash(fab).upper(), note="v1")
@@ -23,7 +23,7 @@ def test_approve_check_and_revoke(tmp_path):
     with pytest.raises(AppNotApprovedError):
         policy.check_fab(other)
     policy.approve(fab_hash(fab))  # idempotent
-    assert len(SitePolicy(tmp_path / "site-a").approved()) == 1
+    assert len(ApprovedApps(tmp_path / "site-a").approved()) == 1
     assert policy.revoke(fab_hash(fab)) and not policy.is_approved(fab_hash(fab))
     with pytest.raises(NdaeError, match="not a sha256"):
         policy.approve("abc123")

@@ -208,7 +208,7 @@ def _survival_mode_line(config, survival: dict) -> str:
     if survival["mode"] != "pooled":
         return "no patient row left any site: Newton rounds of summed gradients/Hessians"
     if config.privacy:
-        from ndae.federation.site_privacy import POOLED_ROW_CONTENT
+        from ndae.federation.site.privacy import POOLED_ROW_CONTENT
 
         held = "; ".join(f"{k}: {v}" for k, v in POOLED_ROW_CONTENT.items())
         return f"consenting sites shared patients' deviation scores, sex and event, with {held}"

@@ -2,7 +2,7 @@
 
 - `SitePrivacy.for_site(request, policy, site, n_controls, manifest)`: this run's settings at this
   site. Limits (budgets, δ, per-run ε, ledger location) come from the site's policy
-  (`ndae.federation.site_policy`, node config only); the run config only chooses the noise and
+  (`ndae.federation.site.policy`, node config only); the run config only chooses the noise and
   clip parameters and may ask for stricter limits.
 - `private_train_round`: one round of DP-SGD (Opacus, Poisson sampling) over the site's
   controls. Every random draw comes from the site's CSPRNG (`ndae.privacy.randomness`), never
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
-from ndae.federation.site_policy import SitePolicy
+from ndae.federation.site.policy import SitePolicy
 from ndae.privacy.randomness import SiteRandomness
 
 _log = logging.getLogger("ndae.site")
@@ -295,7 +295,7 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     import torch
 
     from ndae.federation.records import dae_to_record
-    from ndae.federation.site import resolve_device, start_local_round
+    from ndae.federation.site.task import resolve_device, start_local_round
     from ndae.model import make_optimizer
     from ndae.privacy.dp_sgd_loop import DenoisingCriterion, dp_epochs
     from ndae.privacy.opacus_training import make_private, poisson_sample_rate
@@ -343,7 +343,7 @@ def private_normative_statistics(site, weights, dae_config: dict, design: dict, 
                                  *, device: str = "auto") -> tuple[dict, dict]:
     """Clipped, noised sufficient statistics of the controls (the payload the server sums) and
     the ledger entry of the release. The budget is checked before the statistics are computed."""
-    from ndae.federation.site import covariates, encode_z_sem
+    from ndae.federation.site.task import covariates, encode_z_sem
     from ndae.normative import DesignSpec
     from ndae.privacy.dp_moments import private_moments
 
