@@ -123,7 +123,7 @@ def render() -> Path:
 def main() -> None:
     import datetime
 
-    from ndae.federation.server.report import finite_or_null
+    from ndae.io import finite_or_null
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="federated")

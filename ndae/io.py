@@ -17,6 +17,22 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def finite_or_null(obj: Any) -> Any:
+    """JSON has no NaN/inf: turn them into null (and numpy scalars/arrays into Python) so every
+    reader can parse the file."""
+    if isinstance(obj, dict):
+        return {str(k): finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_or_null(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", private: bool = False) -> Iterator[Any]:
     """Open a temporary file beside `path`; on success it replaces `path` atomically.

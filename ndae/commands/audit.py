@@ -72,7 +72,7 @@ def run(args) -> int:
                                               seed=args.seed)
         ok = ok and report["canaries"]["ok"]
     if args.json:
-        from ndae.federation.server.report import finite_or_null
+        from ndae.io import finite_or_null
 
         print(json.dumps(finite_or_null(report), indent=2, sort_keys=True))
     else:

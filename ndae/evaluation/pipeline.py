@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ndae.errors import NdaeError
-from ndae.io import atomic_write_json, atomic_write_text
+from ndae.io import atomic_write_json, atomic_write_text, finite_or_null
 
 NDAE_SCORES = ("cosine", "mean_abs_z", "max_abs_z", "mahalanobis")
 
@@ -363,20 +363,10 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         "folds": [list(map(int, f)) for f in folds],
         "timings": timings,
     }
-    result = _finite_or_null(result)
+    result = finite_or_null(result)
     atomic_write_json(out / "evaluation.json", result)
     write_report(result, out / "report.md")
     _log(options, f"done in {timings['total_s']:.0f} s: {out / 'report.md'}")
     return result
 
 
-def _finite_or_null(obj):
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

@@ -153,7 +153,7 @@ def empirical_audit_run(run_dir: str | os.PathLike, members_manifest: str | os.P
     result.update(site=site, weights=weights, members_manifest=str(members_manifest),
                   nonmembers_manifest=str(nonmembers_manifest))
     if write:
-        from ndae.federation.server.report import finite_or_null
+        from ndae.io import finite_or_null
 
         atomic_write_json(run_dir / "privacy" / "empirical.json", finite_or_null(result))
     return result
@@ -198,7 +198,7 @@ def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLi
         report["pooled"]["site"] = "all sites"
     report["ok"] = all(r["below_accounted"] for _, r in canary_results(report))
     if write:
-        from ndae.federation.server.report import finite_or_null
+        from ndae.io import finite_or_null
 
         atomic_write_json(run_dir / "privacy" / "canaries_audit.json", finite_or_null(report))
     return report
@@ -234,6 +234,6 @@ def format_empirical(result: dict[str, Any]) -> str:
 
 
 def main_json(result: dict[str, Any]) -> str:
-    from ndae.federation.server.report import finite_or_null
+    from ndae.io import finite_or_null
 
     return json.dumps(finite_or_null(result), indent=2, sort_keys=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ndae.errors import NdaeError
-from ndae.io import atomic_write_json
+from ndae.io import atomic_write_json, finite_or_null
 from ndae.survival.cox import CoxModel
 from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
 from ndae.survival.metrics import cross_validate_cox, harrell_c_index_ci
@@ -134,7 +134,7 @@ def run_survival_analysis(
         km = kaplan_meier_by_tertile(table, feature, path=path)
         metrics["kaplan_meier"][feature] = {**km.to_json(), "figure": path.name}
 
-    atomic_write_json(out_dir / "metrics.json", _finite_or_null(metrics))
+    atomic_write_json(out_dir / "metrics.json", finite_or_null(metrics))
     return metrics
 
 
@@ -142,12 +142,3 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "score"
 
 
-def _finite_or_null(obj):
-    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    return obj

@@ -453,7 +453,7 @@ class Federation:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def _append_metrics(self, entry: dict) -> None:
-        from ndae.federation.server.report import finite_or_null
+        from ndae.io import finite_or_null
 
         lines = self._metrics() + [finite_or_null({"time": round(time.time(), 3), **entry})]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))

@@ -9,24 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
 
 TERTILES = ("low", "middle", "high")
 
 
-def finite_or_null(obj):
-    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
-    if isinstance(obj, dict):
-        return {str(k): finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_null(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return finite_or_null(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
