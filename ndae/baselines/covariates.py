@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from ndae.data.sex import sex_female
 from ndae.errors import NdaeError
 
-_SEX_FEMALE = {"f": 1.0, "female": 1.0, "1": 1.0, "m": 0.0, "male": 0.0, "0": 0.0}
 # Bulbar onset carries the worse prognosis; anything else (limb, spinal, ...) is the reference.
 _BULBAR = ("bulbar",)
 
@@ -27,7 +27,7 @@ def covariate_features(rows: pd.DataFrame, min_site_size: int = 1) -> tuple[pd.D
             raise NdaeError(f"covariate baseline: missing column {column!r}")
     table = pd.DataFrame({"subject": rows["subject"].astype(str).to_numpy()})
     table["age"] = pd.to_numeric(rows["age"], errors="coerce").to_numpy(float)
-    sex = rows["sex"].map(lambda v: _SEX_FEMALE.get(str(v).strip().lower())).to_numpy(float)
+    sex = sex_female(rows["sex"])
     if np.isnan(sex).any() or np.isnan(table["age"]).any():
         raise NdaeError("covariate baseline: age must be numeric and sex M/F for every row")
     table["sex_female"] = sex

@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ndae.data.sex import sex_female
 from ndae.errors import NdaeError
 
 BASES = ("natural_spline", "polynomial", "linear")
-_SEX_CODES = {"m": 0.0, "male": 0.0, "0": 0.0, "f": 1.0, "female": 1.0, "1": 1.0}
-
-
 @dataclass(frozen=True)
 class DesignSpec:
     """What the design matrix is; identical at every site (it is part of the stats' payload)."""
@@ -113,15 +111,14 @@ class DesignSpec:
     def sex_values(self, covariates: pd.DataFrame) -> np.ndarray:
         _require_columns(covariates, [self.sex_column])
         column = covariates[self.sex_column]
-        text = column.map(lambda v: _sex_key(v))
-        coded = text.map(_SEX_CODES)
-        bad = coded.isna()
+        coded = sex_female(column)
+        bad = pd.Series(np.isnan(coded), index=covariates.index)
         if bad.any():
             raise NdaeError(
                 f"covariate column {self.sex_column!r} must be M/F (or 0/1); missing or unknown "
                 f"values in rows {_row_labels(covariates, bad)}"
             )
-        return coded.to_numpy(dtype=np.float64)
+        return coded
 
     def age_basis(self, age: np.ndarray) -> np.ndarray:
         """Age columns. Spline and polynomial columns are orthonormalised over a fixed grid of
@@ -190,13 +187,6 @@ def clip_design_rows(X: np.ndarray, max_norm: float | None) -> np.ndarray:
     rest = clip_row_norms(X[:, 1:], float(np.sqrt(max_norm**2 - 1.0))) if X.shape[1] > 1 else X[:, 1:]
     return np.column_stack([X[:, :1], rest])
 
-
-def _sex_key(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
-        return str(int(value))
-    return str(value).strip().lower()
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str]) -> None:

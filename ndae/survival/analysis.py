@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ndae.data.sex import sex_female
 from ndae.errors import NdaeError
 from ndae.io import atomic_write_json, finite_or_null
 from ndae.survival.cox import CoxModel
@@ -22,7 +23,6 @@ from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
 from ndae.survival.metrics import cross_validate_cox, harrell_c_index_ci
 
 CLINICAL_COVARIATES = ("age", "sex_female")
-_SEX_FEMALE = {"f": 1.0, "female": 1.0, "1": 1.0, "m": 0.0, "male": 0.0, "0": 0.0}
 
 
 def read_deviations(path: str | Path) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def patient_table(deviations: pd.DataFrame, manifest: pd.DataFrame, features: Se
     if patients.empty:
         raise NdaeError(f"{source}: no patients (no row with group == 'als')")
     patients["subject"] = patients["subject"].astype(str)
-    sex = patients["sex"].map(lambda v: _SEX_FEMALE.get(str(v).strip().lower()))
+    sex = pd.Series(sex_female(patients["sex"]), index=patients.index)
     if sex.isna().any():
         raise NdaeError(f"{source}: column 'sex' must be M/F, found {sorted(set(patients['sex'][sex.isna()].astype(str)))[:5]}")
     patients["sex_female"] = sex.astype(float)

@@ -257,12 +257,17 @@ def cox_terms(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str])
 
 
 def concordance_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> dict[str, float]:
-    """Harrell's pair counts within the site: comparable pairs (i had the event, before j's
-    time) and how many the risk orders correctly (ties in risk count half)."""
-    time, event, risk = (np.asarray(a, float) for a in (time, event, risk))
-    earlier = (time[:, None] < time[None, :]) & (event[:, None] > 0)
-    concordant = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
-    return {"comparable": float(earlier.sum()), "concordant": float((concordant * earlier).sum())}
+    """Harrell's pair counts within the site, from scikit-survival (its convention: a pair is
+    comparable when the earlier time is an event, a censoring at the same time counts as later;
+    ties in risk count half). Summed over sites they give the within-site C-index."""
+    from sksurv.metrics import concordance_index_censored
+
+    time, risk = np.asarray(time, float), np.asarray(risk, float)
+    event = np.asarray(event, float) > 0
+    if not event.any():  # scikit-survival refuses a sample without events: no comparable pair
+        return {"comparable": 0.0, "concordant": 0.0}
+    _, concordant, discordant, tied_risk, _ = concordance_index_censored(event, time, risk)
+    return {"comparable": float(concordant + discordant + tied_risk), "concordant": float(concordant + 0.5 * tied_risk)}
 
 
 def risk_summary(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str]) -> dict[str, np.ndarray]:
