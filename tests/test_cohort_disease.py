@@ -10,7 +10,7 @@ from ndae.cohort import anatomy as landmarks
 from ndae.cohort.anatomy import load_anatomy
 from ndae.cohort.deformation import jacobian_determinant
 from ndae.cohort.disease import DiseaseModel, PatientPhenotype, apply_disease
-from ndae.cohort.generate import render, to_magnitude
+from ndae.cohort.render import render, to_magnitude
 from ndae.errors import InvalidImageError
 
 SEVERITIES = (0.0, 0.5, 1.0)

@@ -146,7 +146,7 @@ def test_missing_mask_column_is_a_clear_error(ixi_dir, tmp_path, capsys):
 
 
 def test_failed_segmentation_is_left_out_and_listed(ixi_dir, tmp_path):
-    from ndae.cohort.generate import usable_subjects
+    from ndae.cohort.source import usable_subjects
 
     healthy = pd.read_csv(_healthy_manifest(ixi_dir, tmp_path / "healthy", 3))
     source = nib.load(healthy.at[0, "mask"])

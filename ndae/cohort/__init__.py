@@ -2,7 +2,9 @@
 with known truth (docs/cohort.md)."""
 
 from ndae.cohort.disease import DiseaseModel, PatientPhenotype, apply_disease
-from ndae.cohort.generate import CohortConfig, generate_cohort, read_healthy
+from ndae.cohort.generate import generate_cohort
+from ndae.cohort.plan import CohortConfig
+from ndae.cohort.source import read_healthy
 from ndae.cohort.sites import Site
 from ndae.cohort.survival import SurvivalModel, concordance_index, kaplan_meier_median, simulate_patients
 

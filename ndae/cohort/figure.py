@@ -21,7 +21,7 @@ MILD, SEVERE = 0.3, 0.9
 
 def example_figure(row, path: str | Path, model: DiseaseModel = DiseaseModel(), seed: int = 0) -> None:
     """`row`: a healthy-manifest row (image, mask, subject, age)."""
-    from ndae.cohort.generate import render, to_magnitude
+    from ndae.cohort.render import render, to_magnitude
 
     anatomy, stripped = to_magnitude(load_anatomy(row["image"], row["mask"]))
     rng = np.random.default_rng(seed)

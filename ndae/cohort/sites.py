@@ -1,7 +1,7 @@
 """Hospitals: each site's scanner (how its images look) and case mix (whom it scans).
 
 Scanner effects, in acquisition order: positional jitter (done in the resampling, see
-generate.py), contrast (gamma), resolution (Gaussian point-spread function, one site with thick
+render.py), contrast (gamma), resolution (Gaussian point-spread function, one site with thick
 slices), receive-coil bias field (smooth multiplicative), gain (arbitrary scanner units), and
 Rician noise (magnitude of complex Gaussian noise, Gudbjartsson & Patz 1995). Parameters are
 spread over a wide range and shuffled across sites, so any K ≥ 2 gives clearly different
