@@ -44,7 +44,7 @@ def write_deviation_maps(run: str | Path, manifest: str | Path, out: str | Path 
     import torch
     import torch.nn.functional as F
 
-    from ndae.model.training import decode, encode, invert, load_checkpoint, prepare_images
+    from ndae.model import decode, encode, invert, load_checkpoint, prepare_images
     from ndae.normative.model import NormativeModel
 
     run = Path(run)

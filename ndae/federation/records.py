@@ -23,7 +23,7 @@ MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
 # ---- DAE weights -------------------------------------------------------------------------------
 def dae_to_record(model, ema) -> ArrayRecord:
     """Weights and EMA weights of the DAE in one ArrayRecord (FedAvg averages both)."""
-    from ndae.model.training import unwrap
+    from ndae.model.dae import unwrap
 
     arrays: dict[str, Array] = {}
     for prefix, module in ((MODEL_PREFIX, unwrap(model)), (EMA_PREFIX, ema.model)):
@@ -32,11 +32,17 @@ def dae_to_record(model, ema) -> ArrayRecord:
     return ArrayRecord(arrays)
 
 
+def ema_weights_record(ema) -> ArrayRecord:
+    """The global EMA weights in both halves of a `dae_to_record` message: what the sites
+    encode with after training (normative statistics, deviation scores)."""
+    return dae_to_record(ema.model, ema)
+
+
 def record_to_dae(record: ArrayRecord, model, ema=None) -> None:
     """Load `dae_to_record` weights into `model` (and `ema.model`); names and shapes must match."""
     import torch
 
-    from ndae.model.training import unwrap
+    from ndae.model.dae import unwrap
 
     targets = [(MODEL_PREFIX, unwrap(model))] + ([(EMA_PREFIX, ema.model)] if ema is not None else [])
     for prefix, module in targets:

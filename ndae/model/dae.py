@@ -3,7 +3,8 @@
 One module with one `forward(x_t, t, x_start)` that runs the encoder and the decoder, so that
 encoder and decoder train jointly and Opacus can wrap the whole thing (per-sample gradients need
 every parameter used inside a single forward call). The diffusion process itself lives in
-`ndae.diffusion` and knows nothing about this network.
+`ndae.diffusion` and knows nothing about this network. `build_model` makes one from a config
+(seeded), `unwrap` finds it inside an Opacus `GradSampleModule`, `model_device` says where it is.
 """
 
 from __future__ import annotations
@@ -44,3 +45,20 @@ class DiffusionAutoencoder(nn.Module):
     def num_parameters(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         return {"encoder": count(self.encoder), "unet": count(self.unet), "total": count(self)}
+
+
+def build_model(config: DAEConfig, seed: int | None = None, device: str | torch.device = "cpu") -> DiffusionAutoencoder:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return DiffusionAutoencoder(config).to(device)
+
+
+def unwrap(model: nn.Module) -> DiffusionAutoencoder:
+    """The DiffusionAutoencoder inside an Opacus GradSampleModule (or the model itself)."""
+    while not isinstance(model, DiffusionAutoencoder) and hasattr(model, "_module"):
+        model = model._module
+    return model  # type: ignore[return-value]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,6 +1,7 @@
-"""Image-similarity metrics for reconstructions, beside `psnr_in_mask` (ndae.model.training).
+"""Image-similarity metrics for reconstructions: PSNR over the brain mask and SSIM.
 
-SSIM is MONAI's (`monai.metrics.regression.compute_ssim_and_cs`, Wang et al. 2004: Gaussian
+PSNR (`psnr_in_mask`) is the mean squared error inside the mask against the images' peak-to-peak
+range. SSIM is MONAI's (`monai.metrics.regression.compute_ssim_and_cs`, Wang et al. 2004: Gaussian
 window, constants k1 = 0.01, k2 = 0.03). MONAI returns the SSIM *map* over every position where the
 window fits inside the image; its `SSIMMetric` averages that map over the image. Here the map is
 averaged either over the whole image (the same number as `SSIMMetric`) or over the positions whose
@@ -20,11 +21,19 @@ from ndae.errors import NdaeError
 ArrayLike = Any  # numpy array or torch tensor
 
 
-def _tensor(name: str, x: ArrayLike) -> torch.Tensor:
+def _tensor(name: str, x: ArrayLike, metric: str = "ssim") -> torch.Tensor:
     try:
         return (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).detach().to("cpu", torch.float32)
     except (TypeError, ValueError) as error:
-        raise NdaeError(f"ssim: {name} is not a numeric array: {error}") from error
+        raise NdaeError(f"{metric}: {name} is not a numeric array: {error}") from error
+
+
+def psnr_in_mask(reconstruction: ArrayLike, target: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """PSNR (dB) per image over the brain mask, for images in [-1, 1] (peak-to-peak 2)."""
+    r, x = _tensor("reconstruction", reconstruction, "psnr"), _tensor("target", target, "psnr")
+    m = _tensor("mask", mask, "psnr").bool().expand_as(x)
+    err = ((r - x) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
+    return (10 * torch.log10(4.0 / err.clamp(min=1e-12))).numpy()
 
 
 def ssim(reconstruction: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None, *, data_range: float = 2.0,

@@ -54,7 +54,7 @@ def effective_rank(z: np.ndarray) -> float:
 def age_probe_vs_init(trained, untrained, images, ages, repeats: int = 10) -> dict[str, Any] | None:
     """Age probe of the trained encoder and of the same encoder at its initial weights, on the same
     images; None when there are too few subjects (or one age) for the probe to mean anything."""
-    from ndae.model.training import encode
+    from ndae.model.inference import encode
 
     ages = np.asarray(ages, float)
     if len(ages) < MIN_SUBJECTS or np.ptp(ages) == 0:

@@ -21,12 +21,15 @@ import torch
 
 from ndae.errors import NdaeError
 from ndae.io import atomic_save_figure, atomic_save_npz, atomic_write_json, atomic_write_text
+from ndae.model.checkpoint import load_checkpoint, save_checkpoint
 from ndae.model.config import DAEConfig, preset
+from ndae.model.dae import build_model
+from ndae.model.ema import EMA
+from ndae.model.inference import decode, encode, invert
+from ndae.model.inputs import prepare_images, prepare_masks
+from ndae.model.metrics import psnr_in_mask
 from ndae.model.probe import age_probe_vs_init
-from ndae.model.training import (
-    EMA, batch_iterator, build_model, decode, encode, invert, load_checkpoint, make_optimizer, prepare_images,
-    prepare_masks, psnr_in_mask, save_checkpoint, set_seed, train_steps,
-)
+from ndae.model.training import batch_iterator, make_optimizer, set_seed, train_steps
 
 CHECKPOINT = Path("dae") / "checkpoint.pt"
 

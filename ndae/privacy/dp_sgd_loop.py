@@ -40,7 +40,7 @@ def dp_epochs(private, ema, epochs: int, generator, noise_generator, flip: bool,
     steps from the generator given to `make_private`)."""
     import torch
 
-    from ndae.model.training import unwrap
+    from ndae.model.dae import unwrap
 
     module, optimizer, criterion = private.module, private.optimizer, private.criterion
     diffusion = unwrap(module).diffusion

@@ -35,7 +35,7 @@ def denoising_scores(model, images, ages=None, *, seed: int = 0, draws: int = 8,
     import torch
 
     from ndae.model import prepare_images
-    from ndae.model.training import model_device, unwrap
+    from ndae.model.dae import model_device, unwrap
 
     core = unwrap(model).eval()
     device = model_device(core)
