@@ -46,7 +46,11 @@ def test_survival_command_writes_every_output(inputs, capsys):
     table = pd.read_csv(out / "hazard_ratios.csv").set_index("covariate")
     assert set(table.index) == {"cosine_deviation", "z_deviation", "age", "sex_female"}
     assert table.loc["cosine_deviation", "hazard_ratio_lower_95"] > 1
-    assert "training C" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "optimism-corrected" in printed and "in-sample" in printed
+    validated = metrics["harrell_c"]
+    assert validated["method"] == "refit bootstrap" and validated["n_boot"] > 100
+    assert validated["corrected"] <= validated["apparent"] + 0.01
 
 
 def test_survival_command_names_a_missing_feature(inputs, capsys):

@@ -36,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
     )
-    c = metrics["harrell_c_train"]
+    c = metrics["harrell_c"]
     print(
-        f"Cox model on {metrics['n']} patients ({metrics['events']} events): "
-        f"training C = {c['estimate']:.3f} [{c['lower']:.3f}, {c['upper']:.3f}]; results in {args.out}"
+        f"Cox model on {metrics['n']} patients ({metrics['events']} events): C in-sample {c['apparent']:.3f}, "
+        f"optimism-corrected {c['corrected']:.3f} (95 % interval on left-out patients over {c['n_boot']} refits: "
+        f"[{c['lower']:.3f}, {c['upper']:.3f}]); results in {args.out}"
     )
     return 0

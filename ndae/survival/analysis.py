@@ -20,7 +20,8 @@ from ndae.errors import NdaeError
 from ndae.io import atomic_write_json, finite_or_null
 from ndae.survival.cox import CoxModel
 from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
-from ndae.survival.metrics import cross_validate_cox, harrell_c_index_ci
+from ndae.survival.metrics import cross_validate_cox
+from ndae.survival.validated_c import refit_bootstrap_c
 
 CLINICAL_COVARIATES = ("age", "sex_female")
 
@@ -107,7 +108,6 @@ def run_survival_analysis(
     model = CoxModel(penalizer=penalizer, strata=strata).fit(table, covariates)
     model.save(out_dir)
 
-    risk = model.predict_log_partial_hazard(table)
     metrics: dict = {
         **counts,
         "n": model.n_,
@@ -115,7 +115,8 @@ def run_survival_analysis(
         "covariates": covariates,
         "strata": strata,
         "penalizer": penalizer,
-        "harrell_c_train": harrell_c_index_ci(table["time"], table["event"], risk, n_boot=n_boot, seed=seed),
+        # In-sample C is optimistic: validated by refitting the model on each bootstrap resample.
+        "harrell_c": refit_bootstrap_c(table, covariates, penalizer=penalizer, strata=strata, n_boot=n_boot, seed=seed),
     }
 
     feature_sets = {"deviation": list(features)}

@@ -1,0 +1,62 @@
+"""Harrell's C of a Cox model, validated by refitting it on bootstrap resamples.
+
+A bootstrap of the C-index with the fitted risk held fixed only measures how the pairs vary: it
+never sees the optimism of a model scored on the rows it was fitted to (with ten noise
+covariates on 60 patients the in-sample C is ~0.65 and such an interval excludes 0.5). Here every
+resample refits the model, as Harrell's bootstrap validation does:
+
+- optimism_b = C of the refit on its own resample − C of the refit on the original rows;
+  corrected C = apparent C − mean optimism (Harrell, Regression Modeling Strategies, §5.3);
+- the interval is the percentile interval of each refit's C on the rows its resample left out
+  (out-of-bag): what a model fitted this way scores on patients it has not seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ndae.errors import NdaeError
+from ndae.survival.cox import CoxModel
+from ndae.survival.metrics import harrell_c_index
+
+
+def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penalizer: float = 0.0,
+                      strata: Sequence[str] | None = None, n_boot: int = 200, seed: int = 0,
+                      alpha: float = 0.05) -> dict[str, float]:
+    """`apparent`, optimism-`corrected` C, out-of-bag `lower`/`upper` percentiles, `n_boot` used."""
+    covariates = list(covariates)
+    model = CoxModel(penalizer=penalizer, strata=strata).fit(table, covariates)
+    time, event = table["time"].to_numpy(float), table["event"].to_numpy(float)
+    apparent = harrell_c_index(time, event, model.predict_log_partial_hazard(table))
+    rng = np.random.default_rng(seed)
+    optimism, out_of_bag = [], []
+    n = len(table)
+    for _ in range(n_boot):
+        rows = rng.integers(0, n, n)
+        left_out = np.setdiff1d(np.arange(n), rows)
+        sample = table.iloc[rows].reset_index(drop=True)
+        if sample["event"].sum() == 0 or any(sample[c].nunique() < 2 for c in covariates):
+            continue  # a resample the model cannot be fitted on: dropped and counted below
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                refit = CoxModel(penalizer=penalizer, strata=strata).fit(sample, covariates)
+        except NdaeError:
+            continue
+        on_sample = harrell_c_index(sample["time"], sample["event"], refit.predict_log_partial_hazard(sample))
+        on_original = harrell_c_index(time, event, refit.predict_log_partial_hazard(table))
+        optimism.append(on_sample - on_original)
+        if event[left_out].sum() > 0 and len(left_out) > 1:
+            out_of_bag.append(harrell_c_index(time[left_out], event[left_out],
+                                              refit.predict_log_partial_hazard(table.iloc[left_out])))
+    if not optimism:
+        raise NdaeError(f"bootstrap validation: none of {n_boot} resamples could be refitted")
+    oob = np.asarray([c for c in out_of_bag if np.isfinite(c)])
+    lower, upper = np.quantile(oob, [alpha / 2, 1 - alpha / 2]) if oob.size else (float("nan"), float("nan"))
+    return {"apparent": float(apparent), "optimism": float(np.mean(optimism)),
+            "corrected": float(apparent - np.mean(optimism)), "out_of_bag_mean": float(oob.mean()) if oob.size else float("nan"),
+            "lower": float(lower), "upper": float(upper), "n_boot": len(optimism), "method": "refit bootstrap"}
