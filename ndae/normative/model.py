@@ -8,7 +8,7 @@ pooled fit):
   (`ndae.deviation.scores`) only make sense on the standardised scale.
 - y = xᵀβ + u_site + ε,  ε ~ N(0, σ²),  u_site ~ N(0, τ²)  (a random site intercept),
   β ~ N(0, σ²/λ · I) with a weak ridge λ (`prior_precision`, default 1e-3).
-- σ², τ² and β are estimated by EM on the random-intercept model: β is the GLS estimate, which
+- σ², τ² and β are estimated by EM on the random-intercept model (`ndae.normative.random_intercept`): β is the GLS estimate, which
   for a site with n_s controls only needs that site's n_s, Σx and Σy; the site offset is the
   BLUP u_s = ρ_s · mean residual_s with shrinkage ρ_s = n_s τ² / (σ² + n_s τ²) toward 0, and
   its posterior variance ρ_s σ² / n_s. A fixed number of EM steps (no tolerance-dependent
@@ -31,28 +31,27 @@ by `predict*`, `standardise`, `z_scores`, `transfer`): design rows to ‖x‖ �
 the intercept kept at 1, z_sem rows to ‖z‖ ≤ latent_clip. A controls-only clip would compare
 shrunk controls with unshrunk patients. Non-private models (no clip) are unchanged.
 `transfer` gives a new site its own shrunken offset from a few of its controls
-without refitting β, σ², τ² (as PCNtoolkit's transfer does).
+without refitting β, σ², τ² (as PCNtoolkit's transfer does; `ndae.normative.transfer`).
+`save` / `load`: model.npz + model.json (`ndae.normative.model_files`).
+
+This module holds the model as a whole and what it predicts: `fit` / `from_stats`, `predict`,
+`predict_standardised`, `z_scores`, `standardise`, the DP clips, and the fitted range warnings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import warnings
-from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ndae.errors import NdaeError
-from ndae.io import atomic_write_bytes, atomic_write_json
 from ndae.normative.design import DesignSpec, clip_design_rows, clip_row_norms
+from ndae.normative.model_files import load_model, save_model
+from ndae.normative.random_intercept import fit_random_intercept
 from ndae.normative.sufficient_stats import SufficientStats
-
-MODEL_VERSION = 1
-_VARIANCE_FLOOR = 1e-10  # on the standardised scale, where the controls' variance is 1
+from ndae.normative.transfer import transfer_to_site
 
 
 class OutOfRangeWarning(UserWarning):
@@ -97,119 +96,12 @@ class NormativeModel:
     def fit_stats(
         self, stats: SufficientStats, feature_names: list[str] | None = None
     ) -> "NormativeModel":
+        """Fit from (pooled or federated-summed) sufficient statistics
+        (`ndae.normative.random_intercept`)."""
         self.design = stats.design
-        d, p = stats.n_features, stats.n_columns
-        N = stats.n
-        if N - p < 1:
-            raise NdaeError(
-                f"the normative model needs more controls than design columns: "
-                f"{N:g} controls, {p} columns ({self.design.column_names})"
-            )
-        self.feature_names = _feature_names(feature_names, d)
-
-        # standardise with the controls' mean and sd, all from the sums
-        mean = stats.sum_y / N
-        variance = (stats.sum_y2 - N * mean**2) / (N - 1)
-        sd = np.sqrt(np.maximum(variance, _VARIANCE_FLOOR * np.maximum(mean**2, 1.0)))
-        sum_x = stats.xtx[:, 0]  # intercept column: Σx
-        xtx = stats.xtx
-        xty = (stats.xty - np.outer(sum_x, mean)) / sd  # (p, d)
-        syy = (stats.sum_y2 - 2 * mean * stats.sum_y + N * mean**2) / sd**2  # (d,)
-
-        use = stats.site_n > 0
-        site_n = stats.site_n[use]
-        site_x = stats.site_sum_x[use]
-        site_y = (stats.site_sum_y[use] - site_n[:, None] * mean) / sd  # (S, d)
-        n_sites = int(use.sum())
-        penalty = self.prior_precision * np.eye(p)
-        # DP statistics: the Gaussian noise on XᵀY inflates the explained sum of squares by
-        # E[bᵀA⁻¹b] = σ²_noise·tr(A⁻¹) over the non-intercept coordinates (the centred
-        # intercept row is exactly 0); add it back so the residual variance is not driven to 0.
-        noise_xty = 0.0 if stats.dp_noise_variance is None else float(stats.dp_noise_variance[1])
-
-        def solve(rho: np.ndarray):
-            weight = rho / site_n[:, None]  # (S, d)
-            A = xtx[None] + penalty - np.einsum("sf,sp,sq->fpq", weight, site_x, site_x)
-            b = xty.T - np.einsum("sf,sp,sf->fp", weight, site_x, site_y)
-            beta = np.linalg.solve(A, b[..., None])[..., 0]  # (d, p)
-            residual_sum = site_y - site_x @ beta.T  # (S, d)
-            offset = rho * residual_sum / site_n[:, None]
-            rss = (
-                syy
-                - 2 * np.sum(beta * xty.T, 1)
-                + np.einsum("fp,pq,fq->f", beta, xtx, beta)
-                - 2 * np.sum(offset * residual_sum, 0)
-                + np.sum(site_n[:, None] * offset**2, 0)
-            )
-            if noise_xty > 0:
-                inverse = np.linalg.inv(A)[:, 1:, 1:]
-                rss = rss + noise_xty / sd**2 * np.trace(inverse, axis1=1, axis2=2)
-            return A, beta, residual_sum, offset, rss
-
-        rho = np.zeros((n_sites, d))
-        A, beta, residual_sum, offset, rss = solve(rho)
-        sigma2 = np.maximum(rss / (N - p), _VARIANCE_FLOOR)
-        tau2 = np.zeros(d)
-        # DP statistics: each site's Σy carries Gaussian noise (variance per coordinate: the
-        # summed XᵀY noise variance over the sites that sent it), so a site's mean residual is
-        # u_s + ε̄_s + noise_s; its variance κ_s = noise/n_s² (standardised) joins σ²/n_s in the
-        # shrinkage ρ_s = τ² / (τ² + σ²/n_s + κ_s) and the offset's posterior variance.
-        kappa = np.zeros((n_sites, d))
-        if noise_xty > 0 and n_sites:
-            kappa = noise_xty / max(len(stats.site_names), 1) / site_n[:, None] ** 2 / sd**2
-
-        def shrinkage(sigma2, tau2):
-            return tau2 / (tau2 + sigma2 / site_n[:, None] + kappa)
-
-        if self.site_effects and n_sites >= 2:
-            site_mean = residual_sum / site_n[:, None]
-            tau2 = np.maximum(
-                np.mean(site_mean**2 - sigma2 / site_n[:, None] - kappa, 0), 0.05 * sigma2
-            )
-            for _ in range(self.n_iterations):  # EM; fixed count (see module docstring)
-                rho = shrinkage(sigma2, tau2)
-                A, beta, residual_sum, offset, rss = solve(rho)
-                offset_variance = rho * (sigma2 / site_n[:, None] + kappa)
-                sigma2 = np.maximum(
-                    (rss + np.sum(site_n[:, None] * rho * sigma2 / site_n[:, None], 0)) / (N - p),
-                    _VARIANCE_FLOOR,
-                )
-                tau2 = np.mean(offset**2 + offset_variance, 0)
-            rho = shrinkage(sigma2, tau2)
-            A, beta, residual_sum, offset, rss = solve(rho)
-        offset_variance = rho * (sigma2 / site_n[:, None] + kappa)
-
-        self.control_mean = mean
-        self.control_sd = sd
-        self.beta = beta  # (d, p), standardised scale
-        self.beta_precision = A  # (d, p, p); posterior covariance = σ² A⁻¹
-        self.noise_variance = sigma2  # (d,), standardised scale
-        self.site_variance = tau2
-        self.site_names = [name for name, keep in zip(stats.site_names, use) if keep]
-        self.site_n = site_n
-        self.site_offset = offset  # (S, d), standardised scale
-        self.site_offset_variance = offset_variance  # Var(u_s | β)
-        self.site_shrinkage = rho  # (S, d): ρ_s
-        self.site_mean_x = site_x / site_n[:, None]  # (S, p): the site's mean design row
-        self.n_controls = N
-        self.covariate_min = stats.covariate_min.copy()
-        self.covariate_max = stats.covariate_max.copy()
-        self.covariate_clip = stats.covariate_clip
-        self.latent_clip = stats.latent_clip
-        self.residual_covariance = None  # (d, d) standardised; for Mahalanobis scores
-        if stats.yty is not None:
-            yty = (
-                stats.yty
-                - np.outer(mean, stats.sum_y)
-                - np.outer(stats.sum_y, mean)
-                + N * np.outer(mean, mean)
-            ) / np.outer(sd, sd)
-            B = beta.T  # (p, d)
-            cross = B.T @ xty
-            R = yty - cross - cross.T + B.T @ xtx @ B
-            site_cross = offset.T @ residual_sum
-            R = R - site_cross - site_cross.T + (offset.T * site_n) @ offset
-            self.residual_covariance = (R + R.T) / 2 / (N - p)
+        fitted = fit_random_intercept(stats, self.prior_precision, self.site_effects, self.n_iterations)
+        self.feature_names = _feature_names(feature_names, stats.n_features)
+        vars(self).update(fitted)
         self._fitted = True
         return self
 
@@ -285,7 +177,7 @@ class NormativeModel:
             self.site_offset * self.control_sd, index=self.site_names, columns=self.feature_names
         )
 
-    # -- new sites --------------------------------------------------------------------------
+    # -- new sites and files -------------------------------------------------------------
     def transfer(
         self,
         covariates: pd.DataFrame,
@@ -293,147 +185,18 @@ class NormativeModel:
         site: str | None = None,
         site_variance: np.ndarray | float | None = None,
     ) -> "NormativeModel":
-        """A copy of this model that knows a new site from a few of its controls.
+        """A copy of this model that knows a new site from a few of its controls
+        (`ndae.normative.transfer.transfer_to_site`: only the site's offset is estimated)."""
+        return transfer_to_site(self, covariates, Y, site, site_variance)
 
-        Only the new site's offset is estimated (the shrunken mean residual of its controls
-        against the pooled prediction); β, σ² and τ² stay as fitted. The shrinkage uses the
-        fitted τ²; a model fitted without site effects (τ² = 0) uses τ² = σ² instead (an
-        offset as large as the noise is a priori plausible) unless `site_variance` is given.
-        """
-        self._check_fitted()
-        Y = self._check_Y(Y, len(covariates))
-        if site is None:
-            if self.site_column not in covariates.columns:
-                raise NdaeError(f"transfer needs a site name or a {self.site_column!r} column")
-            names = covariates[self.site_column].astype(str).unique()
-            if len(names) != 1:
-                raise NdaeError(f"transfer takes one site's controls, got sites {list(names)}")
-            site = str(names[0])
-        if len(covariates) == 0:
-            raise NdaeError(f"transfer to site {site!r} needs at least one control")
-        pooled = covariates.drop(columns=[self.site_column], errors="ignore")
-        mean, _ = self.predict_standardised(pooled)
-        residual = self.standardise(Y) - mean
-        if site_variance is None:
-            tau2 = np.where(self.site_variance > 0, self.site_variance, self.noise_variance)
-        else:
-            tau2 = np.broadcast_to(np.asarray(site_variance, dtype=np.float64), mean.shape[1:])
-        n = float(len(covariates))
-        rho = n * tau2 / (self.noise_variance + n * tau2)
-        model = deepcopy(self)
-        names = list(model.site_names)
-        if site in names:
-            row = names.index(site)
-            model.site_n = model.site_n.copy()
-            model.site_n[row] = n
-        else:
-            names.append(site)
-            row = len(names) - 1
-            model.site_n = np.append(model.site_n, n)
-            model.site_offset = np.vstack([model.site_offset, np.zeros_like(rho)])
-            model.site_offset_variance = np.vstack([model.site_offset_variance, np.zeros_like(rho)])
-            model.site_shrinkage = np.vstack([model.site_shrinkage, np.zeros_like(rho)])
-            model.site_mean_x = np.vstack([model.site_mean_x, np.zeros(self.beta.shape[1])])
-        model.site_names = names
-        model.site_offset[row] = rho * residual.mean(0)
-        model.site_offset_variance[row] = rho * self.noise_variance / n
-        model.site_shrinkage[row] = rho
-        model.site_mean_x[row] = self.design_matrix(covariates).mean(0)
-        return model
-
-    # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write `model.npz` (arrays) and `model.json` (what a person needs to read it)."""
         self._check_fitted()
-        directory = Path(directory)
-        arrays = {
-            "control_mean": self.control_mean,
-            "control_sd": self.control_sd,
-            "beta": self.beta,
-            "beta_precision": self.beta_precision,
-            "noise_variance": self.noise_variance,
-            "site_variance": self.site_variance,
-            "site_n": self.site_n,
-            "site_offset": self.site_offset,
-            "site_offset_variance": self.site_offset_variance,
-            "site_shrinkage": self.site_shrinkage,
-            "site_mean_x": self.site_mean_x,
-            "covariate_min": self.covariate_min,
-            "covariate_max": self.covariate_max,
-        }
-        if self.residual_covariance is not None:
-            arrays["residual_covariance"] = self.residual_covariance
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        payload = buffer.getvalue()
-        atomic_write_bytes(directory / "model.npz", payload)
-        atomic_write_json(
-            directory / "model.json",
-            {
-                "kind": "ndae normative model (Bayesian linear, random site intercept)",
-                "version": MODEL_VERSION,
-                "design": self.design.to_dict(),
-                "design_columns": self.design.column_names,
-                "feature_names": self.feature_names,
-                "n_features": len(self.feature_names),
-                "n_controls": self.n_controls,
-                "sites": {name: float(n) for name, n in zip(self.site_names, self.site_n)},
-                "covariate_range": {
-                    column: [_finite_or_none(low), _finite_or_none(high)]
-                    for column, low, high in zip(
-                        self.design.continuous_columns, self.covariate_min, self.covariate_max
-                    )
-                },
-                "prior_precision": self.prior_precision,
-                "site_effects": self.site_effects,
-                "n_iterations": self.n_iterations,
-                "site_column": self.site_column,
-                "clip": None if self.latent_clip is None else {
-                    "covariate": self.covariate_clip, "latent": self.latent_clip},
-                "model_npz_sha256": hashlib.sha256(payload).hexdigest(),
-            },
-        )
-        return directory
+        return save_model(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "NormativeModel":
-        directory = Path(directory)
-        json_path, npz_path = directory / "model.json", directory / "model.npz"
-        for path in (json_path, npz_path):
-            if not path.exists():
-                raise NdaeError(f"normative model file not found: {path}")
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as error:
-            raise NdaeError(f"{json_path} is not valid JSON: {error}") from error
-        if meta.get("version") != MODEL_VERSION:
-            raise NdaeError(
-                f"{json_path}: model version {meta.get('version')!r} is not supported "
-                f"(expected {MODEL_VERSION})"
-            )
-        payload = npz_path.read_bytes()
-        if hashlib.sha256(payload).hexdigest() != meta.get("model_npz_sha256"):
-            raise NdaeError(f"{npz_path} does not match {json_path} (sha256 differs)")
-        model = cls(
-            design=DesignSpec.from_dict(meta["design"]),
-            prior_precision=meta["prior_precision"],
-            site_effects=meta["site_effects"],
-            n_iterations=meta["n_iterations"],
-            site_column=meta["site_column"],
-        )
-        with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-            for key in arrays.files:
-                setattr(model, key, arrays[key])
-        if "residual_covariance" not in arrays.files:
-            model.residual_covariance = None
-        model.feature_names = list(meta["feature_names"])
-        model.site_names = list(meta["sites"])
-        model.n_controls = float(meta["n_controls"])
-        clip = meta.get("clip") or {}
-        model.covariate_clip = None if clip.get("covariate") is None else float(clip["covariate"])
-        model.latent_clip = None if clip.get("latent") is None else float(clip["latent"])
-        model._fitted = True
-        return model
+        return load_model(cls, directory)
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -497,6 +260,3 @@ def _feature_names(names: list[str] | None, d: int) -> list[str]:
         raise NdaeError(f"{len(names)} feature names given for {d} features")
     return names
 
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
