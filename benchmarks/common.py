@@ -39,9 +39,10 @@ def provenance() -> dict[str, str]:
             "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
 
 
-def write_section(name: str, title: str, body: str, run: dict[str, str] | None = None) -> Path:
-    """Write `results/<name>.md` with a header naming the machine, the command and the date (those of
-    `run`, a saved `provenance()`, when a section is rendered again from saved numbers)."""
+def write_section(name: str, title: str, body: str, run: dict[str, str] | None = None,
+                  folder: Path = RESULTS_DIR) -> Path:
+    """Write `<folder>/<name>.md` (default results/) with a header naming the machine, the command and
+    the date (those of `run`, a saved `provenance()`, when a section is rendered again from saved numbers)."""
     run = run or provenance()
     header = (
         f"## {title}\n\n"
@@ -49,6 +50,6 @@ def write_section(name: str, title: str, body: str, run: dict[str, str] | None =
         f"*Command:* `{run['command']}`  \n"
         f"*Date:* {run['date']}\n\n"
     )
-    path = RESULTS_DIR / f"{name}.md"
+    path = Path(folder) / f"{name}.md"
     atomic_write_text(path, header + body.rstrip() + "\n")
     return path

@@ -1,0 +1,97 @@
+"""Numbers-to-words for benchmark prose: intervals, paired differences and the sentences that state
+them. A benchmark section never types a comparison ("X beats Y", "differences below 0.05 are
+noise"); it calls these with its measured values, so a claim appears only where its interval
+supports it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def finite(values) -> np.ndarray:
+    """The finite values as float (None, nan and inf dropped)."""
+    out = np.asarray([v for v in np.asarray(values, dtype=object).ravel() if v is not None], float)
+    return out[np.isfinite(out)]
+
+
+def t_interval(values) -> tuple[float, float, float, float]:
+    """mean, sd and the 95 % t-interval of the mean (sd and interval nan with fewer than 2 values)."""
+    from scipy.stats import t
+
+    values = finite(values)
+    if values.size == 0:
+        return (math.nan,) * 4
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(values.std(ddof=1))
+    half = float(t.ppf(0.975, values.size - 1) * sd / math.sqrt(values.size))
+    return mean, sd, mean - half, mean + half
+
+
+def paired_difference(per_fold: pd.DataFrame, unit: str, a: dict, b: dict, metric: str = "harrell_c",
+                      fold: str = "fold") -> dict:
+    """Difference a − b of `metric` paired over the same folds: the per-fold differences are averaged
+    within each replicate (`unit`, e.g. a cohort seed), and the 95 % t-interval is over replicates; with
+    one replicate the interval is over its folds (stated in `over`). `a` and `b` select rows by column
+    values (e.g. {"mode": ..., "model": ...})."""
+    def pick(selection):
+        mask = np.ones(len(per_fold), bool)
+        for column, value in selection.items():
+            mask &= (per_fold[column] == value).to_numpy()
+        return per_fold.loc[mask].set_index([unit, fold])[metric]
+
+    left, right = pick(a), pick(b)
+    both = left.index.intersection(right.index)
+    diffs = (left.loc[both] - right.loc[both]).dropna()
+    if diffs.empty:
+        return {"d": math.nan, "low": math.nan, "high": math.nan, "n": 0, "over": "no common folds"}
+    by_unit = diffs.groupby(level=0).mean()
+    label = unit.replace("_", " ")
+    if len(by_unit) >= 2:
+        d, _, low, high = t_interval(by_unit.to_numpy())
+        return {"d": d, "low": low, "high": high, "n": int(len(by_unit)), "over": f"{len(by_unit)} {label}s"}
+    d, _, low, high = t_interval(diffs.to_numpy())
+    return {"d": d, "low": low, "high": high, "n": int(len(diffs)), "over": f"{len(diffs)} folds of one {label}"}
+
+
+def interval_text(d: float, low: float, high: float, digits: int = 3) -> str:
+    if not np.isfinite(low):
+        return f"difference {d:+.{digits}f}, no interval"
+    return f"difference {d:+.{digits}f}, 95 % CI [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def compare(name_a: str, name_b: str, difference: dict, digits: int = 3) -> str:
+    """'A is higher than B (…)' only where the 95 % CI of A − B excludes 0; otherwise 'not
+    distinguishable at this sample size (…)'."""
+    d, low, high = difference["d"], difference["low"], difference["high"]
+    if not np.isfinite(d):
+        return f"{name_a} vs {name_b}: no common folds"
+    detail = interval_text(d, low, high, digits) + f", over {difference['over']}"
+    if np.isfinite(low) and low > 0:
+        return f"{name_a} is higher than {name_b} ({detail})"
+    if np.isfinite(high) and high < 0:
+        return f"{name_a} is lower than {name_b} ({detail})"
+    return f"{name_a} and {name_b} are not distinguishable at this sample size ({detail})"
+
+
+def versus_chance(mean: float, low: float, high: float, chance: float = 0.5) -> str:
+    """Where a C-index stands relative to chance, from its 95 % interval."""
+    if not np.isfinite(low):
+        return "one replicate: no interval"
+    if low > chance:
+        return "above chance"
+    if high < chance:
+        return "below chance"
+    return f"{chance:g} inside the 95 % interval: not distinguishable from chance"
+
+
+def half_width(differences: list[dict]) -> float:
+    """The median half-width of the 95 % CIs of measured paired differences: the smallest difference
+    this sample size resolves (nan without intervals)."""
+    widths = [(x["high"] - x["low"]) / 2 for x in differences if np.isfinite(x.get("low", math.nan))]
+    return float(np.median(widths)) if widths else math.nan
