@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,7 +12,13 @@ from ndae.errors import ManifestError
 
 
 def _write(tmp_path, rows, name="manifest.csv"):
-    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    # Each row gets its own small valid NIfTI (rows may not share a scan; headers are checked):
+    # the first keeps GOOD's a.nii.gz, the others scan<i>.nii.gz; "missing.nii.gz" stays missing.
+    rows = [dict(row, image=f"scan{i}.nii.gz") if i and row["image"] == GOOD["image"] else dict(row)
+            for i, row in enumerate(rows)]
+    for row in rows:
+        if row["image"] != "missing.nii.gz":
+            nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / row["image"]))
     path = tmp_path / name
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -109,3 +110,46 @@ def test_ixi_stored_psr_ends_up_ras_with_landmarks_in_place(ixi_dir):
     assert centroid(81, 82)[1] > centroid(83, 84)[1] + 20
     # Precentral gyri (182/183) lie above the brainstem (35): z runs Superior.
     assert centroid(182, 183)[2] > centroid(35)[2] + 20
+
+
+# ---- the cheap checks that run before anything hashes or loads a file (issue 14) --------------
+def test_truncated_uncompressed_nifti_is_refused_from_its_header(tmp_path, brain_like):
+    whole = _save(tmp_path / "whole.nii", brain_like)
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    with pytest.raises(InvalidImageError, match="cut.nii: truncated: the header declares"):
+        load_nifti(cut)
+
+
+def test_a_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
+    from ndae.data.nifti import image_file_problem
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4096, 4096, 4096))
+    header.set_data_dtype(np.float32)
+    path = tmp_path / "huge.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 4096)  # the header and a few voxels
+    problem = image_file_problem(path)
+    assert problem is not None and "header declares 256.0 GiB" in problem
+    with pytest.raises(InvalidImageError, match="huge.nii: header declares"):
+        load_nifti(path)
+
+
+def test_only_single_file_nifti_is_accepted(tmp_path, brain_like):
+    path = tmp_path / "pair.img"  # an Analyze-style .hdr/.img pair: the .img alone is not the scan
+    nib.save(nib.Nifti1Pair(brain_like, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    with pytest.raises(InvalidImageError, match="pair.img: not a single-file NIfTI"):
+        load_nifti(path)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(InvalidImageError, match="notes.txt: not a readable NIfTI header"):
+        load_nifti(text)
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_not_a_regular_file(tmp_path, kind):
+    path = tmp_path / "scan.nii.gz" if kind == "folder" else Path("/dev/zero")
+    if kind == "folder":
+        path.mkdir()
+    with pytest.raises(InvalidImageError, match="is a folder" if kind == "folder" else "not a regular file"):
+        load_nifti(path)

@@ -3,6 +3,12 @@
 The JSON records the SHA-256 of the input image and mask and the preprocessing config; a
 subject whose record matches is skipped, so `ndae prepare` resumes after a kill (each subject
 is written atomically, the JSON last, so a half-finished subject is simply redone).
+
+One cache per manifest: `default_cache_dir(manifest)` (`$NDAE_CACHE/prepared/<key of the
+manifest's absolute path>`) is where `ndae prepare` writes unless given `--out`, and where
+`train`, `encode`, `evaluate`, `deviations --maps`, `audit --empirical` and a SuperNode without
+a `cache-dir` read unless given another folder. File names come from `subject_ids.subject_file`
+only, so no subject id can name a file outside the cache.
 """
 
 from __future__ import annotations
@@ -14,8 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ndae.data.demo import cache_root
+from ndae.data.nifti import check_image_file
 from ndae.data.preprocess import PrepareConfig, PreparedSubject, prepare_subject
+from ndae.data.subject_ids import subject_file
+from ndae.errors import InvalidImageError, ManifestError
 from ndae.io import atomic_save_npz, atomic_write_json
+
+
+def default_cache_dir(manifest_path: str | Path) -> Path:
+    """The manifest's prepared-subject folder when no other is given (see the module docstring)."""
+    key = hashlib.sha256(str(Path(manifest_path).resolve()).encode()).hexdigest()[:12]
+    return cache_root() / "prepared" / key
 
 
 def file_sha256(path: str | Path) -> str:
@@ -29,6 +45,9 @@ def file_sha256(path: str | Path) -> str:
 def provenance(row: pd.Series, config: PrepareConfig) -> dict:
     mask = row.get("mask")
     has_mask = isinstance(mask, str) and mask != ""
+    # Type, size and header first: hashing /dev/zero or a folder would hang or crash.
+    for path in (row["image"], mask) if has_mask else (row["image"],):
+        check_image_file(path)
     return {
         "subject": row["subject"],
         "image": row["image"],
@@ -86,24 +105,65 @@ def load_prepared(out_dir: str | Path, subject: str) -> PreparedSubject:
 def prepare_manifest(
     manifest: pd.DataFrame, out_dir: str | Path, config: PrepareConfig = PrepareConfig(), *, progress: bool = True
 ) -> dict[str, int]:
-    """Prepare every subject of a validated manifest into `out_dir`; returns counts."""
+    """Prepare every subject of a validated manifest into `out_dir`; returns counts.
+
+    Every subject is tried: those that work are cached, and one `InvalidImageError` then lists
+    every image that did not (so a consortium member fixes them all in one go)."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    rows = [row for _, row in manifest.iterrows()]
+    for row in rows:  # every file name is checked before anything is written
+        subject_file(out_dir, row["subject"], ".npz")
+    failures: list[str] = []
+    records: list[dict | None] = []
+    for row in rows:
+        try:
+            records.append(provenance(row, config))
+        except InvalidImageError as error:
+            records.append(None)
+            failures.append(f"subject {row['subject']!r}: {error}")
+    _refuse_identical_images(rows, records)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"prepared": 0, "cached": 0}
-    rows = list(manifest.iterrows())
-    for _, row in tqdm(rows, desc="prepare", unit="subject", disable=not progress):
-        record = provenance(row, config)
+    for row, record in tqdm(list(zip(rows, records)), desc="prepare", unit="subject", disable=not progress):
+        if record is None:
+            continue
         if is_cached(out_dir, record):
             counts["cached"] += 1
             continue
-        mask = record["mask"]
-        prepared = prepare_subject(row["image"], mask, row["subject"], config)
+        try:
+            prepared = prepare_subject(row["image"], record["mask"], row["subject"], config)
+        except InvalidImageError as error:
+            failures.append(f"subject {row['subject']!r}: {error}")
+            continue
         save_prepared(out_dir, prepared, record)
         counts["prepared"] += 1
+    if failures:
+        done = counts["prepared"] + counts["cached"]
+        listing = "\n  ".join(failures)
+        raise InvalidImageError(f"{len(failures)} of {len(rows)} subject(s) could not be prepared "
+                                f"({done} others are in {out_dir}):\n  {listing}")
     return counts
 
 
+def _refuse_identical_images(rows: list[pd.Series], records: list[dict | None]) -> None:
+    """Two subjects whose images are byte-identical copies: one scan entered twice."""
+    first: dict[str, str] = {}
+    problems = []
+    for row, record in zip(rows, records):
+        if record is None:
+            continue
+        digest = record["image_sha256"]
+        if digest in first:
+            problems.append(f"subject {row['subject']!r}: image {row['image']} has the same content as "
+                            f"subject {first[digest]!r}'s")
+        else:
+            first[digest] = row["subject"]
+    if problems:
+        listing = "\n  ".join(problems[:100] + ([f"... and {len(problems) - 100} more"] if len(problems) > 100 else []))
+        raise ManifestError(f"{len(problems)} subject(s) repeat another subject's scan (each needs its own):\n  {listing}")
+
+
 def _paths(out_dir: Path, subject: str) -> tuple[Path, Path]:
-    return out_dir / f"{subject}.json", out_dir / f"{subject}.npz"
+    return subject_file(out_dir, subject, ".json"), subject_file(out_dir, subject, ".npz")

@@ -1,20 +1,19 @@
 """Prepared subjects as arrays ready for the DAE: `load_slice_dataset`.
 
 Any manifest in the project's format works: subjects are prepared on first use into a cache
-(`ndae.data.cache`), then their axial slices are stacked.
+(`ndae.data.cache`; by default the manifest's own, where `ndae prepare` wrote), then their
+axial slices are stacked.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ndae.data.cache import load_prepared, prepare_manifest
-from ndae.data.demo import cache_root
+from ndae.data.cache import default_cache_dir, load_prepared, prepare_manifest
 from ndae.data.manifest import read_manifest
 from ndae.data.preprocess import PrepareConfig
 
@@ -41,11 +40,6 @@ class SliceDataset:
             self.subjects[index], self.sites[index], self.groups[index],
             self.manifest.iloc[index].reset_index(drop=True),
         )
-
-
-def default_cache_dir(manifest_path: str | Path) -> Path:
-    key = hashlib.sha256(str(Path(manifest_path).resolve()).encode()).hexdigest()[:12]
-    return cache_root() / "prepared" / key
 
 
 def load_slice_dataset(

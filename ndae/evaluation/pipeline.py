@@ -47,7 +47,7 @@ class EvaluationOptions:
     pca_components: int = 5
     autoencoder_steps: int = 300
     autoencoder_latent: int = 16
-    cache_dir: str | None = None  # prepared-subject cache (default OUT/cache)
+    cache_dir: str | None = None  # prepared-subject cache (default: the manifest's, as `ndae prepare`)
     device: str | None = None
     progress: bool = True
     min_controls: int = 8
@@ -213,7 +213,10 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     manifest = check_manifest(manifest_path, options.min_controls, options.folds)
     patients_all = manifest[manifest["group"] == "als"]
     truth = read_truth(truth_path, patients_all["subject"]) if truth_path else None
-    cache_dir = Path(options.cache_dir) if options.cache_dir else out / "cache"
+    from ndae.data.cache import default_cache_dir
+
+    # The manifest's one cache (where `ndae prepare` wrote) unless told otherwise.
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir(manifest_path)
     out.mkdir(parents=True, exist_ok=True)
 
     # 2. DAE on the controls, then z_sem of everyone

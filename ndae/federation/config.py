@@ -22,7 +22,9 @@ PHASES = ("site_info", "train", "normative_stats", "deviations", "cox_terms", "r
 class FederationConfig:
     run_dir: str = "runs/federated"  # where the server writes the run directory
     cohort_dir: str = ""  # simulation only: node i reads cohort_dir/sites/<i-th site>/manifest.csv
-    cache_dir: str = ""  # prepared-slice cache root at the sites ("" = per manifest, in $NDAE_CACHE)
+    # Simulated nodes only: their prepared-slice cache root ("" = each manifest's own cache). A real
+    # site (node config names its manifest) ignores it: its node config's cache-dir decides.
+    cache_dir: str = ""
     dae_preset: str = "tiny"
     rounds: int = 3
     local_epochs: int = 1

@@ -31,7 +31,9 @@ def _request(context: Context) -> tuple[FederationConfig, SitePolicy]:
 def _site(context: Context) -> tuple[FederationConfig, SitePolicy, site_task.SiteData]:
     config, policy = _request(context)
     manifest = site_task.site_manifest_path(context.node_config, config.cohort_dir)
-    return config, policy, site_task.load_site(manifest, config.cache_dir)
+    # The node config decides where the site writes its cache; the run config cannot (site_cache_dir).
+    prepared = site_task.site_cache_dir(context.node_config, manifest, config.cache_dir)
+    return config, policy, site_task.load_site(manifest, prepared_dir=prepared)
 
 
 def _privacy(config: FederationConfig, policy: SitePolicy, context: Context, site: site_task.SiteData):

@@ -10,6 +10,7 @@ these, and in what form, is decided by `site_policy` and done by `site_privacy`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pandas as pd
 from ndae.errors import NdaeError
 
 _SITE_CACHE: dict[tuple[str, float, str], "SiteData"] = {}
+_IGNORED_REQUESTS: set[str] = set()  # run-config cache-dirs already warned about (once per process)
 
 
 @dataclass
@@ -46,8 +48,13 @@ def site_manifest_path(node_config: Mapping[str, Any], cohort_dir: str = "") -> 
     if node_config.get("manifest"):
         return Path(str(node_config["manifest"])).expanduser()
     if "partition-id" in node_config and cohort_dir:
+        if not (Path(cohort_dir) / "sites").is_dir():
+            raise NdaeError(f"run config cohort-dir {cohort_dir!r} has no sites/ folder (a cohort from `ndae cohort`)")
         sites = sorted(p.name for p in (Path(cohort_dir) / "sites").iterdir() if (p / "manifest.csv").exists())
-        index = int(node_config["partition-id"])
+        try:
+            index = int(node_config["partition-id"])
+        except (TypeError, ValueError):
+            raise NdaeError(f"node config partition-id {node_config['partition-id']!r} is not a whole number") from None
         if index >= len(sites):
             raise NdaeError(f"simulated node {index} has no site: {cohort_dir}/sites holds {len(sites)} sites {sites}; "
                             "run with num-supernodes equal to the number of sites")
@@ -56,19 +63,50 @@ def site_manifest_path(node_config: Mapping[str, Any], cohort_dir: str = "") -> 
                     "\"manifest='/path/to/site/manifest.csv'\"), and no simulation cohort-dir was given")
 
 
-def load_site(manifest_path: str | Path, cache_dir: str = "") -> SiteData:
-    """The site's prepared slices (memoised per process: every phase reads the same data)."""
+def site_cache_dir(node_config: Mapping[str, Any], manifest_path: str | Path, requested: str = "") -> Path:
+    """Where this site keeps its prepared subjects. The site decides, never the server:
+
+    - node config `cache-dir`: that folder (what `ndae prepare --manifest M --out DIR` wrote);
+    - else a SuperNode whose node config names its `manifest` (a real site): the manifest's own
+      cache, where `ndae prepare --manifest M` wrote (`ndae.data.cache.default_cache_dir`). The
+      run config's `cache-dir` (`requested`) is ignored there: the server may not choose where a
+      hospital writes;
+    - else (a simulated node: Flower's node config holds only `partition-id`, and whoever writes
+      the run config owns every node) `requested/<key of the manifest>`, or the manifest's cache.
+    """
+    from ndae.data.cache import default_cache_dir
+
+    manifest_path = Path(manifest_path).resolve()
+    own = str(node_config.get("cache-dir", "") or "").strip()
+    if own:
+        return Path(own).expanduser()
+    if node_config.get("manifest"):
+        if requested and requested not in _IGNORED_REQUESTS:
+            _IGNORED_REQUESTS.add(requested)
+            logging.getLogger("ndae.site").warning(
+                "run config cache-dir=%r ignored: a site's cache is its node config's cache-dir, else its "
+                "manifest's default (%s)", requested, default_cache_dir(manifest_path))
+        return default_cache_dir(manifest_path)
+    if requested:
+        return Path(requested).expanduser() / hashlib.sha256(str(manifest_path).encode()).hexdigest()[:12]
+    return default_cache_dir(manifest_path)
+
+
+def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: str | Path | None = None) -> SiteData:
+    """The site's prepared slices (memoised per process: every phase reads the same data), from
+    `prepared_dir` (what `site_cache_dir` chose), else `cache_dir/<key of the manifest>` when a
+    cache root is given, else the manifest's default cache."""
     from ndae.data.dataset import load_slice_dataset
 
     path = Path(manifest_path).resolve()
-    if not path.exists():
-        raise NdaeError(f"site manifest {path} does not exist")
-    key = (str(path), path.stat().st_mtime, cache_dir)
+    if not path.is_file():
+        raise NdaeError(f"site manifest {path} does not exist" if not path.exists()
+                        else f"site manifest {path} is not a regular file")
+    if prepared_dir is None:
+        prepared_dir = site_cache_dir({}, path, cache_dir)
+    key = (str(path), path.stat().st_mtime, str(prepared_dir))
     if key not in _SITE_CACHE:
-        cache = None
-        if cache_dir:
-            cache = Path(cache_dir) / hashlib.sha256(str(path).encode()).hexdigest()[:12]
-        data = load_slice_dataset(path, cache, progress=False)
+        data = load_slice_dataset(path, Path(prepared_dir), progress=False)
         names = sorted({str(s) for s in np.asarray(data.sites)})
         if len(names) != 1:
             raise NdaeError(f"{path}: a site's manifest must name exactly one site, found {names}")
