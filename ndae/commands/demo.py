@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes for cohort generation (default 2)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the same apps in this process instead of Flower's (Ray) simulation engine")
+    from ndae.run_folder import add_rerun_flags
+
+    add_rerun_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -50,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
                       strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
                       max_subjects=args.max_subjects, jobs=args.jobs, in_process=args.in_process,
                       privacy=args.privacy, target_epsilon=args.target_epsilon,
-                      audit_canaries=args.audit_canaries)
+                      audit_canaries=args.audit_canaries, resume=args.resume, force=args.force)
     print(f"report: {report}")
     return 0

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write image-space deviation maps (PNG, NIfTI on the MNI grid and in native space) "
                         "and regional means of the patients to RUN/deviation_maps/")
     parser.add_argument("--max-maps", type=int, default=None, help="map at most this many patients")
+    from ndae.run_folder import add_rerun_flags
+
+    add_rerun_flags(parser, can_resume=False)
     parser.set_defaults(func=run)
 
 
@@ -32,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     latents = args.latents or run_dir / "latents.npz"
     out = args.out or run_dir / "deviations.csv"
-    table = write_deviations(run_dir, latents, args.manifest, out, include_z=args.include_z)
+    from ndae.run_folder import claim_file
+
+    settings = {key: str(value) for key, value in vars(args).items() if key not in ("func", "force")}
+    with claim_file(out, command="deviations", settings=settings, force=args.force) as claim:
+        table = write_deviations(run_dir, latents, args.manifest, out, include_z=args.include_z)
+        claim.finish()
     print(f"deviation scores of {len(table)} subjects written to {out}")
     if args.maps:
         from ndae.deviation.image_maps import write_deviation_maps

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    from ndae.run_folder import add_rerun_flags
+
+    add_rerun_flags(parser, can_resume=False)
     parser.set_defaults(func=run)
 
 
@@ -40,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
         penalizer=args.penalizer, autoencoder_steps=args.autoencoder_steps, cache_dir=args.cache, device=args.device,
         progress=not args.quiet,
     )
-    result = evaluate(args.manifest, args.out, args.truth, options)
+    from ndae.run_folder import claim_output
+
+    settings = {key: value for key, value in vars(args).items() if key not in ("func", "force", "quiet", "device")}
+    with claim_output(args.out, command="evaluate", settings=settings, force=args.force, can_resume=False,
+                      outputs=EVALUATE_OUTPUTS) as claim:
+        result = evaluate(args.manifest, args.out, args.truth, options)
+        claim.finish()
     oracle = result["oracle_c_index"]
     for model in result["models"]:
         if model["variant"] == "alone":
@@ -49,3 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'oracle C*':<24} {oracle:.3f}")
     print(f"report: {args.out}/report.md")
     return 0
+
+
+# What `ndae evaluate` writes into OUT (the prepared-subject cache is not among them: it is reused).
+EVALUATE_OUTPUTS = ("report.md", "evaluation.json", "*.png", "*.csv", "config.json", "dae", "latents.npz",
+                    "normative", "survival", "baselines")

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--knots", type=int, default=4, help="natural-spline knots incl. boundaries (default 4)")
     fit.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     fit.add_argument("--prior-precision", type=float, default=1e-3, help="ridge prior precision (default 1e-3)")
+    from ndae.run_folder import add_rerun_flags
+
+    add_rerun_flags(fit, can_resume=False)
     fit.set_defaults(func=run)
 
 
@@ -35,9 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from ndae.normative.design import DesignSpec
     from ndae.normative.files import fit_normative
 
+    from ndae.run_folder import claim_output
+
     design = DesignSpec(age_range=tuple(args.age_range), basis=args.basis, n_knots=args.knots, degree=args.degree)
-    model = fit_normative(args.latents, args.manifest, args.out, design=design,
-                          prior_precision=args.prior_precision)
+    settings = {key: value for key, value in vars(args).items() if key not in ("func", "force")}
+    with claim_output(args.out, command="normative fit", settings=settings, force=args.force, can_resume=False,
+                      outputs=("model.npz", "model.json", "calibration_in_sample.csv",
+                               "calibration_in_sample.json")) as claim:
+        model = fit_normative(args.latents, args.manifest, args.out, design=design,
+                              prior_precision=args.prior_precision)
+        claim.finish()
     sites = ", ".join(f"{name} ({n:g})" for name, n in zip(model.site_names, model.site_n)) or "none"
     print(f"normative model of {model.n_features} features on {model.n_controls:g} controls "
           f"(sites: {sites}); written to {args.out}")

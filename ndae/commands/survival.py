@@ -20,22 +20,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--penalizer", type=float, default=0.0, help="L2 penalty as in lifelines (default 0)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed for folds and bootstrap (default 0)")
+    from ndae.run_folder import add_rerun_flags
+
+    add_rerun_flags(parser, can_resume=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ndae.run_folder import claim_output
     from ndae.survival.analysis import run_survival_analysis
 
-    metrics = run_survival_analysis(
-        args.deviations,
-        args.manifest,
-        args.out,
-        features=args.features,
-        strata=args.strata,
-        penalizer=args.penalizer,
-        folds=args.folds,
-        seed=args.seed,
-    )
+    settings = {key: value for key, value in vars(args).items() if key not in ("func", "force")}
+    claim = claim_output(args.out, command="survival", settings=settings, force=args.force, can_resume=False,
+                         outputs=("cox.json", "hazard_ratios.csv", "metrics.json", "km_*.png"))
+    with claim:
+        metrics = run_survival_analysis(args.deviations, args.manifest, args.out, features=args.features,
+                                        strata=args.strata, penalizer=args.penalizer, folds=args.folds,
+                                        seed=args.seed)
+        claim.finish()
     c = metrics["harrell_c"]
     print(
         f"Cox model on {metrics['n']} patients ({metrics['events']} events): C in-sample {c['apparent']:.3f}, "

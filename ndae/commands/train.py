@@ -22,17 +22,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: per manifest)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/dae/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN/dae/checkpoint.pt (same manifest, preset, seed and cache; "
+                        "--steps may be raised)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over: delete the run's earlier outputs (config.json, dae/, latents, normative, "
+                        "deviations) first")
     parser.add_argument("--figure-steps", type=int, default=None, help="DDIM steps for the reconstruction figure")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ndae.model.run import train_run
+    from pathlib import Path
 
-    summary = train_run(args.manifest, args.out, args.config, steps=args.steps, seed=args.seed, cache_dir=args.cache,
-                        device=args.device, resume=args.resume, progress=not args.quiet,
-                        figure_steps=args.figure_steps)
+    from ndae.model.run import train_run
+    from ndae.run_folder import claim_output
+
+    # --steps is not part of "the same run": resuming to more steps is what --resume is for.
+    settings = {"manifest": str(Path(args.manifest).resolve()), "config": args.config, "seed": args.seed,
+                "cache": str(Path(args.cache).resolve()) if args.cache else None}
+    with claim_output(args.out, command="train", settings=settings, outputs=TRAIN_OUTPUTS, resume=args.resume,
+                      force=args.force) as claim:
+        summary = train_run(args.manifest, args.out, args.config, steps=args.steps, seed=args.seed,
+                            cache_dir=args.cache, device=args.device, resume=args.resume, progress=not args.quiet,
+                            figure_steps=args.figure_steps)
+        claim.finish()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+# What `ndae train` writes, and what was derived from the model it would replace.
+TRAIN_OUTPUTS = ("config.json", "dae", "latents.npz", "normative", "deviations.csv", "deviation_maps")

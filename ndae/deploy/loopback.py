@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ndae.child_processes import descendants as _children, preexec, stop_pids as _stop_pids
 from ndae.deploy import pki
 from ndae.errors import NdaeError
 from ndae.io import atomic_write_text
@@ -37,63 +38,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    """Descendants of `pid` (Linux /proc); empty where /proc is unavailable."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        kids = [child for child, ppid in parents.items() if ppid == parent]
-        found += kids
-        frontier += kids
-    return found
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the process that started us dies, even by
-    SIGKILL (Linux prctl PR_SET_PDEATHSIG), so an interrupted test leaves nothing running."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def _stop_pids(pids, timeout: float) -> None:
-    """SIGTERM each PID, wait up to `timeout` for all, SIGKILL the rest."""
-    pids = [pid for pid in pids if _alive(pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @dataclass
@@ -157,7 +101,7 @@ class LoopbackConsortium:
         with open(log, "wb") as handle:
             popen = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.root, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                     preexec_fn=preexec())
         process = Process(name, popen, log)
         self.processes.append(process)
         return process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -17,44 +18,131 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
              local_epochs: int = DEFAULT_LOCAL_EPOCHS, strategy: str = "fedavg", survival_mode: str = "auto",
              preset: str = "tiny", seed: int = 0, max_subjects: int | None = None, jobs: int = 2,
              in_process: bool = False, privacy: bool = False, target_epsilon: float = 8.0,
-             audit_canaries: int = 0, healthy: str | Path | None = None, log=print) -> Path:
+             audit_canaries: int = 0, healthy: str | Path | None = None, resume: bool = False,
+             force: bool = False, log=print) -> Path:
+    """The run folder `out` is claimed first (`ndae.run_folder`): locked against a second process,
+    and a folder holding a run is refused unless `resume` (same settings) or `force` (start over).
+    Every argument is checked before that, so a bad one fails in a second, not after the cohort."""
     from ndae.cohort import CohortConfig, generate_cohort
+    from ndae.run_folder import claim_output
 
+    settings = demo_settings(sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
+                             survival_mode=survival_mode, preset=preset, seed=seed, max_subjects=max_subjects,
+                             in_process=in_process, privacy=privacy, target_epsilon=target_epsilon,
+                             audit_canaries=audit_canaries, healthy=healthy)
+    check_demo_arguments(settings, jobs)
     out = Path(out).expanduser().resolve()
     cohort_dir = out / "cohort"
-    started = time.time()
-    if not (cohort_dir / "manifest.csv").exists():
-        if healthy is None:
-            from ndae.data.demo import DEMO_ARCHIVE, demo_manifest_path
+    claim = claim_output(out, command="demo", settings=settings, outputs=DEMO_OUTPUTS, resume=resume, force=force)
+    with claim:  # released at the end; a failure before any output drops the record
+        started = time.time()
+        if (cohort_dir / "manifest.csv").exists():
+            _check_cohort(cohort_dir, dict(sites=sites, seed=seed, max_subjects=max_subjects))
+        else:
+            if healthy is None:
+                from ndae.data.demo import DEMO_ARCHIVE, demo_manifest_path
 
-            if not DEMO_ARCHIVE.exists():
-                raise NdaeError(f"the demo data archive {DEMO_ARCHIVE} is missing from this installation")
-            healthy = demo_manifest_path()
-        log(f"[demo] simulating a {sites}-site ALS cohort from {healthy} ...")
-        generate_cohort(healthy, cohort_dir, CohortConfig(sites=sites, seed=seed, max_subjects=max_subjects,
-                                                          jobs=jobs))
-    log(f"[demo] cohort ready ({time.time() - started:.0f} s): {cohort_dir}")
-    n_sites = sum(1 for p in (cohort_dir / "sites").iterdir() if (p / "manifest.csv").exists())
-    config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
-                              dae_preset=preset, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
-                              survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites),
-                              privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0,
-                              audit_canaries=audit_canaries)
-    if in_process:
-        from ndae.federation.inprocess import InProcessGrid
-        from ndae.federation.server.phases import run_federation
+                if not DEMO_ARCHIVE.exists():
+                    raise NdaeError(f"the demo data archive {DEMO_ARCHIVE} is missing from this installation")
+                healthy = demo_manifest_path()
+            log(f"[demo] simulating a {sites}-site ALS cohort from {healthy} ...")
+            generate_cohort(healthy, cohort_dir, CohortConfig(sites=sites, seed=seed, max_subjects=max_subjects,
+                                                              jobs=jobs))
+        log(f"[demo] cohort ready ({time.time() - started:.0f} s): {cohort_dir}")
+        n_sites = sum(1 for p in (cohort_dir / "sites").iterdir() if (p / "manifest.csv").exists())
+        config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
+                                  dae_preset=preset, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
+                                  survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites),
+                                  privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0,
+                                  audit_canaries=audit_canaries)
+        if in_process:
+            from ndae.federation.inprocess import InProcessGrid
+            from ndae.federation.server.phases import run_federation
 
-        manifests = sorted((cohort_dir / "sites").glob("*/manifest.csv"))
-        run_federation(InProcessGrid(manifests, config.to_run_config()), config, log=log)
-    else:
-        from ndae.federation.simulation import run_simulation
+            manifests = sorted((cohort_dir / "sites").glob("*/manifest.csv"))
+            run_federation(InProcessGrid(manifests, config.to_run_config()), config, log=log)
+        else:
+            from ndae.federation.simulation import run_simulation
 
-        log(f"[demo] flwr run: {n_sites} simulated hospitals, {rounds} round(s) × {local_epochs} epoch(s) "
-            f"(logs in {out / 'logs'}) ...")
-        run_simulation(config.to_run_config(), n_sites)
-    add_demo_sections(out, cohort_dir)
+            log(f"[demo] flwr run: {n_sites} simulated hospitals, {rounds} round(s) × {local_epochs} epoch(s) "
+                f"(logs in {out / 'logs'}) ...")
+            run_simulation(config.to_run_config(), n_sites)
+        add_demo_sections(out, cohort_dir)
+        claim.finish()
     log(f"[demo] done in {time.time() - started:.0f} s")
     return out / "report.md"
+
+
+# What a demo writes into its run folder (deleted by --force; any of them marks a previous run).
+DEMO_OUTPUTS = ("cohort", "cache", "logs", "privacy", "dae", "normative", "survival", "config.json", "status.json",
+                "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md", "prepared_subject.png")
+
+
+def demo_settings(*, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs: int = DEFAULT_LOCAL_EPOCHS,
+                  strategy: str = "fedavg", survival_mode: str = "auto", preset: str = "tiny", seed: int = 0,
+                  max_subjects: int | None = None, in_process: bool = False, privacy: bool = False,
+                  target_epsilon: float = 8.0, audit_canaries: int = 0, healthy: str | Path | None = None) -> dict:
+    """What makes a demo run this run (its record in the run folder; --resume requires the same).
+    Not --jobs: the cohort does not depend on it."""
+    return dict(sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy, survival_mode=survival_mode,
+                preset=preset, seed=seed, max_subjects=max_subjects, in_process=in_process, privacy=privacy,
+                target_epsilon=target_epsilon if privacy else None, audit_canaries=audit_canaries,
+                healthy=str(Path(healthy).expanduser().resolve()) if healthy else None)
+
+
+def check_demo_arguments(settings: dict, jobs: int) -> None:
+    """Every `ndae demo` argument, checked before anything is generated (names the option)."""
+    PRESETS = _dae_preset_names()
+    if settings["preset"] not in PRESETS:
+        raise NdaeError(f"--preset {settings['preset']!r}: unknown DAE preset; choose one of {', '.join(PRESETS)}")
+    for option, value, least in (("--sites", settings["sites"], 1), ("--rounds", settings["rounds"], 0),
+                                 ("--local-epochs", settings["local_epochs"], 1),
+                                 ("--audit-canaries", settings["audit_canaries"], 0), ("--jobs", jobs, 1)):
+        if int(value) < least:
+            raise NdaeError(f"{option} must be at least {least}, got {value}")
+    if settings["max_subjects"] is not None and settings["max_subjects"] < max(2, settings["sites"]):
+        raise NdaeError(f"--max-subjects {settings['max_subjects']}: needs at least one subject per site "
+                        f"(--sites {settings['sites']}) and at least 2")
+    if settings["privacy"]:
+        epsilon = settings["target_epsilon"]
+        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+            raise NdaeError(f"--target-epsilon {epsilon}: a private run needs a finite epsilon > 0 to spend per site")
+    healthy = settings.get("healthy")
+    if healthy and not Path(healthy).exists():
+        raise NdaeError(f"{healthy}: healthy-scan manifest not found")
+    # The run config's own checks (strategy x privacy, survival mode, ...), with a placeholder folder.
+    FederationConfig(run_dir=".", cohort_dir=".", dae_preset=settings["preset"], rounds=settings["rounds"],
+                     local_epochs=settings["local_epochs"], strategy=settings["strategy"],
+                     survival_mode=settings["survival_mode"], seed=settings["seed"],
+                     min_sites=min(2, settings["sites"]), privacy=settings["privacy"],
+                     target_epsilon=settings["target_epsilon"] if settings["privacy"] else 0.0,
+                     audit_canaries=settings["audit_canaries"])
+
+
+def _dae_preset_names() -> tuple[str, ...]:
+    """`ndae.model.config.PRESETS`, read without importing the `ndae.model` package: that imports
+    torch (seconds on a busy machine), and a typo in --preset must fail at once."""
+    import ast
+    import sys
+
+    if "ndae.model.config" in sys.modules:
+        return tuple(sys.modules["ndae.model.config"].PRESETS)
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "model" / "config.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise NdaeError("ndae/model/config.py defines no PRESETS")  # pragma: no cover - a broken installation
+
+
+def _check_cohort(cohort_dir: Path, expected: dict) -> None:
+    """A cohort folder from an earlier (resumed) run must be complete and made with these settings."""
+    try:
+        from ndae.cohort.store import check_complete
+    except ImportError:  # TODO(issue 14): ndae.cohort.store.check_complete lands with the cohort hardening
+        if not (cohort_dir / "cohort.json").exists():
+            raise NdaeError(f"{cohort_dir}: incomplete cohort (no cohort.json); pass --force to start over") from None
+        return
+    check_complete(cohort_dir, expected)
 
 
 def add_demo_sections(out: Path, cohort_dir: Path) -> None:

@@ -7,8 +7,13 @@ private `FLWR_HOME` (its `config.toml` names that SuperLink), submit the run wit
 run ends, whatever happens. Runtime dependency installation is disabled: the simulation uses
 the installed project, it never builds a fresh environment.
 
+Both the SuperLink and `flwr run` are started under `ndae.child_processes.spawn_guarded`: if the
+caller dies, even by SIGKILL, the SuperLink, the detached `flower-superexec`, `flwr-simulation`
+and Ray die with it and the private FLWR_HOME is deleted.
+
 `flwr run` exits 0 even when a ClientApp raised or the ServerApp failed, so success is read
-from the run directory's `status.json`, which the ServerApp writes.
+from the run directory's `status.json`, which the ServerApp writes; a failed run's error names
+each site that refused and its reason, one clean line each.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import signal
 import socket
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ndae.child_processes import spawn_guarded
 from ndae.errors import NdaeError
+from ndae.federation.site_reasons import site_reason, strip_ansi
 
 CONNECTION = "ndae-simulation"
 
@@ -106,8 +114,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _stop(process: subprocess.Popen, grace: float = 30.0) -> None:
-    """Stop the SuperLink and everything it started: its own process group, which includes
-    `flwr-simulation` and the Ray actors (they outlive the SuperLink if not signalled)."""
+    """Stop a guarded process: its process group holds the guard and the SuperLink; the guard
+    then stops what the SuperLink detached (`flower-superexec`, `flwr-simulation`, Ray)."""
     pgid = process.pid
     if _group_alive(pgid):
         os.killpg(pgid, signal.SIGTERM)
@@ -137,7 +145,8 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
     if status_path.exists():
         status_path.unlink()  # a stale status must not pass for this run's
 
-    with tempfile.TemporaryDirectory(prefix="ndae-flwr-home-") as home:
+    home = tempfile.mkdtemp(prefix="ndae-flwr-home-")
+    try:
         app_dir = Path(app_dir) if app_dir else stage_app(Path(home) / "app")
         port, control_port = _free_port(), _free_port()
         (Path(home) / "config.toml").write_text(
@@ -152,8 +161,9 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
                    "--host", "127.0.0.1", "--port", str(port), "--control-api-address", f"127.0.0.1:{control_port}",
                    "--disable-runtime-dependency-installation"]
         with open(superlink_log, "ab") as handle:
-            superlink = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=home)
+            # The guard deletes FLWR_HOME too if we are killed before the `finally` below runs.
+            superlink = spawn_guarded(command, remove=[home], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                      cwd=home)
         try:
             _wait_healthy(port, superlink, superlink_log)
             overrides = " ".join(f"{key}={_config_value(value)}" for key, value in run_config.items())
@@ -165,10 +175,14 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
             with open(run_log, "ab") as handle:
                 handle.write(("$ " + shlex.join(command) + "\n").encode())
                 handle.flush()
-                result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout,
-                                        cwd=str(app_dir))
-            if result.returncode != 0:
-                raise NdaeError(f"`flwr run` exited with code {result.returncode}; see {run_log}")
+                flwr_run = spawn_guarded(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=str(app_dir))
+                try:
+                    returncode = flwr_run.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _stop(flwr_run, grace=5.0)
+                    raise NdaeError(f"`flwr run` did not finish within {timeout:.0f} s; see {run_log}") from None
+            if returncode != 0:
+                raise NdaeError(f"`flwr run` exited with code {returncode}; see {run_log}")
             # --stream returns when the run ends; wait briefly for the final status otherwise.
             deadline = time.monotonic() + (30 if stream else timeout)
             while time.monotonic() < deadline:
@@ -178,11 +192,27 @@ def run_simulation(run_config: Mapping[str, Any], num_sites: int, *, app_dir: st
                 time.sleep(1.0)
         finally:
             _stop(superlink)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     status = _read_status(status_path)
     if not status or status.get("status") != "completed":
-        reason = (status or {}).get("error") or "the ServerApp wrote no final status"
-        raise NdaeError(f"federated run failed: {reason} (logs: {log_dir})")
+        raise NdaeError(failure_message(status, log_dir))
     return status
+
+
+def failure_message(status: Mapping[str, Any] | None, log_dir: Path) -> str:
+    """`federated run failed: <the server's error>`, then one line per site that refused or did
+    not answer, with the site's own reason (no traceback, no ANSI codes)."""
+    error = str((status or {}).get("error") or "the ServerApp wrote no final status")
+    head, _, missing = error.partition("; missing: {")
+    full = _reasons_by_site("{" + missing) if missing else {}  # untruncated, where the server's error has them
+    lines = [f"federated run failed: {strip_ansi(head).splitlines()[0]} (logs: {log_dir})"]
+    for entry in (status or {}).get("missing") or []:
+        where = f"{entry.get('phase', '?')}" + (f" round {entry['round']}" if entry.get("round") else "")
+        reason = str(full.get(entry.get("site"), entry.get("reason", "")))
+        prefix = "error: " if reason.startswith("error: ") else ""
+        lines.append(f"  site {entry.get('site', '?')} ({where}): {site_reason(reason[len(prefix):]) or reason}")
+    return "\n".join(lines)
 
 
 def _read_status(path: Path) -> dict | None:
@@ -190,3 +220,14 @@ def _read_status(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def _reasons_by_site(text: str) -> dict:
+    """The `{site: reason}` dict a FederationError ends with (its repr), or {} if it is not one."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return {}
+    return value if isinstance(value, dict) else {}
