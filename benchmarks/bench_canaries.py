@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine_description, write_section
 from ndae.io import atomic_write_json
-from ndae.privacy.empirical import canary_results
+from ndae.privacy.canary_audit import canary_results
 
 SCENARIOS = {
     "federated": {"sites": 2, "controls": 12, "canaries": 64, "rounds": 8, "local_epochs": 10},
@@ -45,7 +45,7 @@ def one_run(root: str, epsilon: float, args: dict) -> dict:
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
     from ndae.federation.server.phases import run_federation
-    from ndae.privacy.empirical import canary_audit_run
+    from ndae.privacy.canary_audit import canary_audit_run
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")

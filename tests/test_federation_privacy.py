@@ -233,7 +233,7 @@ def test_ndae_audit_empirical_reads_members_and_the_accounted_epsilon(private_ru
 
 def test_denoising_scores_are_seeded_and_shared_by_every_image():
     from ndae.model import build_model, preset
-    from ndae.privacy.empirical import denoising_scores
+    from ndae.privacy.attack import denoising_scores
 
     cfg = preset("tiny").with_data_shape(1)
     images = torch.rand(3, 1, *cfg.model.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1

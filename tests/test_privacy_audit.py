@@ -9,7 +9,8 @@ import pytest
 
 from ndae.cli import main
 from ndae.privacy.accountant import PrivacyEvent, SiteAccountant, epsilon_of
-from ndae.privacy.audit import audit_run, empirical_epsilon_lower_bound
+from ndae.privacy.audit import audit_run
+from ndae.privacy.empirical import empirical_epsilon_lower_bound
 from ndae.io import atomic_write_json
 from ndae.privacy.ledger import GENESIS_HASH, ledger_path, make_entry, read_ledger, write_heads
 from ndae.privacy.signing import load_or_create_signing_key, public_key_text, sign_head, signing_key_path

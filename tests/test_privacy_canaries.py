@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from ndae.errors import NdaeError
-from ndae.privacy.canaries import (
-    CanarySet, canary_record_path, epsilon_lower_bound_one_run, site_canaries,
-    make_canaries, one_run_audit, p_value_dp_audit, read_canary_record,
-)
+from ndae.privacy.canaries import CanarySet, canary_record_path, make_canaries, read_canary_record, site_canaries
+from ndae.privacy.canary_audit import epsilon_lower_bound_one_run, one_run_audit, p_value_dp_audit
 
 
 def test_p_value_is_the_binomial_tail_without_delta():

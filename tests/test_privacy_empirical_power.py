@@ -51,9 +51,10 @@ import torch
 
 from ndae.model import build_model, make_optimizer, preset, train_steps
 from ndae.model.training import batch_iterator
-from ndae.privacy.canaries import epsilon_lower_bound_one_run, make_canaries, one_run_audit
-from ndae.privacy.audit import empirical_epsilon_lower_bound
-from ndae.privacy.empirical import CANARY_T_RANGE, denoising_scores, membership_audit
+from ndae.privacy.attack import denoising_scores
+from ndae.privacy.canaries import make_canaries
+from ndae.privacy.canary_audit import CANARY_T_RANGE, epsilon_lower_bound_one_run, one_run_audit
+from ndae.privacy.empirical import empirical_epsilon_lower_bound, membership_audit
 from ndae.privacy.randomness import SiteRandomness
 
 M = 64  # canaries

@@ -66,7 +66,7 @@ def run(args) -> int:
         report["empirical"] = result
         ok = ok and result["below_accounted"]
     if args.canaries:
-        from ndae.privacy.empirical import canary_audit_run
+        from ndae.privacy.canary_audit import canary_audit_run
 
         report["canaries"] = canary_audit_run(args.run_dir, privacy_dir=args.privacy_dir, weights=args.weights,
                                               seed=args.seed)
@@ -78,7 +78,7 @@ def run(args) -> int:
     else:
         print(format_report(report))
         if args.canaries:
-            from ndae.privacy.empirical import format_canary_audit
+            from ndae.privacy.canary_audit import format_canary_audit
 
             print(format_canary_audit(report["canaries"]))
         if args.empirical:

@@ -1,5 +1,7 @@
-"""Privacy audit of a run: ledger chains, independently recomputed epsilon, budgets; and an
-empirical (membership-inference) lower bound on epsilon.
+"""Privacy audit of a run's ledgers: chains, head signatures, independently recomputed epsilon,
+budgets; `format_report` prints it. (The signing keys a head is checked against:
+`ndae.privacy.head_signatures`; the empirical lower bounds on epsilon from attacking the trained
+model: `ndae.privacy.empirical` and `ndae.privacy.canary_audit`.)
 
 Consistency tolerance. Each ledger line states `epsilon_spent_so_far`, computed by the site's
 accountant (`accountant`, RDP by default). The audit
@@ -26,16 +28,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-from scipy import stats as _stats
-
 from ndae.errors import LedgerError, NdaeError
 from ndae.io import atomic_write_json
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.delta import DEFAULT_DELTA
 from ndae.privacy.ledger import (GENESIS_HASH, decode_epsilon, heads_path, read_heads, read_ledger,
                                  read_strict_json_file)
-from ndae.privacy.signing import fingerprint, verify_head
+from ndae.privacy.head_signatures import SigningKeys, check_head
 
 RELATIVE_TOLERANCE = 1e-3
 SAME_ACCOUNTANT_TOLERANCE = 1e-6
@@ -193,81 +192,6 @@ def reported_budgets(run_dir: str | os.PathLike, budget_epsilon: float | None = 
     return budgets
 
 
-class _Keys:
-    """Where the public keys that check head signatures come from: the consortium registry
-    (`--keys DIR`, one `<site>.pub` each) or, failing that, what the run folder itself says."""
-
-    def __init__(self, registry: str | os.PathLike | None, privacy_dir: Path):
-        self.registry = Path(registry) if registry is not None else None
-        self.privacy_dir = privacy_dir
-        if self.registry is not None and not self.registry.is_dir():
-            raise NdaeError(f"{self.registry}: the key registry (--keys) is not a folder")
-
-    def describe(self) -> str:
-        return f"registry {self.registry}" if self.registry is not None else "self-reported"
-
-    def key_for(self, site: str, head: Mapping[str, Any]) -> tuple[str, str]:
-        """(PEM, where it came from), or NdaeError saying why there is no usable key."""
-        if self.registry is not None:
-            path = self.registry / f"{site}.pub"
-            if not path.is_file():
-                raise NdaeError(f"{path}: no registered public key for site {site!r}")
-            try:
-                pem = path.read_text()
-            except (OSError, UnicodeDecodeError) as error:
-                raise NdaeError(f"{path}: unreadable registered key ({error})") from None
-            fingerprint(pem, str(path))  # a clear error for a key file that is not a key
-            return pem, f"the registered key {path}"
-        candidates = []
-        if head.get("public_key"):
-            candidates.append((head["public_key"], f"the public key in {self.privacy_dir / 'heads.json'}"))
-        pub = self.privacy_dir / f"{site}.signing.pub"
-        if pub.is_file():
-            try:
-                candidates.append((pub.read_text(), f"the public key {pub}"))
-            except (OSError, UnicodeDecodeError) as error:
-                raise NdaeError(f"{pub}: unreadable ({error})") from None
-        if not candidates:
-            raise NdaeError(f"site {site!r}: no public key to check its head signature against "
-                            f"(none in heads.json or {pub}; pass --keys REGISTRY)")
-        prints = {fingerprint(pem, where) for pem, where in candidates}
-        if len(prints) > 1:
-            raise NdaeError(f"site {site!r}: {candidates[0][1]} and {candidates[1][1]} are different keys")
-        pem, where = candidates[0]
-        return pem, f"{where} (self-reported)"
-
-
-def _check_head(report: dict, site: str, head: Mapping[str, Any] | None, heads_file: Path, keys: _Keys) -> None:
-    """The recorded head: present, as long as the ledger, and signed by the site's key."""
-    problems = report["problems"]
-    if head is None:
-        report["signature"] = "no head"
-        problems.append(f"{heads_file}: no head recorded for site {site!r} (a truncated or forged "
-                        f"ledger would go unnoticed)")
-        return
-    if "entries" in report and head["entries"] != report["entries"]:
-        problems.append(f"{heads_file}: site {site!r} head says {head['entries']} entries, the ledger has "
-                        f"{report['entries']}")
-    signature = head.get("signature")
-    if not signature:
-        report["signature"] = "missing"
-        problems.append(f"{heads_file}: site {site!r} has no signature on its ledger head")
-        return
-    try:
-        pem, source = keys.key_for(site, head)
-    except NdaeError as error:
-        report["signature"] = "unverifiable"
-        problems.append(str(error))
-        return
-    report.update(signature_key=source, signature_key_fingerprint=fingerprint(pem))
-    if verify_head(pem, site, head["final_hash"], head["entries"], signature):
-        report["signature"] = "valid"
-    else:
-        report["signature"] = "invalid"
-        problems.append(f"site {site!r}: the signature on its ledger head in {heads_file} does not verify "
-                        f"against {source}: the ledger or its head was altered, or signed by another key")
-
-
 def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
               expected_final_hashes: Mapping[str, str] | None = None, eps_error: float = 0.01,
               write: bool = True, keys_dir: str | os.PathLike | None = None) -> dict:
@@ -288,7 +212,7 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
     privacy_dir = run_dir / "privacy"
     heads_file = heads_path(run_dir)
     config = _run_config(run_dir)
-    keys = _Keys(keys_dir, privacy_dir)
+    keys = SigningKeys(keys_dir, privacy_dir)
     heads = read_heads(heads_file)
     ledgers = sorted(p.name[: -len(".jsonl")] for p in privacy_dir.glob("*.jsonl")) if privacy_dir.is_dir() else []
     problems: list[str] = []
@@ -336,18 +260,18 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
     return report
 
 
-def _audit_one(site: str, privacy_dir: Path, head: Mapping[str, Any] | None, heads_file: Path, keys: _Keys,
+def _audit_one(site: str, privacy_dir: Path, head: Mapping[str, Any] | None, heads_file: Path, keys: SigningKeys,
                vouched_hash: str | None, budget: tuple[float, float] | None, eps_error: float) -> dict:
     path = privacy_dir / f"{site}.jsonl"
     if not path.is_file():
         report = {"site": site, "ledger": str(path), "chain": "missing", "ok": False,
                   "problems": [f"{path}: ledger missing" + (" but a head was recorded" if head else
                                                              " for a site of the run")]}
-        _check_head(report, site, head, heads_file, keys)
+        check_head(report, site, head, heads_file, keys)
         return report
     report = audit_site(path, budget, head["final_hash"] if head else None, eps_error)
     if report["chain"] != "broken":
-        _check_head(report, site, head, heads_file, keys)
+        check_head(report, site, head, heads_file, keys)
         final = report.get("final_hash") or GENESIS_HASH
         if vouched_hash is not None and final != vouched_hash:
             report["problems"].append(f"{path}: final hash {final} is not the expected {vouched_hash}")
@@ -384,71 +308,3 @@ def format_report(report: Mapping[str, Any]) -> str:
         for problem in r["problems"]:
             lines.append(f"    problem: {problem}")
     return "\n".join(lines)
-
-
-def attack_auc(members, nonmembers) -> float:
-    """P(score of a member > score of a non-member), ties half: the attack's ROC AUC."""
-    members, nonmembers = np.asarray(members, np.float64).ravel(), np.asarray(nonmembers, np.float64).ravel()
-    greater = (members[:, None] > nonmembers[None, :]).mean()
-    ties = (members[:, None] == nonmembers[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
-def empirical_epsilon_lower_bound(
-    member_scores, nonmember_scores, delta: float, alpha: float = 0.05, max_thresholds: int = 64,
-) -> dict:
-    """A (1 − alpha)-confidence lower bound on epsilon from a membership-inference test.
-
-    Scores: higher = "more likely a member" (for DAE losses pass −loss). For a threshold t the
-    attack says "member" when score ≥ t; (ε, δ)-DP implies TPR ≤ e^ε FPR + δ, and likewise
-    TNR ≤ e^ε FNR + δ, so ε ≥ log((TPR − δ)/FPR). TPR and FPR are replaced by Clopper–Pearson
-    lower / upper bounds. The threshold is chosen on the same scores, so the confidence level is
-    Bonferroni-corrected over all `max_thresholds` candidates (quantiles of the pooled scores),
-    both attack directions and both inequalities (8 one-sided intervals per threshold): every interval holds simultaneously with probability
-    ≥ 1 − alpha and the bound stays valid. Returns 0 when no threshold beats chance.
-    """
-    members = np.asarray(member_scores, dtype=np.float64).ravel()
-    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
-    if members.size == 0 or nonmembers.size == 0:
-        raise NdaeError("membership audit needs member and non-member scores")
-    if not (np.all(np.isfinite(members)) and np.all(np.isfinite(nonmembers))):
-        raise NdaeError("membership audit scores must be finite")
-    pooled = np.concatenate([members, nonmembers])
-    thresholds = np.unique(np.quantile(pooled, np.linspace(0, 1, max_thresholds + 1)[1:]))
-    per_interval = alpha / (8 * len(thresholds))
-    n_members, n_nonmembers = members.size, nonmembers.size
-    best = {"epsilon_lower_bound": 0.0, "threshold": None, "direction": None}
-    for threshold in thresholds:
-        above_members = int(np.sum(members >= threshold))
-        above_nonmembers = int(np.sum(nonmembers >= threshold))
-        below_members, below_nonmembers = n_members - above_members, n_nonmembers - above_nonmembers
-        # (attack, rate that DP caps, its n, rate it is capped by, its n): the two attacks
-        # "member iff score >= t" / "member iff score < t", each with both DP inequalities.
-        for direction, hits, n_hits, errors, n_errors in (
-            ("score >= t means member", above_members, n_members, above_nonmembers, n_nonmembers),
-            ("score >= t means member", below_nonmembers, n_nonmembers, below_members, n_members),
-            ("score < t means member", below_members, n_members, below_nonmembers, n_nonmembers),
-            ("score < t means member", above_nonmembers, n_nonmembers, above_members, n_members),
-        ):
-            rate_lower = _clopper_pearson_lower(hits, n_hits, per_interval)
-            error_upper = _clopper_pearson_upper(errors, n_errors, per_interval)
-            if rate_lower - delta <= 0 or error_upper <= 0:
-                continue
-            bound = math.log((rate_lower - delta) / error_upper)
-            if bound > best["epsilon_lower_bound"]:
-                best = {
-                    "epsilon_lower_bound": bound, "threshold": float(threshold), "direction": direction,
-                    "rate": hits / n_hits, "rate_lower": rate_lower,
-                    "error_rate": errors / n_errors, "error_rate_upper": error_upper,
-                }
-    best.update(n_members=n_members, n_nonmembers=n_nonmembers, delta=delta, alpha=alpha,
-                thresholds_tried=int(len(thresholds)), method="Clopper-Pearson, Bonferroni over thresholds")
-    return best
-
-
-def _clopper_pearson_lower(k: int, n: int, a: float) -> float:
-    return 0.0 if k == 0 else float(_stats.beta.ppf(a, k, n - k + 1))
-
-
-def _clopper_pearson_upper(k: int, n: int, a: float) -> float:
-    return 1.0 if k == n else float(_stats.beta.ppf(1 - a, k + 1, n - k))

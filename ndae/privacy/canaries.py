@@ -14,6 +14,9 @@ augmentation shows the model the same image) in the data's [-1, 1] range: far fr
 a model that memorises shows it, and synthetic, so the audit needs no patient data. They are
 records like any other: under DP-SGD they are clipped and noised like the controls, and the
 accounting (sample rate) counts them.
+
+This module makes and records the canaries (at the site, when it trains); the audit that scores
+them after the run and the one-run bound are `ndae.privacy.canary_audit`.
 """
 
 from __future__ import annotations
@@ -120,72 +123,3 @@ def read_canary_record(path: str | os.PathLike) -> CanarySet:
     except json.JSONDecodeError as error:
         raise NdaeError(f"{path}: corrupt canary record ({error})") from error
     return CanarySet.from_dict(data, str(path))
-
-
-# ---- the one-run bound ----------------------------------------------------------------------
-def p_value_dp_audit(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
-    """P[>= v correct of r guesses] under (epsilon, delta)-DP with m canaries (Steinke et al.
-    2023, Algorithm 2): the randomised-response binomial tail plus the delta term."""
-    from scipy import stats
-
-    if not 0 <= v <= r <= m:
-        raise NdaeError(f"one-run audit needs 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
-    q = 1.0 / (1.0 + math.exp(-epsilon))  # accuracy of epsilon-DP randomised response
-    beta = float(stats.binom.sf(v - 1, r, q))
-    if v == 0 or delta == 0:
-        return min(1.0, beta)
-    # Algorithm 2's loop keeps the running maximum over i of P[v - i <= Binomial(r, q) < v] / i
-    below = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)  # P[= v-1], P[= v-2], ..., P[= 0]
-    alpha = float(np.max(np.cumsum(below) / np.arange(1, v + 1)))
-    return min(1.0, beta + alpha * delta * 2 * m)
-
-
-def epsilon_lower_bound_one_run(m: int, r: int, v: int, delta: float, alpha: float) -> float:
-    """The largest epsilon the observed (r guesses, v correct) rejects at level alpha; 0 if none."""
-    if r == 0 or p_value_dp_audit(m, r, v, 0.0, delta) > alpha:
-        return 0.0
-    low, high = 0.0, 50.0
-    if p_value_dp_audit(m, r, v, high, delta) <= alpha:
-        return high
-    for _ in range(60):
-        mid = (low + high) / 2
-        if p_value_dp_audit(m, r, v, mid, delta) <= alpha:
-            low = mid
-        else:
-            high = mid
-    return low
-
-
-def one_run_audit(scores, included, delta: float, alpha: float = 0.05,
-                  guess_fractions: Sequence[float] = (0.125, 0.25, 0.5, 1.0)) -> dict[str, Any]:
-    """Steinke et al.'s one-run audit from canary scores (higher = more likely included).
-
-    For each fraction f the auditor guesses "in" for the top f·m/2 scores and "out" for the bottom
-    f·m/2; several fractions are tried with a Bonferroni split of alpha, so picking the best one
-    keeps the (1 − alpha) confidence. Returns the bound and the guesses behind it."""
-    scores = np.asarray(scores, np.float64).ravel()
-    included = np.asarray(included, bool).ravel()
-    m = scores.size
-    if m == 0 or included.size != m:
-        raise NdaeError(f"one-run audit needs one score per canary: {m} scores, {included.size} inclusion flags")
-    if not np.all(np.isfinite(scores)):
-        raise NdaeError("one-run audit: canary scores must be finite")
-    order = np.argsort(-scores, kind="stable")
-    level = alpha / len(guess_fractions)
-    best: dict[str, Any] = {"epsilon_lower_bound": 0.0, "guesses": 0, "correct": 0}
-    tried = []
-    for fraction in guess_fractions:
-        k = max(1, int(round(fraction * m / 2)))
-        k = min(k, m // 2)
-        top, bottom = order[:k], order[m - k:]
-        correct = int(included[top].sum() + (~included[bottom]).sum())
-        bound = epsilon_lower_bound_one_run(m, 2 * k, correct, delta, level)
-        tried.append({"guesses": 2 * k, "correct": correct, "epsilon_lower_bound": bound})
-        if bound > best["epsilon_lower_bound"] or best["guesses"] == 0:
-            best = {"epsilon_lower_bound": bound, "guesses": 2 * k, "correct": correct}
-    from ndae.privacy.audit import attack_auc
-
-    auc = attack_auc(scores[included], scores[~included]) if 0 < included.sum() < m else float("nan")
-    return {**best, "canaries": m, "included": int(included.sum()), "delta": delta, "alpha": alpha,
-            "tried": tried, "auc": auc,
-            "method": "one-run audit (Steinke, Nasr & Jagielski 2023), Bonferroni over guess counts"}
