@@ -104,7 +104,7 @@ def old_postprocess(stats):
 def old_release(frame, Y, spec, m, rng):
     """The site code before this change: full statistics set, whole rows clipped, uniform noise."""
     from ndae.normative import SufficientStats
-    from ndae.privacy.dp_moments import clip_rows, privatize_arrays
+    from ndae.privacy.gaussian_mechanism import clip_rows, privatize_arrays
 
     cx, cy = OLD_CLIPS
     X, _ = clip_rows(spec.build(frame), cx)
@@ -183,7 +183,7 @@ def compare(exact, private, patients, patient_Y) -> dict[str, float]:
 def run_config(a, n_per_site, epsilon, draws, variants, seed):
     from ndae.normative import DesignSpec, NormativeModel, SufficientStats
     from ndae.privacy.delta import DEFAULT_DELTA
-    from ndae.privacy.dp_moments import postprocess_noisy_stats, predicted_mean_correlation
+    from ndae.privacy.moments_postprocessing import postprocess_noisy_stats, predicted_mean_correlation
 
     m = noise_multiplier_for(epsilon, DEFAULT_DELTA)
     rng = np.random.default_rng(seed)
@@ -323,7 +323,8 @@ def main() -> None:
     else:
         from ndae.normative import DesignSpec
         from ndae.privacy.delta import DEFAULT_DELTA
-        from ndae.privacy.dp_moments import moments_sensitivity, statistics_sensitivity
+        from ndae.privacy.dp_moments import moments_sensitivity
+        from ndae.privacy.gaussian_mechanism import statistics_sensitivity
 
         start = time.time()
         a = anatomy()

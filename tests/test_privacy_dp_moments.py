@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ndae.errors import NdaeError
-from ndae.privacy.dp_moments import (
+from ndae.privacy.gaussian_mechanism import (
     add_gaussian_noise, clip_rows, privatize_sufficient_stats, statistics_sensitivity,
     sufficient_stats_from_records,
 )
@@ -85,7 +85,7 @@ def test_unknown_statistic_is_refused():
 
 
 def test_payload_with_public_keys_and_data_dependent_extras():
-    from ndae.privacy.dp_moments import privatize_arrays
+    from ndae.privacy.gaussian_mechanism import privatize_arrays
 
     X, Y = _records(n=30)
     Xc, Yc = clip_rows(X, 3.0)[0], clip_rows(Y, 2.0)[0]
@@ -108,9 +108,9 @@ import pandas as pd  # noqa: E402
 from ndae.normative import DesignSpec, NormativeModel, SufficientStats  # noqa: E402
 from ndae.normative.design import clip_design_rows  # noqa: E402
 from ndae.privacy.dp_moments import (  # noqa: E402
-    BLOCKS, block_sensitivities, moments_noise_sd, moments_noise_warnings, moments_sensitivity,
-    postprocess_noisy_stats, private_moments,
+    BLOCKS, block_sensitivities, moments_noise_sd, moments_sensitivity, private_moments,
 )
+from ndae.privacy.moments_postprocessing import moments_noise_warnings, postprocess_noisy_stats  # noqa: E402
 
 SITES = ("A", "B", "C")
 
