@@ -42,7 +42,7 @@ from benchmarks.common import write_section
 def central(cohort: Path, cache: Path, rounds: int, epochs: int, batch_size: int, seed: int) -> dict:
     from ndae.data.dataset import load_slice_dataset
     from ndae.deviation.scores import deviation_table
-    from ndae.federation.server.report import fit_pooled_cox
+    from ndae.federation.server.survival import fit_pooled_cox
     from ndae.federation.server.phases import dae_config_for
     from ndae.federation.config import FederationConfig
     from ndae.federation.site.task import local_steps

@@ -1,8 +1,16 @@
 """What runs at the server: the ServerApp's phases, aggregation and the run directory it writes.
 
-- `phases`: the phases of one run (site info, FedAvg rounds, normative sums, deviations, survival).
+- `phases`: the `Federation` class, the phases of one run read top to bottom (site info, DAE
+  rounds, normative sums, deviations and survival); `run_federation` is the ServerApp's body.
+- `messaging`: one message round to the sites, the sites left out, the `min-sites` rule.
+- `strategy`: the DAE config, the Flower strategy (FedAvg, FedAdam on the model half, FedProx)
+  and its state in the checkpoint.
+- `newton`: the federated Cox fit, one message round per Newton evaluation.
+- `survival`: the Cox covariates, the pooled table and fit, the `survival/` files, KM curves.
+- `run_files`: `status.json`, `metrics.jsonl`, `config.json`, `summary.json`, the checkpoint.
+- `report`: `report.md` (and the report of a failed run).
 - `privacy`: the server's copies of each site's ledger and signed head.
-- `report`: survival outputs and `report.md`.
+- `errors`: `FederationError`, and `SimulatedKill` for the test hook.
 
 Nothing here reads a site's rows: it sees only what the sites' handlers chose to send.
 """

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ndae.errors import LedgerError
 
-__all__ = ["load_heads", "record_site_ledger"]
+__all__ = ["load_heads", "record_replies", "record_site_ledger"]
 
 
 def load_heads(run_dir: str | os.PathLike) -> dict[str, dict]:
@@ -50,3 +50,20 @@ def record_site_ledger(run_dir: str | os.PathLike, heads: dict[str, dict], reply
                    "signature": str(reply.get("ledger-signature", "")),
                    "public_key": str(reply.get("signing-public-key", ""))}
     write_heads(run_dir, heads)
+
+
+def record_replies(run_dir: str | os.PathLike, heads: dict[str, dict], replies: Mapping[str, Mapping],
+                   missing: list[dict], log: Callable[[str], None] = print) -> None:
+    """Every answering site's ledger head and epsilon (the replies' `privacy` record) -> `heads`
+    and `privacy/heads.json`. A node may report only its own site's ledger: a head claimed for
+    another site is ignored and recorded in `missing`."""
+    for site, content in replies.items():
+        if "privacy" not in content:
+            continue
+        claimed = str(content["privacy"].get("privacy-site", ""))
+        if claimed != site:  # never let one node overwrite another site's ledger
+            log(f"node of site {site!r} sent the ledger head of {claimed!r}: ignored")
+            missing.append({"phase": "privacy", "round": 0, "site": site,
+                            "reason": f"sent the ledger head of site {claimed!r}: ignored"})
+            continue
+        record_site_ledger(run_dir, heads, content["privacy"])

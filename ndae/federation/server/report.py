@@ -1,109 +1,16 @@
-"""The federated run's report: survival outputs, Kaplan–Meier figures and `report.md`."""
+"""The federated run's `report.md`: what ran, which sites answered, privacy spent, the DAE rounds,
+the normative model and the survival results, all read from the run's summary and metrics; and
+the report of a run that stopped."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
+from ndae.io import atomic_write_text
 
-TERTILES = ("low", "middle", "high")
-
-
-
-
-def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
-    """`cox.json` + `hazard_ratios.csv`, the same files `CoxModel.save` writes for pooled mode."""
-    atomic_write_json(out / "cox.json", finite_or_null({
-        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "federated Newton-Raphson",
-        "strata": ["site"], "covariates": covariates,
-        "coef": dict(zip(covariates, fitter.params_.tolist())),
-        "se": dict(zip(covariates, fitter.standard_errors_.tolist())),
-        "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
-        "n": fitter.n_, "events": fitter.events_, "log_likelihood": fitter.log_likelihood_,
-        "message_rounds": fitter.n_rounds_, "sites": sorted(fitter.sites_)}))
-    atomic_write_text(out / "hazard_ratios.csv", fitter.summary.to_csv(index=False))
-
-
-def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
-    """lifelines' stratified (by site) Efron Cox on the pooled rows, run to full convergence
-    (its default stops ~1e-6 early), so pooled and federated modes agree to rounding."""
-    from lifelines import CoxPHFitter
-
-    from ndae.survival._validation import validate_survival_frame
-
-    validate_survival_frame(table, covariates, "time", "event", ["site"], where="pooled Cox fit")
-    columns = [*covariates, "time", "event", "site"]
-    frame = table[columns].copy()
-    frame["event"] = frame["event"].astype(int)
-    return CoxPHFitter().fit(frame, "time", "event", strata=["site"],
-                             fit_options={"precision": 1e-13, "r_precision": 1e-15})
-
-
-def save_pooled_cox(out: Path, fitter, covariates: list[str]) -> None:
-    from ndae.survival.cox import hazard_ratio_table
-
-    coef, se = fitter.params_.reindex(covariates), fitter.standard_errors_.reindex(covariates)
-    atomic_write_json(out / "cox.json", finite_or_null({
-        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "lifelines CoxPHFitter on pooled rows",
-        "strata": ["site"], "covariates": covariates, "coef": dict(zip(covariates, coef.tolist())),
-        "se": dict(zip(covariates, se.tolist())), "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
-        "means": dict(zip(covariates, fitter._norm_mean.reindex(covariates).tolist())),
-        "n": int(fitter._n_examples), "events": int(fitter.event_observed.sum()),
-        "log_likelihood": float(fitter.log_likelihood_), "concordance_index_train": float(fitter.concordance_index_)}))
-    atomic_write_text(out / "hazard_ratios.csv", hazard_ratio_table(coef, se).to_csv(index=False))
-
-
-def km_from_counts(rows: np.ndarray, path: Path) -> dict[str, Any]:
-    """Kaplan–Meier curves from summed (group, month, event, count) rows; writes the PNG."""
-    from lifelines import KaplanMeierFitter
-    from matplotlib.figure import Figure
-
-    frame = pd.DataFrame(np.asarray(rows).reshape(-1, 4), columns=["group", "month", "event", "count"])
-    result: dict[str, Any] = {"figure": path.name, "grouping": "tertiles of x·beta within each site",
-                              "median_survival_months": {}, "group_sizes": {}}
-    if frame.empty:
-        return result
-    figure = Figure(figsize=(6, 4))
-    axis = figure.subplots()
-    for index, (label, colour) in enumerate(zip(TERTILES, ("tab:blue", "tab:orange", "tab:red"))):
-        part = frame[frame["group"] == index]
-        if part.empty:
-            continue
-        n = int(part["count"].sum())
-        fitter = KaplanMeierFitter(label=f"{label} risk (n={n})").fit(
-            part["month"], part["event"], weights=part["count"])
-        fitter.plot_survival_function(ax=axis, color=colour, ci_show=False)
-        median = float(fitter.median_survival_time_)
-        result["median_survival_months"][label] = median if np.isfinite(median) else None
-        result["group_sizes"][label] = n
-    axis.set_xlabel("time (months)")
-    axis.set_ylabel("survival probability")
-    axis.set_ylim(0, 1.02)
-    axis.set_title("Kaplan–Meier by within-site tertile of Cox risk (aggregated counts)")
-    atomic_save_figure(path, figure)
-    return result
-
-
-def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: list[str], out: Path) -> dict:
-    """Pooled mode only (the server holds the rows): global Harrell's C with a bootstrap CI and
-    KM curves by global tertile of the Cox risk and of the first deviation score."""
-    from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
-    from ndae.survival.metrics import harrell_c_index_ci
-
-    table = table.copy()
-    table["risk"] = table[covariates].to_numpy(float) @ np.asarray(beta, float)
-    extras: dict[str, Any] = {"c_index_pooled": harrell_c_index_ci(table["time"], table["event"], table["risk"],
-                                                                   n_boot=200, seed=0)}
-    if len(table) >= 6:
-        km = kaplan_meier_by_tertile(table, "risk", path=out / "km_risk.png",
-                                     title="Kaplan–Meier by tertile of Cox risk (pooled)")
-        extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png"}
-    return extras
+__all__ = ["write_failure_report", "write_report"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -224,7 +131,3 @@ def _site_reason(reason: str) -> str:
     """The site's own message from an error reply (Flower wraps it in the exception's repr)."""
     first = reason.strip().splitlines()[0] if reason.strip() else ""
     return first.replace("|", "\\|")[:300]
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())

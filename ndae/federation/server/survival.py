@@ -1,0 +1,141 @@
+"""The server's survival outputs: which covariates the Cox model takes, the pooled table and
+its Cox fit, the `survival/` files of both modes and the Kaplan–Meier curves from summed counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ndae.federation.server.errors import FederationError
+from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
+
+__all__ = ["CLINICAL", "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table",
+           "save_federated_cox", "save_pooled_cox", "survival_covariates"]
+
+CLINICAL = ("age", "sex_female")
+TERTILES = ("low", "middle", "high")
+
+
+def survival_covariates(features: list[str], moments: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    """The deviation scores and clinical covariates that vary across all answering sites, from
+    their summed moments (n, sum, sum of squares); all candidates when no site sent moments
+    (private runs). A constant deviation score is an error: the model could not estimate it."""
+    candidates = [*features, *CLINICAL]
+    if not moments:
+        return candidates
+    n = sum(float(m["n"]) for m in moments.values())
+    if n < 2:
+        raise FederationError(f"survival: {n:g} patients with deviation scores across sites {sorted(moments)}")
+    total = sum(m["sum"] for m in moments.values())
+    squares = sum(m["sum_of_squares"] for m in moments.values())
+    variance = (squares - total**2 / n) / (n - 1)
+    constant = [c for c, v in zip(candidates, variance) if not v > 1e-12]
+    if any(c in features for c in constant):
+        raise FederationError(f"survival: deviation score(s) {constant} are constant across patients")
+    return [c for c in candidates if c not in constant]
+
+
+def pooled_table(tables: list[pd.DataFrame], features: list[str], run_dir: Path) -> pd.DataFrame:
+    """The sites' shared rows as one table (numbers as float); its score columns are written to
+    `deviations.csv`."""
+    table = pd.concat(tables, ignore_index=True)
+    for column in ("age", "sex_female", "time", "event", *features):
+        table[column] = table[column].astype(float)
+    score_columns = [c for c in table.columns if c not in ("site", "age", "sex_female", "time", "event")]
+    atomic_write_text(Path(run_dir) / "deviations.csv",
+                      table[score_columns].to_csv(index=False, lineterminator="\n", float_format="%.10g"))
+    return table
+
+
+def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
+    """lifelines' stratified (by site) Efron Cox on the pooled rows, run to full convergence
+    (its default stops ~1e-6 early), so pooled and federated modes agree to rounding."""
+    from lifelines import CoxPHFitter
+
+    from ndae.survival._validation import validate_survival_frame
+
+    validate_survival_frame(table, covariates, "time", "event", ["site"], where="pooled Cox fit")
+    columns = [*covariates, "time", "event", "site"]
+    frame = table[columns].copy()
+    frame["event"] = frame["event"].astype(int)
+    return CoxPHFitter().fit(frame, "time", "event", strata=["site"],
+                             fit_options={"precision": 1e-13, "r_precision": 1e-15})
+
+
+def save_pooled_cox(out: Path, fitter, covariates: list[str]) -> None:
+    from ndae.survival.cox import hazard_ratio_table
+
+    coef, se = fitter.params_.reindex(covariates), fitter.standard_errors_.reindex(covariates)
+    atomic_write_json(out / "cox.json", finite_or_null({
+        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "lifelines CoxPHFitter on pooled rows",
+        "strata": ["site"], "covariates": covariates, "coef": dict(zip(covariates, coef.tolist())),
+        "se": dict(zip(covariates, se.tolist())), "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
+        "means": dict(zip(covariates, fitter._norm_mean.reindex(covariates).tolist())),
+        "n": int(fitter._n_examples), "events": int(fitter.event_observed.sum()),
+        "log_likelihood": float(fitter.log_likelihood_), "concordance_index_train": float(fitter.concordance_index_)}))
+    atomic_write_text(out / "hazard_ratios.csv", hazard_ratio_table(coef, se).to_csv(index=False))
+
+
+def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
+    """`cox.json` + `hazard_ratios.csv`, the same files `CoxModel.save` writes for pooled mode."""
+    atomic_write_json(out / "cox.json", finite_or_null({
+        "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "federated Newton-Raphson",
+        "strata": ["site"], "covariates": covariates,
+        "coef": dict(zip(covariates, fitter.params_.tolist())),
+        "se": dict(zip(covariates, fitter.standard_errors_.tolist())),
+        "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
+        "n": fitter.n_, "events": fitter.events_, "log_likelihood": fitter.log_likelihood_,
+        "message_rounds": fitter.n_rounds_, "sites": sorted(fitter.sites_)}))
+    atomic_write_text(out / "hazard_ratios.csv", fitter.summary.to_csv(index=False))
+
+
+def km_from_counts(rows: np.ndarray, path: Path) -> dict[str, Any]:
+    """Kaplan–Meier curves from summed (group, month, event, count) rows; writes the PNG."""
+    from lifelines import KaplanMeierFitter
+    from matplotlib.figure import Figure
+
+    frame = pd.DataFrame(np.asarray(rows).reshape(-1, 4), columns=["group", "month", "event", "count"])
+    result: dict[str, Any] = {"figure": path.name, "grouping": "tertiles of x·beta within each site",
+                              "median_survival_months": {}, "group_sizes": {}}
+    if frame.empty:
+        return result
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    for index, (label, colour) in enumerate(zip(TERTILES, ("tab:blue", "tab:orange", "tab:red"))):
+        part = frame[frame["group"] == index]
+        if part.empty:
+            continue
+        n = int(part["count"].sum())
+        fitter = KaplanMeierFitter(label=f"{label} risk (n={n})").fit(
+            part["month"], part["event"], weights=part["count"])
+        fitter.plot_survival_function(ax=axis, color=colour, ci_show=False)
+        median = float(fitter.median_survival_time_)
+        result["median_survival_months"][label] = median if np.isfinite(median) else None
+        result["group_sizes"][label] = n
+    axis.set_xlabel("time (months)")
+    axis.set_ylabel("survival probability")
+    axis.set_ylim(0, 1.02)
+    axis.set_title("Kaplan–Meier by within-site tertile of Cox risk (aggregated counts)")
+    atomic_save_figure(path, figure)
+    return result
+
+
+def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: list[str], out: Path) -> dict:
+    """Pooled mode only (the server holds the rows): global Harrell's C with a bootstrap CI and
+    KM curves by global tertile of the Cox risk and of the first deviation score."""
+    from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
+    from ndae.survival.metrics import harrell_c_index_ci
+
+    table = table.copy()
+    table["risk"] = table[covariates].to_numpy(float) @ np.asarray(beta, float)
+    extras: dict[str, Any] = {"c_index_pooled": harrell_c_index_ci(table["time"], table["event"], table["risk"],
+                                                                   n_boot=200, seed=0)}
+    if len(table) >= 6:
+        km = kaplan_meier_by_tertile(table, "risk", path=out / "km_risk.png",
+                                     title="Kaplan–Meier by tertile of Cox risk (pooled)")
+        extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png"}
+    return extras
