@@ -12,8 +12,9 @@ import pytest
 
 from ndae.cli import main
 from ndae.errors import NdaeError
-from ndae.evaluation.pipeline import (EvaluationOptions, _cross_validate, check_manifest, model_feature_sets,
-                                      read_truth, summarise)
+from ndae.evaluation.comparison import cross_validate_models, model_feature_sets, summarise
+from ndae.evaluation.inputs import check_manifest, read_truth
+from ndae.evaluation.pipeline import EvaluationOptions
 from ndae.evaluation.toy import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
@@ -69,7 +70,7 @@ def test_cox_on_the_true_predictor_reaches_c_star_on_shared_folds():
     sets = model_feature_sets(table, features, covariates=["x1"])
     assert sets["score"] == {"alone": ["x0", "noise"], "with covariates": ["x0", "noise", "x1"]}
     assert list(sets["oracle (true risk)"]) == ["alone"]
-    per_fold, failures, folds = _cross_validate(table, sets, EvaluationOptions(folds=5, seed=1, penalizer=0.1))
+    per_fold, failures, folds = cross_validate_models(table, sets, EvaluationOptions(folds=5, seed=1, penalizer=0.1))
     assert not failures and len(folds) == 5
     summary = summarise(per_fold).set_index(["model", "variant"])
     c_star = oracle_c_index(table["time"], table["event"], table["true_risk"])
