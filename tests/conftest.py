@@ -1,21 +1,24 @@
-"""Shared fixtures. Real data lives in ../shared/data/ixi beside the repository (CI has it)."""
+"""Shared fixtures. IXI scans come from ../shared/data/ixi beside the repository where it exists
+(CI), else they are made from the demo data the package ships (tests/ixi_data.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.ixi_data import MissingTestData, resolve_ixi_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IXI_DIR = Path(os.environ.get("NDAE_IXI_DIR", REPO_ROOT.parent / "shared" / "data" / "ixi"))
 
 
 @pytest.fixture(scope="session")
-def ixi_dir() -> Path:
-    if not (IXI_DIR / "demographics.csv").exists():
-        pytest.fail(f"the IXI test data is missing: expected {IXI_DIR} (set NDAE_IXI_DIR)")
-    return IXI_DIR
+def ixi_dir(tmp_path_factory) -> Path:
+    try:
+        folder, _ = resolve_ixi_dir(tmp_path_factory.mktemp("ixi-source"))
+    except MissingTestData as error:
+        pytest.fail(str(error))
+    return folder
 
 
 @pytest.fixture(autouse=True, scope="session")
