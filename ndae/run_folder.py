@@ -45,6 +45,7 @@ class RunClaim:
     resumed: bool = False
     record_name: str = RECORD_NAME
     outputs: tuple = ()
+    created: bool = False  # the claim made the folder: a failure before any output removes it again
     _lock_fd: int | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +61,9 @@ class RunClaim:
         rerun then needs no flag); else the record stays and says the run did not finish."""
         if not _present(self.folder, self.outputs):
             self.record_path.unlink(missing_ok=True)
+            if self.created and {p.name for p in self.folder.iterdir()} <= {LOCK_NAME}:
+                (self.folder / LOCK_NAME).unlink(missing_ok=True)
+                self.folder.rmdir()
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -140,6 +144,7 @@ def claim_output(folder: str | Path, *, command: str, settings: Mapping[str, Any
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"{folder}: exists and is not a folder")
     settings = json.loads(json.dumps(dict(settings), default=str))  # what the record will hold
+    created = not folder.exists()
     fd = lock_folder(folder, command)
     try:
         record = _read_record(folder / record_name)
@@ -171,7 +176,7 @@ def claim_output(folder: str | Path, *, command: str, settings: Mapping[str, Any
             raise RunFolderError(f"{folder}: already holds {what}{hint}; nothing was changed. Pass {options} to "
                                  "start over (deletes its outputs), or choose another output")
         claim = RunClaim(folder, command, settings, resumed=resume, record_name=record_name, outputs=tuple(outputs),
-                         _lock_fd=fd)
+                         created=created, _lock_fd=fd)
         atomic_write_json(claim.record_path, {"command": command, "settings": settings, "state": "running"})
         return claim
     except BaseException:
