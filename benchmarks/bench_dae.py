@@ -55,7 +55,7 @@ def stratified_split(ages: np.ndarray, every: int = 5, offset: int = 2) -> tuple
 def ventricle_areas(manifest: str | None, cache: str | None, subjects, slice_channels) -> np.ndarray:
     """Lateral-ventricle area (DLMUSE labels 51/52, pixels at 2 mm) on the slices the DAE sees, per
     subject, from the label maps in the prepared cache: the anatomy the latent should carry (the
-    ventricles widen with age; dae-latent-study in shared/notes)."""
+    ventricles widen with age; docs/dae.md)."""
     from ndae.data.cache import load_prepared
     from ndae.data.dataset import default_cache_dir
     from ndae.data.demo import demo_manifest_path

@@ -1,7 +1,7 @@
 """Baselines 4 and 5 on the DAE's own latent, without the normative model.
 
 4. `LatentPCABaseline`: principal components of `z_sem`, standardised with the controls' mean and
-   sd and fitted on the controls (raw `z_sem` is nearly rank 1: docs/notes/dae-latent-study.md).
+   sd and fitted on the controls (raw `z_sem` is nearly rank 1: docs/dae.md).
 5. `BrainAgeBaseline`: ridge regression of age on standardised `z_sem`, penalty chosen inside the
    training data. Cross-fitted: K models, each trained on the controls outside one fold; a control
    is predicted by the model that did not see it, a patient by the mean of the K models. The gap

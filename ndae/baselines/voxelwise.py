@@ -41,7 +41,7 @@ from ndae.normative.sufficient_stats import SufficientStats
 ATLAS_PATH = Path(__file__).resolve().parents[1] / "data" / "atlas" / "ixi_dlmuse_regions.nii.gz"
 
 # Atlas region id → (name, MUSE label ids). Disjoint; MUSE ids not listed (other than CSF, 1)
-# form "other_brain". Ids follow the MUSE table in ../shared/data/ixi/label_names.csv.
+# form "other_brain". Ids follow the MUSE atlas (the DLMUSE label maps of the IXI data).
 ATLAS_REGIONS: dict[int, tuple[str, tuple[int, ...]]] = {
     1: ("precentral", (150, 151, 182, 183)),  # precentral gyrus + its medial segment, R/L
     2: ("postcentral", (148, 149, 176, 177)),

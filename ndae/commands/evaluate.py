@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ndae.presets import PRESETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "time, event; optional mask = MUSE label map)")
     parser.add_argument("--truth", default=None, help="truth.csv with subject, risk (true linear predictor)")
     parser.add_argument("--out", required=True, help="output folder (a run directory)")
-    parser.add_argument("--config", default="tiny", help="DAE preset: tiny (CPU) or paper (GPU) (default tiny)")
+    parser.add_argument("--config", default="tiny", help=f"DAE preset: {', '.join(PRESETS)} (tiny and tiny-ventricle "
+                        "run on a CPU, the paper presets want a GPU; default tiny)")
     parser.add_argument("--steps", type=int, default=None, help="DAE training steps (default: the preset's)")
     parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM steps to invert x_T (default: preset's)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")

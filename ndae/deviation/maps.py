@@ -17,7 +17,7 @@ import pandas as pd
 from ndae.errors import NdaeError
 from ndae.io import atomic_save_figure, atomic_save_nifti
 
-# DLMUSE label ids (MUSE atlas; /shared/data/ixi/label_names.csv)
+# DLMUSE label ids (MUSE atlas; the ids the project uses are listed in docs/cohort.md)
 DEFAULT_REGIONS: dict[str, list[int]] = {
     "precentral": [182, 183, 150, 151],  # precentral gyrus R/L + medial segment R/L
     "lateral_ventricles": [51, 52],

@@ -3,7 +3,7 @@
 - `cosine`: the NDAE paper's score, the cosine similarity between the subject's latent and the
   normative expected latent for their covariates, both standardised with the healthy controls'
   mean and sd (from the model's sufficient statistics). Raw z_sem sits on a large shared mean,
-  so without standardising every pair of subjects has cosine ≈ 1 (docs: dae-latent-study.md).
+  so without standardising every pair of subjects has cosine ≈ 1 (docs/dae.md).
   Higher = more typical.
 - per-dimension z-scores (predictive mean and variance of the model) and their summaries:
   `mean_abs_z`, `max_abs_z`, `count_abs_z_gt_2`.

@@ -1,6 +1,6 @@
 """The centralised evaluation pipeline behind `ndae evaluate`.
 
-Steps (files under OUT follow the run-directory contract of docs/DESIGN):
+Steps (files under OUT follow the run-directory contract in README.md, "Data contracts"):
 1. check the manifest (controls to train on, patients with time/event), read the optional
    truth file (`subject, risk`; e.g. the cohort generator's truth.csv);
 2. train the DAE on the controls (`ndae.model.run.train_run`) and encode everyone

@@ -23,7 +23,7 @@ MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
 # ---- DAE weights -------------------------------------------------------------------------------
 def dae_to_record(model, ema) -> ArrayRecord:
     """Weights and EMA weights of the DAE in one ArrayRecord (`model.*`, `ema.*`): FedAvg and
-    FedProx average both; FedAdam steps `model.*` and averages `ema.*` (server/strategy.py)."""
+    FedProx average both; FedAdam steps `model.*` and averages `ema.*` (ndae/federation/server/strategy.py)."""
     from ndae.model.dae import unwrap
 
     arrays: dict[str, Array] = {}

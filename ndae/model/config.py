@@ -40,7 +40,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     # Per-sample ε-loss weight min(1/ᾱ_t, cap): emphasises high noise, where the decoder must
-    # use z_sem (docs/notes: +0.9 dB reconstruction, 2x larger z_sem-swap effect). None: plain MSE.
+    # use z_sem (measured: +0.9 dB reconstruction, 2x larger z_sem-swap effect; docs/dae.md). None: plain MSE.
     loss_weight_cap: float | None = 10.0
     sample_steps: int = 50  # DDIM steps for decoding and for inversion to x_T
     clip_denoised: bool = False  # clipping x̂_0 breaks exact invertibility; off by default
@@ -150,4 +150,4 @@ def preset(name: str) -> DAEConfig:
     raise NdaeError(f"unknown DAE config preset '{name}': choose tiny, tiny-ventricle, paper or paper3d")
 
 
-PRESETS = ("tiny", "tiny-ventricle", "paper", "paper3d")
+from ndae.presets import PRESETS  # noqa: E402  (one list, torch-free for the CLI help)

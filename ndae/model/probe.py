@@ -1,7 +1,7 @@
 """Does z_sem carry meaning? Linear probes of the latent, judged against the untrained encoder.
 
 A probe is cross-validated ridge regression of a per-subject target (age, ventricle area) from
-z_sem. Two details decide whether it measures anything (shared/notes/dae-latent-study.md):
+z_sem. Two details decide whether it measures anything (docs/dae.md, "Checking a latent"):
 each z_sem dimension is standardised (raw z_sem sits on a large shared mean with one dominant
 direction, which an unstandardised probe sees alone), and the ridge penalty is chosen inside each
 training fold only. The yardstick is the same encoder at the weights training started from:
