@@ -11,7 +11,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
 from ndae.cli import main
@@ -258,3 +257,18 @@ def test_the_run_config_cache_root_still_serves_simulated_nodes(one_site, tmp_pa
     assert simulated.parent == root  # Flower simulation: one user owns the run config and every node
     assert site_cache_dir({"manifest": str(one_site)}, one_site, str(root)) == default_cache_dir(one_site)
     assert site_cache_dir({"manifest": str(one_site), "cache-dir": str(tmp_path / "x")}, one_site, str(root)) == tmp_path / "x"
+
+
+def test_a_corrupt_cache_entry_is_redone_or_named(tmp_path, demo_rows):
+    frame = demo_rows.iloc[:1]
+    subject = frame.iloc[0]["subject"]
+    assert prepare_manifest(frame, tmp_path, progress=False) == {"prepared": 1, "cached": 0}
+    (tmp_path / f"{subject}.json").write_text("[]")  # valid JSON, not a record: prepared again
+    assert prepare_manifest(frame, tmp_path, progress=False) == {"prepared": 1, "cached": 0}
+    (tmp_path / f"{subject}.npz").write_bytes(b"not a zip")
+    from ndae.errors import NdaeError
+
+    with pytest.raises(NdaeError, match=f"cached files of subject {subject!r} are unreadable"):
+        load_prepared(tmp_path, subject)
+    with pytest.raises(NdaeError, match="is not prepared"):
+        load_prepared(tmp_path, "IXI000-absent")

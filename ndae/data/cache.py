@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ndae.data.demo import cache_root
 from ndae.data.nifti import check_image_file
 from ndae.data.preprocess import PrepareConfig, PreparedSubject, prepare_subject
 from ndae.data.subject_ids import subject_file
-from ndae.errors import InvalidImageError, ManifestError
+from ndae.errors import InvalidImageError, ManifestError, NdaeError
 from ndae.io import atomic_save_npz, atomic_write_json
 
 
@@ -64,7 +65,9 @@ def is_cached(out_dir: Path, record: dict) -> bool:
         return False
     try:
         saved = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(saved, dict):  # valid JSON but not a record (edited or foreign): redo it
         return False
     keys = ("image_sha256", "mask_sha256", "config")
     return all(saved.get(key) == record[key] for key in keys)
@@ -87,19 +90,27 @@ def save_prepared(out_dir: Path, prepared: PreparedSubject, record: dict) -> Non
 
 def load_prepared(out_dir: str | Path, subject: str) -> PreparedSubject:
     json_path, npz_path = _paths(Path(out_dir), subject)
-    with np.load(npz_path) as arrays:
-        return PreparedSubject(
-            subject=subject,
-            image=arrays["image"].astype(np.float32),
-            mask=arrays["mask"],
-            labels=arrays["labels"],
-            slices=arrays["slices"],
-            slice_z_mm=arrays["slice_z_mm"],
-            grid_affine=arrays["grid_affine"],
-            registered=bool(arrays["transform_mat"].size),
-            transform_mat=arrays["transform_mat"].tobytes(),
-            meta=json.loads(json_path.read_text()),
-        )
+    try:
+        with np.load(npz_path) as arrays:
+            return PreparedSubject(
+                subject=subject,
+                image=arrays["image"].astype(np.float32),
+                mask=arrays["mask"],
+                labels=arrays["labels"],
+                slices=arrays["slices"],
+                slice_z_mm=arrays["slice_z_mm"],
+                grid_affine=arrays["grid_affine"],
+                registered=bool(arrays["transform_mat"].size),
+                transform_mat=arrays["transform_mat"].tobytes(),
+                meta=json.loads(json_path.read_text()),
+            )
+    except FileNotFoundError as error:
+        raise NdaeError(f"{error.filename}: subject {subject!r} is not prepared in {out_dir} "
+                        "(run `ndae prepare` for its manifest)") from error
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # JSONDecodeError is a ValueError
+        raise NdaeError(f"{out_dir}: the cached files of subject {subject!r} are unreadable "
+                        f"({type(error).__name__}: {error}); delete {npz_path.name} and {json_path.name} "
+                        "and prepare again") from error
 
 
 def prepare_manifest(
