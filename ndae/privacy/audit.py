@@ -22,7 +22,6 @@ accountant (`accountant`, RDP by default). The audit
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from pathlib import Path

@@ -1,22 +1,16 @@
-"""Canaries for one-run privacy auditing (Steinke, Nasr & Jagielski, NeurIPS 2023).
+"""Canaries for one-run privacy auditing (Steinke, Nasr & Jagielski, NeurIPS 2023): making them
+and keeping the site's secret record of them.
 
 A site that audits a run adds `count` synthetic canary images to its training controls; each is
 included independently with probability 1/2, decided by a seed only the site knows. After the run
-the site scores every canary with the trained DAE (lower denoising loss = more likely trained
-on), guesses "in" for the k best-scored and "out" for the k worst, and counts the correct
-guesses. Under (ε, δ)-DP the number of correct guesses is stochastically dominated by a
-Binomial(r, e^ε / (1 + e^ε)) up to a δ term (their Theorem 3.1 and Algorithm 2), so the largest ε
-not rejected at level alpha is a valid lower bound on the ε of the whole training run — from ONE
-training run, unlike shadow-model audits.
+the auditor scores the canaries with the trained DAE and bounds epsilon from the guesses
+(`ndae.privacy.canary_audit`).
 
 Canaries are blocky uniform noise (4×4-pixel blocks, left–right mirror-symmetric so the flip
 augmentation shows the model the same image) in the data's [-1, 1] range: far from any brain, so
 a model that memorises shows it, and synthetic, so the audit needs no patient data. They are
 records like any other: under DP-SGD they are clipped and noised like the controls, and the
 accounting (sample rate) counts them.
-
-This module makes and records the canaries (at the site, when it trains); the audit that scores
-them after the run and the one-run bound are `ndae.privacy.canary_audit`.
 """
 
 from __future__ import annotations
