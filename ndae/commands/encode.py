@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--manifest", required=True, help="manifest.csv")
     parser.add_argument("--out", default=None, help="output .npz (default RUN/latents.npz)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM inversion steps (default: the config's)")
-    parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: per manifest)")
+    parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

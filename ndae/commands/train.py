@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
-    parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: per manifest)")
+    parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--resume", action="store_true",
                         help="continue from RUN/dae/checkpoint.pt (same manifest, preset, seed and cache; "
