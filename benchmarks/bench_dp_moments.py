@@ -84,17 +84,12 @@ def noise_multiplier_for(epsilon: float, delta: float) -> float:
 
 
 def old_postprocess(stats):
-    """The server's post-processing before this change (ndae/federation/privacy.py), verbatim."""
+    """The server's post-processing before this change (ndae/federation/privacy.py); its eigenvalue
+    floor is the one still in use (`floor_eigenvalues`)."""
+    from ndae.privacy.moments_postprocessing import floor_eigenvalues as psd
+
     p = stats.xtx.shape[0]
     n = max(float(stats.n), p + 2.0)
-
-    def psd(matrix, floor_fraction=1e-6):
-        matrix = (matrix + matrix.T) / 2
-        values, vectors = np.linalg.eigh(matrix)
-        floor = floor_fraction * max(float(values.max()), 1e-6)
-        if values.min() >= floor:
-            return matrix
-        return (vectors * np.maximum(values, floor)) @ vectors.T
 
     sum_y2 = np.maximum(stats.sum_y2, stats.sum_y ** 2 / n + 1e-6 * n)
     site_n = np.maximum(stats.site_n, 1.0)

@@ -16,7 +16,7 @@ import numpy as np
 from ndae.errors import NdaeError
 
 
-def _psd(matrix: np.ndarray, floor_fraction: float = 1e-6) -> np.ndarray:
+def floor_eigenvalues(matrix: np.ndarray, floor_fraction: float = 1e-6) -> np.ndarray:
     """Symmetrise and floor the eigenvalues at floor_fraction × the largest (post-processing)."""
     matrix = (matrix + matrix.T) / 2
     values, vectors = np.linalg.eigh(matrix)
@@ -45,7 +45,7 @@ def postprocess_noisy_stats(stats, *, shrink_variances: bool = True):
     from dataclasses import replace
 
     p, d = stats.n_columns, stats.n_features
-    xtx = _psd(np.array(stats.xtx, dtype=np.float64))
+    xtx = floor_eigenvalues(np.array(stats.xtx, dtype=np.float64))
     n = max(float(xtx[0, 0]), float(stats.n) if stats.dp_noise_variance is None else -np.inf, p + 2.0)
     xtx[0, 0] = max(xtx[0, 0], n)  # a larger diagonal keeps it positive definite
     if stats.dp_noise_variance is not None and float(stats.dp_noise_variance[0]) > 0:
@@ -82,7 +82,7 @@ def postprocess_noisy_stats(stats, *, shrink_variances: bool = True):
             covariance = covariance * np.outer(scale * target, scale * target)
         else:
             scale = np.sqrt(np.maximum(np.diag(covariance), 1e-300))
-            correlation = _psd(covariance / np.outer(scale, scale), 1e-3)
+            correlation = floor_eigenvalues(covariance / np.outer(scale, scale), 1e-3)
             inverse = 1 / np.sqrt(np.diag(correlation))
             target = np.sqrt(sum_y2 - sum_y**2 / n)
             covariance = correlation * np.outer(inverse * target, inverse * target)
