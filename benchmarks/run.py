@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "survival_ventricle", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
+ORDER = ["survival", "survival_ventricle", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
 # Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
 RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]],
         "survival": [[], ["--preset", "tiny-ventricle", "--steps", "1000", "--threads", "2",
