@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,19 @@ def ixi_dir(tmp_path_factory) -> Path:
     except MissingTestData as error:
         pytest.fail(str(error))
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_ndae_cache(tmp_path_factory):
+    # Prepared caches are keyed by the manifest's path, and every test writes its manifests under
+    # a new tmp folder: pointed at ~/.cache/ndae they would pile up there run after run.
+    previous = os.environ.get("NDAE_CACHE")
+    os.environ["NDAE_CACHE"] = str(tmp_path_factory.mktemp("ndae-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NDAE_CACHE", None)
+    else:
+        os.environ["NDAE_CACHE"] = previous
 
 
 @pytest.fixture(autouse=True, scope="session")
