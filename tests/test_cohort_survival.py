@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +12,10 @@ from lifelines.utils import concordance_index as lifelines_concordance
 
 from ndae.cohort.survival import (
     SurvivalModel,
+    SurvivalModelError,
     concordance_index,
     kaplan_meier_median,
+    redraw_survival,
     simulate_patients,
     survival_summary,
 )
@@ -93,3 +97,45 @@ def test_same_seed_same_table_different_seed_differs():
     c = simulate_patients(50, np.random.default_rng(2))
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a["event_time"], c["event_time"])
+
+
+def test_concordance_without_events_is_nan():
+    assert np.isnan(concordance_index([1, 2, 3], [1, 2, 3], [0, 0, 0]))
+
+
+def _spread(values):
+    return float(np.std(values, ddof=1))
+
+
+def test_redraw_follows_the_stored_model_not_the_default(table):
+    # A cohort made with another model than the default: shorter survival, flatter hazard, more dropout.
+    model = replace(SurvivalModel(), median_months=18.0, weibull_shape=1.2, dropout_months=60.0)
+    cohort_json = {"survival_model": asdict(model)}
+    patients = model.simulate(table["risk"].iloc[:800], np.random.default_rng(3)).assign(subject=lambda t: t.index.astype(str))
+    draws = [redraw_survival(cohort_json, patients, np.random.default_rng(100 + r)) for r in range(40)]
+    medians = [kaplan_meier_median(t, e) for t, e in draws]
+    event_rates = [float(np.mean(e)) for _, e in draws]
+    oracle = [concordance_index(t, patients["risk"], e) for t, e in draws]
+    # The cohort's own outcome is one draw of the same distribution: within 4 sd of the redraws.
+    own_median = kaplan_meier_median(patients["time"], patients["event"])
+    assert abs(own_median - np.mean(medians)) < 4 * _spread(medians)
+    assert abs(patients["event"].mean() - np.mean(event_rates)) < 4 * _spread(event_rates)
+    assert abs(concordance_index(patients["time"], patients["risk"], patients["event"]) - np.mean(oracle)) < 4 * _spread(oracle)
+    # The default model (median 30 months) would give clearly longer survival: the JSON is what is used.
+    default = [kaplan_meier_median(*redraw_survival({"survival_model": asdict(SurvivalModel())}, patients,
+                                                     np.random.default_rng(100 + r))) for r in range(10)]
+    assert min(default) > max(medians)
+
+
+def test_redraw_refuses_what_it_cannot_use(table):
+    patients = table.iloc[:5].assign(subject=[f"s{i}" for i in range(5)])
+    good = asdict(SurvivalModel())
+    with pytest.raises(SurvivalModelError, match="no 'survival_model'"):
+        redraw_survival({}, patients, np.random.default_rng(0))
+    with pytest.raises(SurvivalModelError, match="missing \\['dropout_months'\\]"):
+        redraw_survival({"survival_model": {k: v for k, v in good.items() if k != "dropout_months"}}, patients,
+                        np.random.default_rng(0))
+    with pytest.raises(SurvivalModelError, match="weibull_shape"):
+        redraw_survival({"survival_model": {**good, "weibull_shape": -1}}, patients, np.random.default_rng(0))
+    with pytest.raises(SurvivalModelError, match="s2"):
+        redraw_survival({"survival_model": good}, patients.assign(risk=[0, 1, np.nan, 0, 0]), np.random.default_rng(0))

@@ -16,12 +16,11 @@ import pandas as pd
 
 from ndae.cohort.disease import PatientPhenotype
 from ndae.cohort.patients import draw_patients
-from ndae.cohort.plan import CohortConfig, assign_subjects, plan_sites, subject_ids
+from ndae.cohort.plan import CohortConfig, assign_subjects, expand_patients, plan_sites, subject_ids
 from ndae.cohort.render import render_subject
-from ndae.cohort.source import read_healthy, seeded_subset, usable_subjects
-from ndae.cohort.store import write_tables
+from ndae.cohort.source import healthy_manifest_path, read_healthy, seeded_subset, usable_subjects
+from ndae.cohort.store import cohort_parameters, remove_marker, write_marker, write_tables
 from ndae.cohort.summary import summarise
-from ndae.io import atomic_write_json
 
 __all__ = ["CohortConfig", "generate_cohort", "read_healthy"]
 
@@ -36,6 +35,7 @@ def _render_tasks(cohort: pd.DataFrame, source: pd.DataFrame, sites, config: Coh
         tasks.append(
             {
                 "index": int(row["source_index"]),
+                "copy": int(row["copy"]),
                 "seed": config.seed,
                 "subject": row["subject"],
                 "image": source.at[index, "image"],
@@ -52,12 +52,17 @@ def _render_tasks(cohort: pd.DataFrame, source: pd.DataFrame, sites, config: Coh
 
 
 def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConfig = CohortConfig()) -> dict:
-    """Simulate the cohort into `out_dir`; returns the cohort.json summary."""
+    """Simulate the cohort into `out_dir`; returns the cohort.json summary.
+
+    Everything is checked before the first write; cohort.json, the completion marker that
+    `store.check_complete` reads, is removed first and written last.
+    """
     out = Path(out_dir)
     frame = seeded_subset(read_healthy(healthy), config.max_subjects, config.seed)
+    parameters = cohort_parameters(config, healthy_manifest_path(healthy))
     frame, excluded = usable_subjects(frame)
     sites = plan_sites(len(frame), config)
-    cohort = assign_subjects(frame, sites, config.seed)
+    cohort = expand_patients(assign_subjects(frame, sites, config.seed), config.patients_per_anatomy)
     source = frame.iloc[cohort["source_index"].to_numpy()].reset_index(drop=True)
     cohort["source_subject"] = source["subject"].to_numpy()
     cohort["age"] = source["age"].to_numpy()
@@ -67,6 +72,7 @@ def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConf
     cohort["image"] = [f"images/{r.site}/{r.subject}_T1.nii.gz" for r in cohort.itertuples()]
     cohort["mask"] = [f"images/{r.site}/{r.subject}_labels.nii.gz" for r in cohort.itertuples()]
 
+    remove_marker(out)
     tasks = _render_tasks(cohort, source, sites, config, out)
     if config.jobs > 1:
         with ProcessPoolExecutor(max_workers=config.jobs) as pool:
@@ -77,9 +83,6 @@ def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConf
     cohort = cohort.merge(measured, on="subject", how="left").sort_values("subject").reset_index(drop=True)
 
     write_tables(out, cohort, sites)
-    summary = summarise(cohort, sites, config)
-    summary["excluded_subjects"] = excluded
-    atomic_write_json(out / "cohort.json", summary)
     if config.figure:
         from ndae.cohort.figure import example_figure
 
@@ -88,4 +91,6 @@ def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConf
         example_figure(
             frame.iloc[int(pick["source_index"])], out / "cohort_example.png", config.disease, config.seed
         )
-    return summary
+    summary = summarise(cohort, sites, config)
+    summary["excluded_subjects"] = excluded
+    return write_marker(out, summary, parameters)

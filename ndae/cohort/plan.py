@@ -1,6 +1,9 @@
 """The cohort's plan: how many sites, their scanners and case mix, who is a patient where.
 
-Each usable healthy scan becomes either one control or the anatomy of patients, never both.
+Each usable healthy scan becomes either one control or the anatomy of patients, never both:
+`--patients-per-anatomy K` draws K patients (independent severity, onset and survival) from each
+patient anatomy, all in the anatomy's site. Counts of patients in the plan (`--patients`, a
+site's `patients`) are counts of anatomies; the cohort has K times as many patients.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from ndae.errors import NdaeError
 class CohortConfig:
     sites: int = 4
     seed: int = 0
-    patients: int | None = None  # default: half of the subjects used
+    patients: int | None = None  # scans used as patients' anatomies; default: half of the subjects used
+    patients_per_anatomy: int = 1  # patients drawn from each patient anatomy
     site_sizes: list[int] | None = None  # default: all subjects, site 1 largest (3:1 to the last)
     controls_only_site: str | None = None  # e.g. "site2"
     patients_only_site: str | None = None
@@ -56,6 +60,9 @@ def plan_sites(n_available: int, config: CohortConfig) -> list[Site]:
     k = config.sites
     if k < 1:
         raise NdaeError(f"--sites must be at least 1, got {k}")
+    if isinstance(config.patients_per_anatomy, bool) or not isinstance(config.patients_per_anatomy, int) \
+            or config.patients_per_anatomy < 1:
+        raise NdaeError(f"--patients-per-anatomy must be a whole number of at least 1, got {config.patients_per_anatomy!r}")
     names = [f"site{i + 1}" for i in range(k)]
     for option, value in (("--controls-only-site", config.controls_only_site), ("--patients-only-site", config.patients_only_site)):
         if value is not None and value not in names:
@@ -87,7 +94,7 @@ def plan_sites(n_available: int, config: CohortConfig) -> list[Site]:
     low, caps = mixed.astype(int), np.where(mixed, sizes - 1, 0)
     if remaining < low.sum() or remaining > caps.sum():
         raise NdaeError(
-            f"cannot place {patients} patients: with these site sizes {sizes.tolist()} and options "
+            f"cannot place {patients} patients' anatomies: with these site sizes {sizes.tolist()} and options "
             f"the mixed sites can take {low.sum()}–{caps.sum()} patients besides {fixed.sum()} in the patients-only site"
         )
     ratio = rng.uniform(0.3, 0.7, size=k)  # patient:control ratio differs per site
@@ -145,6 +152,16 @@ def assign_subjects(healthy: pd.DataFrame, sites: list[Site], seed: int) -> pd.D
                 control_pool = np.setdiff1d(control_pool, chosen)
             rows += [(int(i), site.name, group) for i in chosen]
     table = pd.DataFrame(rows, columns=["source_index", "site", "group"]).sort_values("source_index")
+    return table.reset_index(drop=True)
+
+
+def expand_patients(cohort: pd.DataFrame, per_anatomy: int) -> pd.DataFrame:
+    """K rows per patient anatomy (`copy` 1..K, in the anatomy's site), one row per control.
+
+    Rows stay in source order, then copy: with K = 1 the table is the one-patient cohort's."""
+    copies = np.where(cohort["group"].to_numpy() == "als", per_anatomy, 1)
+    table = cohort.loc[cohort.index.repeat(copies)].copy()
+    table["copy"] = np.concatenate([np.arange(1, n + 1) for n in copies]) if len(copies) else []
     return table.reset_index(drop=True)
 
 

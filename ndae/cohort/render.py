@@ -11,7 +11,7 @@ from ndae.cohort import anatomy as landmarks
 from ndae.cohort.anatomy import Anatomy, load_anatomy
 from ndae.cohort.deformation import jacobian_determinant, resample, sampling_coordinates
 from ndae.cohort.disease import DiseaseModel, PatientPhenotype, apply_disease
-from ndae.cohort.seeds import SUBJECT, stream
+from ndae.cohort.seeds import SUBJECT, copy_stream
 from ndae.cohort.sites import Site, apply_scanner
 from ndae.cohort.store import write_nifti
 
@@ -99,7 +99,8 @@ def render_subject(task: dict) -> dict:
     """
     source = load_anatomy(task["image"], task["mask"])
     anatomy, stripped = to_magnitude(source)
-    rng = stream(task["seed"], SUBJECT, task["index"])
+    # Scanner positioning and noise: per source scan and copy, so copy 1 is the K = 1 cohort's.
+    rng = copy_stream(task["seed"], SUBJECT, task["index"], copy=task["copy"])
     image, labels, min_jacobian, clean = render(anatomy, task["phenotype"], task["disease"], task["site"], rng, stripped)
     # Integer scanner units, as scanners deliver them (and smaller, faster files).
     image = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)

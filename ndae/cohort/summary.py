@@ -58,6 +58,8 @@ def summarise(cohort: pd.DataFrame, sites: list[Site], config) -> dict:
         "subjects": int(len(cohort)),
         "controls": int(len(controls)),
         "patients": int(len(patients)),
+        "patient_anatomies": int(patients["source_subject"].nunique()),
+        "patients_per_anatomy": int(config.patients_per_anatomy),
         "sites": _per_site(cohort, sites),
         "survival": survival_summary(patients) if len(patients) else {},
         "site_effect": _site_effect(cohort),

@@ -10,10 +10,17 @@ loss to follow-up (exponential). See docs/cohort.md for the numbers and their so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
+
+from ndae.errors import NdaeError
+
+
+class SurvivalModelError(NdaeError):
+    """A cohort.json without a usable survival model, or truth rows it cannot redraw."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,27 @@ class SurvivalModel:
     accrual_months: float = 24.0  # scans spread uniformly over the first 24 months ...
     study_months: float = 72.0  # ... of a study that closes at 72 months
     dropout_months: float = 150.0  # mean time to loss to follow-up
+
+    @classmethod
+    def from_dict(cls, values: Mapping, where: str = "survival_model") -> "SurvivalModel":
+        """The model as cohort.json stores it (`asdict`); every field must be there, a number."""
+        if not isinstance(values, Mapping):
+            raise SurvivalModelError(f"{where}: expected an object with the survival model's parameters")
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in values]
+        unknown = sorted(set(values) - set(names))
+        if missing or unknown:
+            raise SurvivalModelError(f"{where}: missing {missing}, unknown {unknown} (fields: {names})")
+        parsed = {}
+        for name in names:
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise SurvivalModelError(f"{where}.{name}: expected a finite number, got {value!r}")
+            parsed[name] = float(value)
+        for name in ("weibull_shape", "median_months", "severity_sd", "study_months", "dropout_months"):
+            if parsed[name] <= 0:
+                raise SurvivalModelError(f"{where}.{name}: must be positive, got {parsed[name]}")
+        return cls(**parsed)
 
     @property
     def weibull_scale(self) -> float:
@@ -68,6 +96,29 @@ class SurvivalModel:
         )
 
 
+def redraw_survival(cohort_json: Mapping, truth: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh (time, event) for the given patients from exactly the model the cohort used.
+
+    `cohort_json`: the cohort's cohort.json (its `survival_model`); `truth`: patients' rows of
+    its truth.csv, each with its true linear predictor `risk` (severity, age and onset enter
+    only through it). New event times, study entries and losses to follow-up are drawn from
+    `rng`; the order of the rows is the order of the draws, so the patients of copy c of a
+    cohort, in source order, with `seeds.survival_stream(seed, c)` give the cohort's own times.
+    """
+    if not isinstance(cohort_json, Mapping) or "survival_model" not in cohort_json:
+        raise SurvivalModelError("cohort.json has no 'survival_model': it cannot redraw survival")
+    model = SurvivalModel.from_dict(cohort_json["survival_model"], "cohort.json survival_model")
+    if "risk" not in truth.columns:
+        raise SurvivalModelError("truth: no 'risk' column (the true linear predictor)")
+    risk = pd.to_numeric(truth["risk"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(risk)
+    if bad.any():
+        names = truth["subject"].astype(str).to_numpy()[bad] if "subject" in truth.columns else np.flatnonzero(bad)
+        raise SurvivalModelError(f"truth: no finite 'risk' for {list(names[:5])} (pass the patients' rows only)")
+    drawn = model.simulate(risk, rng)
+    return drawn["time"].to_numpy(), drawn["event"].to_numpy()
+
+
 def simulate_patients(
     n: int, rng: np.random.Generator, model: SurvivalModel = SurvivalModel(), bulbar_fraction: float = 0.3
 ) -> pd.DataFrame:
@@ -83,27 +134,27 @@ def simulate_patients(
 
 
 def concordance_index(time, score, event) -> float:
-    """Harrell's C, exactly: over pairs where the earlier time is an event, the fraction whose
-    higher score (risk) fails first; tied scores count one half. O(n²) in blocks."""
-    time, score, event = (np.asarray(x, dtype=float) for x in (time, score, event))
-    concordant, comparable = 0.0, 0.0
-    for start in range(0, len(time), 1024):
-        t_i, s_i, e_i = time[start : start + 1024, None], score[start : start + 1024, None], event[start : start + 1024, None]
-        usable = (t_i < time[None, :]) & (e_i == 1)
-        comparable += usable.sum()
-        concordant += (usable & (s_i > score[None, :])).sum() + 0.5 * (usable & (s_i == score[None, :])).sum()
-    return float(concordant / comparable) if comparable else float("nan")
+    """Harrell's C of a risk score (higher = fails sooner), from scikit-survival: over pairs
+    whose earlier time is an event, the fraction whose higher score fails first; tied scores
+    count one half. NaN when no pair is comparable (e.g. no events)."""
+    from sksurv.metrics import concordance_index_censored
+
+    time, score = np.asarray(time, dtype=float), np.asarray(score, dtype=float)
+    event = np.asarray(event, dtype=float) > 0
+    if not event.any():
+        return float("nan")
+    try:
+        return float(concordance_index_censored(event, time, score)[0])
+    except ValueError:  # scikit-survival: no comparable pairs
+        return float("nan")
 
 
 def kaplan_meier_median(time, event) -> float:
-    """Median of the Kaplan–Meier estimate (inf if survival never drops to 0.5)."""
-    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    order = np.lexsort((-event, time))  # events before censorings at tied times
-    time, event = time[order], event[order]
-    at_risk = len(time) - np.arange(len(time))
-    survival = np.cumprod(1 - event / at_risk)
-    below = np.nonzero(survival <= 0.5)[0]
-    return float(time[below[0]]) if len(below) else float("inf")
+    """Median of the Kaplan–Meier estimate, from lifelines (inf if survival never drops to 0.5)."""
+    from lifelines import KaplanMeierFitter
+
+    fitter = KaplanMeierFitter().fit(np.asarray(time, dtype=float), np.asarray(event, dtype=int))
+    return float(fitter.median_survival_time_)
 
 
 def survival_summary(table: pd.DataFrame) -> dict:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from ndae.errors import NdaeError
+
+COHORT_FILES = ("cohort.json", "manifest.csv", "truth.csv", "images", "sites")
 
 
 def _sizes(text: str) -> list[int]:
@@ -17,30 +22,44 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "cohort",
         help="simulate a multi-site ALS cohort (images, manifests, survival truth) from healthy scans",
-        description="Each healthy scan becomes one control or one patient's anatomy. Writes manifest.csv, "
+        description="Each healthy scan becomes one control or the anatomy of --patients-per-anatomy patients. "
+        "Writes manifest.csv, "
         "sites/<site>/manifest.csv, truth.csv, images/, cohort.json and cohort_example.png. See docs/cohort.md.",
     )
     parser.add_argument("--healthy", required=True, help="manifest CSV of healthy scans with a 'mask' (MUSE labels) column, or its folder")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patients", type=int, default=None, help="number of patients (default: half the subjects)")
+    parser.add_argument("--patients", type=int, default=None,
+                        help="healthy scans used as patients' anatomies (default: half the subjects)")
+    parser.add_argument("--patients-per-anatomy", type=int, default=1, metavar="K",
+                        help="patients drawn from each patient anatomy, each with its own severity, onset, survival "
+                        "and image (default 1; the cohort has K x --patients patients)")
     parser.add_argument("--site-sizes", type=_sizes, default=None, help="subjects per site, e.g. 40,30,30,20 (default: all, 3:1 largest to smallest)")
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the healthy scans")
     parser.add_argument("--controls-only-site", default=None, help="a site with no patients, e.g. site4")
     parser.add_argument("--patients-only-site", default=None, help="a site with no controls, e.g. site3")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (output does not depend on it)")
     parser.add_argument("--no-figure", action="store_true", help="skip cohort_example.png")
+    parser.add_argument("--force", action="store_true", help="replace a cohort already in --out")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ndae.cohort import CohortConfig, generate_cohort
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NdaeError(f"--out {out}: exists and is not a folder")
+    present = [name for name in COHORT_FILES if (out / name).exists()]
+    if present and not args.force:
+        raise NdaeError(f"--out {out} already holds a cohort ({', '.join(present)}): choose another folder, "
+                        "or pass --force to replace it")
     config = CohortConfig(
         sites=args.sites,
         seed=args.seed,
         patients=args.patients,
+        patients_per_anatomy=args.patients_per_anatomy,
         site_sizes=args.site_sizes,
         controls_only_site=args.controls_only_site,
         patients_only_site=args.patients_only_site,
@@ -50,8 +69,8 @@ def run(args) -> int:
     )
     summary = generate_cohort(args.healthy, args.out, config)
     survival = summary["survival"]
-    print(f"cohort: {summary['subjects']} subjects ({summary['controls']} controls, {summary['patients']} patients) "
-          f"in {len(summary['sites'])} sites → {args.out}")
+    print(f"cohort: {summary['subjects']} subjects ({summary['controls']} controls, {summary['patients']} patients "
+          f"from {summary['patient_anatomies']} anatomies) in {len(summary['sites'])} sites → {args.out}")
     for subject, reason in summary.get("excluded_subjects", {}).items():
         print(f"left out {subject}: {reason}")
     if survival:
