@@ -4,9 +4,18 @@ Builds a simulated multi-site ALS cohort from the shipped IXI demo scans (`ndae 
 reuses `--cohort DIR`), then runs the whole `ndae evaluate` pipeline once per seed (DAE, the
 autoencoder baseline and the CV folds change with the seed; the cohort does not unless
 `--cohort-seeds` lists several). Reports Harrell's and Uno's C as mean ± sd over all folds of
-all runs, and the sd of the per-run means. Writes `benchmarks/results/survival.md`.
+all runs, and the sd of the per-run means. Writes `benchmarks/results/survival.md` and its raw
+results beside it (`survival.json`: runs, the summary table and the per-fold rows), from which
+`--render-only` rewrites the section.
 
-    python benchmarks/bench_survival.py [--seeds 0 1] [--steps 100] [--cohort-seeds 0]
+Per-model metrics: the per-fold rows come from `ndae evaluate` (`survival/cv_per_fold.csv`, one row
+per model, variant and fold, the same folds for every model of a run); `aggregate` summarises them
+per model, `reading` compares every model with the covariates-only model as a paired difference
+over the same folds (95 % CI over all paired folds of all runs). Nothing in the prose is typed:
+where the CI includes 0 it says the two are not distinguishable at this sample size.
+
+    python -m benchmarks.bench_survival [--seeds 0 1] [--steps 100] [--cohort-seeds 0]
+    python -m benchmarks.bench_survival --render-only [--out benchmarks/results/survival.md]
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.statements import compare, half_width, paired_difference
 from ndae.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,75 +115,141 @@ def run(args) -> dict:
                          "baselines": result["baselines"], "skipped": result["skipped_baselines"],
                          "failed": result["failed_models"], "cosine_hazard_ratio": result["cosine_hazard_ratio"]})
     return {"runs": runs, "per_fold": pd.concat(per_fold, ignore_index=True), "cohort_seconds": cohort_seconds,
+            "penalizer": options.penalizer,
             "total_seconds": time.perf_counter() - started}
 
 
 def aggregate(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, variant): mean and sd of each metric over all folds of all runs, the sd of the per-run
+    means, the number of folds, and the feature columns the model used."""
     rows = []
     for (model, variant), group in per_fold.groupby(["model", "variant"], sort=False):
-        row = {"model": model, "variant": variant, "n_folds": len(group)}
+        row = {"model": model, "variant": variant, "n_folds": len(group),
+               "features": str(group["features"].iloc[0]) if "features" in group else None}
         for metric in ("harrell_c", "uno_c"):
             values = group[metric].dropna()
             run_means = group.groupby(["cohort_seed", "seed"])[metric].mean()
-            row[metric] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-            row[f"{metric}_runs_sd"] = float(run_means.std(ddof=1)) if len(run_means) > 1 else float("nan")
             row[f"{metric}_mean"] = float(values.mean())
+            row[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            row[f"{metric}_runs_sd"] = float(run_means.std(ddof=1)) if len(run_means) > 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def write_report(result: dict, table: pd.DataFrame, path: Path, command: str) -> None:
-    runs = result["runs"]
-    oracle = {(r["cohort_seed"]): r["oracle_c_index"] for r in runs}
-    first = runs[0]
+def raw_results(result: dict, table: pd.DataFrame, command: str) -> dict:
+    """Everything the section states, as saved beside it (`<out>.json`) for `--render-only`."""
+    runs = [{"cohort_seed": r["cohort_seed"], "seed": r["seed"], "oracle_c_index": r["oracle_c_index"],
+             "subjects": r["subjects"], "dae_steps": r["dae"].get("steps"),
+             "psnr_brain_db": r["dae"].get("reconstruction_psnr_brain_db"), "timings": r["timings"],
+             "brain_age_mae_years": r["baselines"].get("brain-age gap", {}).get("controls_out_of_fold_mae_years"),
+             "cosine_hr_per_sd": r["cosine_hazard_ratio"]["per_sd"], "skipped": r["skipped"], "failed": r["failed"]}
+            for r in result["runs"]]
+    return {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d}", "machine": platform.machine(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "threads": result["threads"],
+            "total_seconds": result["total_seconds"], "cohort_seconds": result["cohort_seconds"],
+            "healthy": result["healthy"], "healthy_note": result["healthy_note"], "preset": result["preset"], "seeds": result["seeds"], "folds": result["folds"],
+            "penalizer": result["penalizer"], "runs": runs, "table": table.to_dict("records"),
+            "per_fold": result["per_fold"].to_dict("records")}
+
+
+def render(raw: dict) -> str:
+    """The section, from the raw results alone."""
+    runs, first = raw["runs"], raw["runs"][0]
+    oracle = {r["cohort_seed"]: r["oracle_c_index"] for r in runs}
     subjects = first["subjects"]
     star = ", ".join(f"{v:.3f} (cohort seed {k})" for k, v in oracle.items())
     lines = [
         "## Survival: NDAE scores vs baselines vs oracle (`benchmarks/bench_survival.py`"
-        + ("" if result["preset"] == "tiny" else f", DAE preset `{result['preset']}`") + ")", "",
-        f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} CPU, {os.cpu_count()} cores visible "
-        f"(shared with other work), torch threads {result['threads']}, Python {platform.python_version()}. "
-        f"Total {result['total_seconds'] / 60:.1f} min (cohort generation {result['cohort_seconds'] / 60:.1f} min).", "",
-        f"Cohort: simulated by `ndae cohort` ({len(oracle)} cohort seed(s)) from `{result['healthy']}`; "
+        + ("" if raw["preset"] == "tiny" else f", DAE preset `{raw['preset']}`") + ")", "",
+        f"`{raw['command']}` — {raw['date']}, {raw['machine']} CPU, {raw['cores']} cores visible "
+        f"(shared with other work), torch threads {raw['threads']}, Python {raw['python']}. "
+        f"Total {raw['total_seconds'] / 60:.1f} min (cohort generation {raw['cohort_seconds'] / 60:.1f} min).", "",
+        f"Cohort: simulated by `ndae cohort` ({len(oracle)} cohort seed(s)) from `{raw['healthy']}`{raw.get('healthy_note', '')}; "
         f"{subjects['controls']} controls, {subjects['patients']} patients, {subjects['events']} events. "
-        f"DAE preset `{result['preset']}`, {first['dae'].get('steps')} steps (reconstruction PSNR in brain "
-        f"{_fmt(first['dae'].get('reconstruction_psnr_brain_db'))} dB); runs (pipeline seeds) {result['seeds']}. "
-        f"{result['folds']}-fold CV stratified by event, the same folds for every model within a run; Cox L2 penalty 0.1.", "",
+        f"DAE preset `{raw['preset']}`, {first['dae_steps']} steps (reconstruction PSNR in brain "
+        f"{_fmt(first['psnr_brain_db'])} dB); runs (pipeline seeds) {raw['seeds']}. "
+        f"{raw['folds']}-fold CV stratified by event, the same folds for every model within a run; Cox L2 penalty "
+        f"{raw['penalizer']:g}.", "",
         f"Oracle C* (Harrell's C of the true risk): {star}.", "",
         "Mean ± sd over all folds of all runs; 'runs sd' = sd of the per-run means.", "",
         "| model | variant | Harrell's C | runs sd | Uno's C | runs sd |", "|---|---|---|---|---|---|",
     ]
-    for row in table.itertuples():
-        lines.append(f"| {row.model} | {row.variant} | {row.harrell_c} | {_fmt(row.harrell_c_runs_sd)} | {row.uno_c} | "
-                     f"{_fmt(row.uno_c_runs_sd)} |")
-    hazard = [r["cosine_hazard_ratio"]["per_sd"] for r in runs]
-    brain_age = [r["baselines"].get("brain-age gap", {}).get("controls_out_of_fold_mae_years") for r in runs]
+    for row in raw["table"]:
+        lines.append(f"| {row['model']} | {row['variant']} | {_fmt(row['harrell_c_mean'])} ± {_fmt(row['harrell_c_sd'])} | "
+                     f"{_fmt(row['harrell_c_runs_sd'])} | {_fmt(row['uno_c_mean'])} ± {_fmt(row['uno_c_sd'])} | "
+                     f"{_fmt(row['uno_c_runs_sd'])} |")
+    hazard = [r["cosine_hr_per_sd"] for r in runs]
     lines += [
-        "", "Models: covariates = age, sex, site (onset is not in the cohort's manifest, so not used); NDAE = "
-        "deviation of the DAE's z_sem from the normative model (cosine, Mahalanobis, all scores); regional "
-        "normative z = PCNtoolkit-style z-scores of label-map volumes/intensities; autoencoder = conv. AE "
-        "reconstruction error + latent Mahalanobis; z_sem PCA = no normative model; brain-age gap from z_sem. "
-        "'with covariates' adds age and sex. The oracle row is a Cox model on the true linear predictor.", "",
+        "", "Models: NDAE = deviation of the DAE's z_sem from the normative model (cosine, Mahalanobis, all "
+        "scores); regional normative z = PCNtoolkit-style z-scores of label-map volumes/intensities; autoencoder = "
+        "conv. AE reconstruction error + latent Mahalanobis; z_sem PCA = no normative model; brain-age gap from "
+        "z_sem. The oracle row is a Cox model on the true linear predictor. " + _covariates_text(raw["table"]), "",
         "NDAE cosine, HR per SD of the patients' cosine: "
         + ", ".join(f"{h['hazard_ratio']:.2f} ({h['lower_95']:.2f}–{h['upper_95']:.2f})" for h in hazard) + " (per run).",
-        "Brain-age model, controls' out-of-fold MAE (years): " + ", ".join(_fmt(v, 1) for v in brain_age) + ".", "",
+        "Brain-age model, controls' out-of-fold MAE (years): " + ", ".join(_fmt(r["brain_age_mae_years"], 1) for r in runs) + ".", "",
         "Per-run time (s): " + "; ".join(
             f"seed {r['seed']}: DAE {r['timings']['dae_training_s']:.0f}, encode {r['timings']['encoding_s']:.0f}, "
             f"autoencoder {r['timings']['baseline_autoencoder_s']:.0f}, CV {r['timings']['cross_validation_s']:.0f}, "
             f"total {r['timings']['total_s']:.0f}" for r in runs) + ".", "",
-    ]
-    lines += [
-        f"Reading: at the `{result['preset']}` preset and this CPU step budget the DAE is far from converged (the "
-        "DAE benchmark measures what its latent carries), so the NDAE rows check the "
-        "pipeline end to end, not the method's ceiling; that needs the `paper` preset on a GPU. Folds hold ~12 "
-        "patients, so a fold's C has sd ≈ 0.1: differences below ~0.05 between rows are noise.", "",
+        "Reading: " + reading(raw), "",
     ]
     skipped = {k: v for r in runs for k, v in r["skipped"].items()}
     failed = {k: v for r in runs for k, v in r["failed"].items()}
     if skipped or failed:
         lines += [f"Skipped: {skipped}; failed: {failed}", ""]
+    return "\n".join(lines)
+
+
+def _covariates_text(table: list[dict]) -> str:
+    """The covariate columns as the runs used them (from the per-fold `features`), not as described."""
+    rows = {(row["model"], row["variant"]): row.get("features") for row in table}
+    alone = rows.get(("covariates", "alone"))
+    if not alone:
+        return "(The runs' feature columns were not recorded.)"
+    added = sorted({f for (model, variant), features in rows.items() if variant == "with covariates" and features
+                    for f in features.split(", ")} & set(alone.split(", ")))
+    return (f"Covariates-only model: {alone}; 'with covariates' adds {', '.join(added) if added else 'none of them'}.")
+
+
+def reading(raw: dict) -> str:
+    """Computed from the numbers: the fold spread, and each model against the covariates-only model as a
+    paired difference with its 95 % CI (pairs: the same fold of the same run)."""
+    subjects, table = raw["runs"][0]["subjects"], raw["table"]
+    fold_sd = float(np.nanmedian([row["harrell_c_sd"] for row in table]))
+    n_folds = int(np.median([row["n_folds"] for row in table]))
+    text = (f"folds hold ~{subjects['patients'] / raw['folds']:.0f} patients, and one fold's Harrell's C has sd "
+            f"{fold_sd:.2f} (median over rows). ")
+    per_fold = pd.DataFrame(raw.get("per_fold") or [])
+    if per_fold.empty:
+        bound = 1.96 * np.sqrt(2) * fold_sd / np.sqrt(n_folds)
+        return text + (f"The per-fold rows of this run were not kept, so no paired difference can be computed; unpaired, "
+                       f"two rows' means over {n_folds} folds would need to differ by more than ±{bound:.3f} "
+                       "(1.96·√2·sd/√folds) to be told apart.")
+    per_fold = per_fold.assign(pair=per_fold["cohort_seed"].astype(str) + "/" + per_fold["seed"].astype(str)
+                               + "/" + per_fold["fold"].astype(str))
+    base = {"model": "covariates", "variant": "alone"}
+    stated, measured = [], []
+    for row in table:
+        if row["model"] == "covariates" and row["variant"] == "alone":
+            continue
+        name = f"{row['model']} ({row['variant']})"
+        difference = paired_difference(per_fold, None, {"model": row["model"], "variant": row["variant"]}, base,
+                                       fold="pair")
+        if np.isfinite(difference["d"]):
+            measured.append(difference)
+            stated.append(compare(name, "covariates alone", difference))
+    resolution = half_width(measured)
+    if stated:
+        text += "Against the covariates-only model, Harrell's C paired over the same folds: " + "; ".join(stated) + ". "
+    if np.isfinite(resolution):
+        text += f"At this sample size these paired differences resolve about ±{resolution:.3f} (median half-width of their 95 % CIs)."
+    return text.strip()
+
+
+def write_report(raw: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(raw, indent=2, default=str) + "\n")
+    atomic_write_text(path, render(raw))
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -200,15 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/ndae-bench-survival")
     parser.add_argument("--out", default=str(RESULTS / "survival.md"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite --out from the raw results saved beside it (<out>.json); no runs")
     args = parser.parse_args(argv)
+    if args.render_only:
+        saved = Path(args.out).with_suffix(".json")
+        if not saved.exists():
+            raise SystemExit(f"--render-only: no raw results at {saved}; run the benchmark first")
+        atomic_write_text(Path(args.out), render(json.loads(saved.read_text())))
+        print(Path(args.out).read_text())
+        return 0
     result = run(args)
     result.update(preset=args.preset, seeds=args.seeds, folds=args.folds, threads=args.threads,
-                  healthy=getattr(args, "healthy_used", args.cohort or args.healthy) + (
-                      f" (the IXI scans of the demo build's prepared cache `{args.prepared}`, written as the demo is)"
-                      if args.prepared and not args.cohort else ""))
+                  healthy=getattr(args, "healthy_used", args.cohort or args.healthy),
+                  healthy_note=(f" (the IXI scans of the demo build's prepared cache `{args.prepared}`, written as the "
+                                "demo is)" if args.prepared and not args.cohort else ""))
     table = aggregate(result["per_fold"])
-    command = "python benchmarks/bench_survival.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    write_report(result, table, Path(args.out), command.strip())
+    command = "python -m benchmarks.bench_survival " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    write_report(raw_results(result, table, command.strip()), Path(args.out))
     Path(args.work).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.work) / "bench_survival.json", json.dumps(
         {k: v for k, v in result.items() if k != "per_fold"}, indent=2, default=str))

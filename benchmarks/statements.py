@@ -33,30 +33,37 @@ def t_interval(values) -> tuple[float, float, float, float]:
     return mean, sd, mean - half, mean + half
 
 
-def paired_difference(per_fold: pd.DataFrame, unit: str, a: dict, b: dict, metric: str = "harrell_c",
+def paired_difference(per_fold: pd.DataFrame, unit: str | None, a: dict, b: dict, metric: str = "harrell_c",
                       fold: str = "fold") -> dict:
-    """Difference a − b of `metric` paired over the same folds: the per-fold differences are averaged
-    within each replicate (`unit`, e.g. a cohort seed), and the 95 % t-interval is over replicates; with
-    one replicate the interval is over its folds (stated in `over`). `a` and `b` select rows by column
-    values (e.g. {"mode": ..., "model": ...})."""
+    """Difference a − b of `metric` paired over the same folds. With `unit` (a replicate, e.g. a cohort
+    seed) the per-fold differences are averaged within each replicate and the 95 % t-interval is over
+    replicates (over the folds where there is only one); with `unit=None` the interval is over all
+    paired folds (`fold` then names each fold uniquely). `a` and `b` select rows by column values
+    (e.g. {"mode": ..., "model": ...}); `over` says what the interval is over."""
+    keys = [fold] if unit is None else [unit, fold]
+
     def pick(selection):
         mask = np.ones(len(per_fold), bool)
         for column, value in selection.items():
             mask &= (per_fold[column] == value).to_numpy()
-        return per_fold.loc[mask].set_index([unit, fold])[metric]
+        return per_fold.loc[mask].set_index(keys)[metric]
 
     left, right = pick(a), pick(b)
     both = left.index.intersection(right.index)
     diffs = (left.loc[both] - right.loc[both]).dropna()
     if diffs.empty:
         return {"d": math.nan, "low": math.nan, "high": math.nan, "n": 0, "over": "no common folds"}
-    by_unit = diffs.groupby(level=0).mean()
-    label = unit.replace("_", " ")
-    if len(by_unit) >= 2:
-        d, _, low, high = t_interval(by_unit.to_numpy())
-        return {"d": d, "low": low, "high": high, "n": int(len(by_unit)), "over": f"{len(by_unit)} {label}s"}
+    if unit is not None:
+        by_unit = diffs.groupby(level=0).mean()
+        label = unit.replace("_", " ")
+        if len(by_unit) >= 2:
+            d, _, low, high = t_interval(by_unit.to_numpy())
+            return {"d": d, "low": low, "high": high, "n": int(len(by_unit)), "over": f"{len(by_unit)} {label}s"}
+        over = f"{len(diffs)} folds of one {label}"
+    else:
+        over = f"{len(diffs)} paired folds"
     d, _, low, high = t_interval(diffs.to_numpy())
-    return {"d": d, "low": low, "high": high, "n": int(len(diffs)), "over": f"{len(diffs)} folds of one {label}"}
+    return {"d": d, "low": low, "high": high, "n": int(len(diffs)), "over": over}
 
 
 def interval_text(d: float, low: float, high: float, digits: int = 3) -> str:

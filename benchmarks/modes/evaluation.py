@@ -72,27 +72,37 @@ def site_scores(run_dir: Path, cohort: Path, cache_dir: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def cross_validate(table: pd.DataFrame, args) -> tuple[pd.DataFrame, list]:
-    """Each score alone (and the true risk): one cross_validate_cox per feature, same seed, same folds."""
+def cross_validate(table: pd.DataFrame, args) -> tuple[pd.DataFrame, list, dict[str, str]]:
+    """Each score alone (and the true risk): one cross_validate_cox per feature, same seed, same folds.
+    A feature the CV refuses (e.g. non-finite scores) is left out and its reason returned, so one bad
+    score does not hide the others."""
+    from ndae.errors import NdaeError
     from ndae.survival.metrics import cross_validate_cox
 
-    frames, folds = [], None
+    frames, folds, refused = [], None, {}
     for feature in FEATURES:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = cross_validate_cox(table, {feature: [feature]}, folds=args.folds, seed=args.cv_seed,
-                                        penalizer=args.penalizer)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = cross_validate_cox(table, {feature: [feature]}, folds=args.folds, seed=args.cv_seed,
+                                            penalizer=args.penalizer)
+        except NdaeError as error:
+            refused[feature] = str(error)
+            continue
         these = [tuple(np.sort(t)) for t in result.test_indices[feature]]
         if folds is None:
             folds = these
         elif these != folds:
             raise RuntimeError("cross-validation folds differ between features")
         frames.append(result.per_fold)
-    return pd.concat(frames, ignore_index=True), folds
+    if not frames:
+        raise RuntimeError(f"no feature could be cross-validated: {refused}")
+    return pd.concat(frames, ignore_index=True), folds, refused
 
 
 def evaluate_seed(args, seed: int, cohort: Path, results: dict) -> tuple[pd.DataFrame, dict, dict]:
-    """Per-fold CV results of every mode (same folds), oracle C*, the pooled-vs-federated checks."""
+    """Per-fold CV results of every mode (same folds), oracle C*, the pooled-vs-federated checks, and
+    the features the CV refused per mode (`checks["refused"]`)."""
     from ndae.survival.oracle import oracle_c_index
 
     cache_dir = str(Path(args.work) / "cache")
@@ -111,7 +121,9 @@ def evaluate_seed(args, seed: int, cohort: Path, results: dict) -> tuple[pd.Data
             deviations = relink_pseudonyms(read_deviations(run_dir / "deviations.csv"), run_dir / "privacy")
         table = patients(cohort, deviations)
         tables[mode] = table
-        frame, folds = cross_validate(table, args)
+        frame, folds, refused = cross_validate(table, args)
+        if refused:
+            checks.setdefault("refused", {})[mode] = refused
         if folds_seen is None:
             folds_seen = folds
         elif folds != folds_seen:

@@ -176,7 +176,8 @@ def _checks(raw: dict, seeds: pd.DataFrame, per_fold: pd.DataFrame) -> list[str]
         "privacy heads (`privacy/heads.json`).",
         f"- Run wall seconds are per run with {s['workers']} runs sharing the {raw['cores']} cores (and other work), so "
         f"they include contention; DAE training is a median {dae_share * 100:.0f} % of a run's wall time.",
-    ]
+    ] + [f"- Not cross-validated, cohort seed {seed}, {mode}: " + "; ".join(f"{feature} ({reason})" for feature, reason in refused.items())
+         for seed in order for mode, refused in checks[seed].get("refused", {}).items()]
 
 
 def _calibration(raw: dict) -> list[str]:
