@@ -134,19 +134,10 @@ def simulate_patients(
 
 
 def concordance_index(time, score, event) -> float:
-    """Harrell's C of a risk score (higher = fails sooner), from scikit-survival: over pairs
-    whose earlier time is an event, the fraction whose higher score fails first; tied scores
-    count one half. NaN when no pair is comparable (e.g. no events)."""
-    from sksurv.metrics import concordance_index_censored
+    """Harrell's C of a risk score (higher = fails sooner); NaN when no pair is comparable."""
+    from ndae.survival.metrics import harrell_c_index
 
-    time, score = np.asarray(time, dtype=float), np.asarray(score, dtype=float)
-    event = np.asarray(event, dtype=float) > 0
-    if not event.any():
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event, time, score)[0])
-    except ValueError:  # scikit-survival: no comparable pairs
-        return float("nan")
+    return harrell_c_index(time, event, score)
 
 
 def kaplan_meier_median(time, event) -> float:

@@ -107,16 +107,10 @@ def cox_fit_predict(penalizer: float = 0.01) -> FitPredict:
 
 # -- cross-validated concordance -----------------------------------------------------------------
 def harrell_c(time, event, risk) -> float:
-    """Harrell's C (scikit-survival); NaN when no pair is comparable."""
-    from sksurv.metrics import concordance_index_censored
+    """Harrell's C (the project's one: `ndae.survival.metrics.harrell_c_index`); NaN when no pair is comparable."""
+    from ndae.survival.metrics import harrell_c_index
 
-    event = np.asarray(event).astype(bool)
-    if not event.any():
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event, np.asarray(time, float), np.asarray(risk, float))[0])
-    except ValueError:  # e.g. no comparable pairs
-        return float("nan")
+    return harrell_c_index(time, event, risk)
 
 
 def cross_validated_risk(fit_predict: FitPredict, X, time, event, folds: list[np.ndarray]) -> np.ndarray:

@@ -28,10 +28,19 @@ def _survival_array(time: np.ndarray, event: np.ndarray) -> np.ndarray:
 
 
 def harrell_c_index(time: Sequence[float], event: Sequence[int], risk: Sequence[float]) -> float:
-    """Harrell's C: fraction of comparable pairs ordered correctly by risk (ties in risk count ½)."""
-    from lifelines.utils import concordance_index
+    """Harrell's C of a risk (higher = fails sooner), from scikit-survival: over pairs whose earlier
+    time is an event, the fraction the risk orders correctly (ties in risk count ½). NaN when no
+    pair is comparable (e.g. no events). The project's one Harrell's C: every other caller uses it."""
+    from sksurv.metrics import concordance_index_censored
 
-    return float(concordance_index(np.asarray(time, float), -np.asarray(risk, float), np.asarray(event, float)))
+    time, risk = np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
+    event = np.asarray(event, dtype=float) > 0
+    if not event.any():
+        return float("nan")
+    try:
+        return float(concordance_index_censored(event, time, risk)[0])
+    except ValueError:  # scikit-survival: no comparable pairs
+        return float("nan")
 
 
 def _within_train_follow_up(train_time, test_time, test_event):

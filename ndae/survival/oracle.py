@@ -17,10 +17,9 @@ def oracle_c_index(time: Sequence[float], event: Sequence[int], true_risk: Seque
     """Harrell's C of the true risk: higher risk must mean shorter time.
 
     A pair (i, j) is comparable when the shorter time is an observed event; it is concordant when
-    that subject has the higher risk; equal risks count one half. lifelines' concordance_index
-    scores a predicted *survival time* (higher = longer), hence the minus sign.
+    that subject has the higher risk; equal risks count one half (`harrell_c_index`).
     """
-    from lifelines.utils import concordance_index
+    from ndae.survival.metrics import harrell_c_index
 
     time, event, true_risk = (np.asarray(a, dtype=float) for a in (time, event, true_risk))
     if not (len(time) == len(event) == len(true_risk)):
@@ -32,4 +31,4 @@ def oracle_c_index(time: Sequence[float], event: Sequence[int], true_risk: Seque
         raise NdaeError("oracle C-index: event must be 0 or 1")
     if event.sum() == 0:
         raise NdaeError("oracle C-index: no events, so no comparable pairs")
-    return float(concordance_index(time, -true_risk, event))
+    return harrell_c_index(time, event, true_risk)
