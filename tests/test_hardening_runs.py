@@ -291,3 +291,25 @@ def test_a_site_refusal_in_the_flower_simulation_is_reported_as_the_sites_reason
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert all(entry["reason"].startswith("error: PolicyViolation: ") for entry in status["missing"])
     assert "PolicyViolation: run config 'audit-canaries' = 300" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_resuming_a_demo_killed_while_its_cohort_was_written_simulates_the_cohort_again(tmp_path, monkeypatch):
+    import ndae.cohort
+    from ndae.federation.demo import demo_settings, run_demo
+
+    run = tmp_path / "demo"
+    with claim_output(run, command="demo", settings=demo_settings(rounds=1), outputs=["cohort"]):
+        (run / "cohort" / "sites" / "site1").mkdir(parents=True)  # killed before the completion marker
+        (run / "cohort" / "sites" / "site1" / "manifest.csv").write_text("subject,site\n")
+        (run / "cohort" / "manifest.csv").write_text("subject,site\n")
+
+    class Regenerated(Exception):
+        pass
+
+    def generate(healthy, out, config):
+        assert not Path(out).exists() and config.sites == 3 and config.seed == 0  # the half-written one is gone
+        raise Regenerated
+
+    monkeypatch.setattr(ndae.cohort, "generate_cohort", generate)
+    with pytest.raises(Regenerated):
+        run_demo(run, rounds=1, resume=True, log=lambda line: None)

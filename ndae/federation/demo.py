@@ -36,9 +36,13 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
     claim = claim_output(out, command="demo", settings=settings, outputs=DEMO_OUTPUTS, resume=resume, force=force)
     with claim:  # released at the end; a failure before any output drops the record
         started = time.time()
-        if (cohort_dir / "manifest.csv").exists():
-            _check_cohort(cohort_dir, dict(sites=sites, seed=seed, max_subjects=max_subjects))
-        else:
+        if cohort_dir.exists() and not _usable_cohort(cohort_dir, dict(sites=sites, seed=seed,
+                                                                        max_subjects=max_subjects,
+                                                                        healthy_manifest=healthy), log):
+            import shutil
+
+            shutil.rmtree(cohort_dir)  # half-written (killed): made again, it is the same cohort (seeded)
+        if not cohort_dir.exists():
             if healthy is None:
                 from ndae.data.demo import DEMO_ARCHIVE, demo_manifest_path
 
@@ -92,7 +96,8 @@ def demo_settings(*, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs:
 
 def check_demo_arguments(settings: dict, jobs: int) -> None:
     """Every `ndae demo` argument, checked before anything is generated (names the option)."""
-    PRESETS = _dae_preset_names()
+    from ndae.presets import PRESETS  # torch-free: a typo in --preset fails at once
+
     if settings["preset"] not in PRESETS:
         raise NdaeError(f"--preset {settings['preset']!r}: unknown DAE preset; choose one of {', '.join(PRESETS)}")
     for option, value, least in (("--sites", settings["sites"], 1), ("--rounds", settings["rounds"], 0),
@@ -119,30 +124,20 @@ def check_demo_arguments(settings: dict, jobs: int) -> None:
                      audit_canaries=settings["audit_canaries"])
 
 
-def _dae_preset_names() -> tuple[str, ...]:
-    """`ndae.model.config.PRESETS`, read without importing the `ndae.model` package: that imports
-    torch (seconds on a busy machine), and a typo in --preset must fail at once."""
-    import ast
-    import sys
+def _usable_cohort(cohort_dir: Path, expected: dict, log) -> bool:
+    """True for a complete cohort folder made with these settings; False for a half-written one
+    (no completion marker or missing files: generation was killed); refuses one made otherwise."""
+    from ndae.cohort.store import CohortMismatchError, IncompleteCohortError, check_complete
 
-    if "ndae.model.config" in sys.modules:
-        return tuple(sys.modules["ndae.model.config"].PRESETS)
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "model" / "config.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise NdaeError("ndae/model/config.py defines no PRESETS")  # pragma: no cover - a broken installation
-
-
-def _check_cohort(cohort_dir: Path, expected: dict) -> None:
-    """A cohort folder from an earlier (resumed) run must be complete and made with these settings."""
     try:
-        from ndae.cohort.store import check_complete
-    except ImportError:  # TODO(issue 14): ndae.cohort.store.check_complete lands with the cohort hardening
-        if not (cohort_dir / "cohort.json").exists():
-            raise NdaeError(f"{cohort_dir}: incomplete cohort (no cohort.json); pass --force to start over") from None
-        return
-    check_complete(cohort_dir, expected)
+        check_complete(cohort_dir, {key: value for key, value in expected.items()
+                                    if value is not None or key == "max_subjects"})
+    except IncompleteCohortError as error:
+        log(f"[demo] {error}: simulating it again")
+        return False
+    except CohortMismatchError as error:
+        raise CohortMismatchError(f"{error}; pass --force to start the demo over") from None
+    return True
 
 
 def add_demo_sections(out: Path, cohort_dir: Path) -> None:
