@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ndae.federation.demo import DEFAULT_LOCAL_EPOCHS, DEFAULT_ROUNDS
+from ndae.federation.demo import DEFAULT_LOCAL_EPOCHS, DEFAULT_PATIENTS_PER_ANATOMY, DEFAULT_ROUNDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the demo scans")
+    parser.add_argument("--patients-per-anatomy", type=int, default=DEFAULT_PATIENTS_PER_ANATOMY, metavar="K",
+                        help=f"simulated patients per patient anatomy of the demo data (default {DEFAULT_PATIENTS_PER_ANATOMY}: "
+                             "240 patients from the 60 patient anatomies)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for cohort generation (default 2)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the same apps in this process instead of Flower's (Ray) simulation engine")
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
                       strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
-                      max_subjects=args.max_subjects, jobs=args.jobs, in_process=args.in_process,
+                      max_subjects=args.max_subjects, jobs=args.jobs,
+                      patients_per_anatomy=args.patients_per_anatomy, in_process=args.in_process,
                       privacy=args.privacy, target_epsilon=args.target_epsilon,
                       audit_canaries=args.audit_canaries, resume=args.resume, force=args.force)
     print(f"report: {report}")
