@@ -23,6 +23,7 @@ from ndae.errors import NdaeError
 from ndae.privacy.attack import (accounted_epsilon, accounted_verdict, against_accounted, attack_auc,
                                  denoising_scores, global_model)
 from ndae.privacy.canaries import read_canary_record
+from ndae.privacy.delta import DEFAULT_DELTA
 
 
 def p_value_dp_audit(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -113,7 +114,7 @@ def canary_audit_run(run_dir: str | os.PathLike, *, privacy_dir: str | os.PathLi
     for path in records:
         canaries = read_canary_record(path)
         epsilon, delta = accounted_epsilon(run_dir, canaries.site)
-        delta = 1e-5 if delta is None else delta
+        delta = DEFAULT_DELTA if delta is None else delta  # a ledger without a recorded delta: the default rule
         ages = canaries.ages() if model.config.model.age_conditioned else None
         scores.append(denoising_scores(model, canaries.images(), ages, seed=seed, draws=draws, t_range=CANARY_T_RANGE))
         included.append(canaries.included())
