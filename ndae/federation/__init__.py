@@ -1,14 +1,14 @@
 """Federated NDAE with Flower: the task logic behind `client/client_app.py` and `server/server_app.py`.
 
-- `config`: the run configuration (`[tool.flwr.app.config]` keys) as a dataclass.
-- `records`: DAE weights, tables and normative models <-> Flower records.
-- `site`: what a hospital computes (local training, sufficient statistics, deviation scores,
-  Cox terms); called by the ClientApp and by nothing else.
-- `server`: the phases the ServerApp drives (FedAvg rounds with checkpoint/resume, normative
-  moments, deviations, pooled or federated survival) and the run directory they write.
-- `report`: survival outputs and report.md.
-- `inprocess`: a Grid that calls the real ClientApp in this process (tests, benchmarks).
-- `simulation`: `flwr run` against a private, simulation-mode SuperLink (what `ndae demo` uses).
+- `site/`: what runs at a hospital (Flower handlers, the site's policy and private releases, the
+  computations on its rows); see `ndae.federation.site`.
+- `server/`: what runs at the server (the phases, aggregation, the Newton loop, the run directory
+  and report); see `ndae.federation.server`.
+- Both ends: `config` (the run configuration, `[tool.flwr.app.config]` keys, as a dataclass),
+  `records` (DAE weights, tables and normative models <-> Flower records), `site_reasons` (a site's
+  refusal as one line), `inprocess` (a Grid that calls the real ClientApp in this process: tests,
+  benchmarks), `simulation` (`flwr run` against a private simulation-mode SuperLink: `ndae demo`),
+  `demo` (`ndae demo` in library form), `synthetic` (a tiny synthetic cohort for tests).
 """
 
 from ndae.federation.config import FederationConfig
