@@ -13,6 +13,7 @@
 #   NDAE_NODE_CONFIG    extra node config, e.g. 'data-root="/data"'             (optional)
 #   NDAE_PYTHON         python that has ndae-fed + flwr (default: the one next to flower-supernode)
 #   FLWR_HOME           where approved bundles are unpacked (default: $NDAE_SITE_DIR/flwr-home)
+#   NDAE_CACHE          root of the default prepared-subject cache, read by ndae (default ~/.cache/ndae)
 # Extra arguments are passed to flower-supernode.
 set -euo pipefail
 for var in NDAE_SUPERLINK NDAE_CA_CERT NDAE_SITE_KEY NDAE_SITE_DIR NDAE_MANIFEST; do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -251,6 +252,79 @@ def test_docker_compose_services_match_the_scripts():
             if variable.startswith("NDAE_"):
                 assert variable in script, f"{name}: {variable} is not read by its start script"
     assert (DEPLOY / "Dockerfile").is_file()
+
+
+# --- where the shipped layouts let a site write ------------------------------------------------
+def _unit_settings(path: Path) -> dict[str, list[str]]:
+    """systemd unit keys -> every value given (a key may repeat; values are space-separated)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).extend(shlex.split(value))
+    return settings
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = " ".join(shlex.split(value))
+    return values
+
+
+def _node_config(text: str) -> dict:
+    from flwr.common.config import parse_config_args
+
+    return parse_config_args([text])
+
+
+def _inside(path: str, folders) -> bool:
+    return any(Path(path) == Path(f) or Path(f) in Path(path).parents for f in folders)
+
+
+def test_systemd_supernode_writes_only_inside_its_state_dir():
+    unit = _unit_settings(DEPLOY / "systemd" / "ndae-supernode.service")
+    assert unit["ProtectSystem"] == ["strict"]  # everything not listed below is read-only
+    writable = [f"/var/lib/{d}" for d in unit.get("StateDirectory", [])] + \
+        [f"/var/cache/{d}" for d in unit.get("CacheDirectory", [])] + unit.get("ReadWritePaths", [])
+    env = _env_file(DEPLOY / "systemd" / "supernode.env.example")
+    environment = dict(item.split("=", 1) for item in unit.get("Environment", []))
+    node = _node_config(env["NDAE_NODE_CONFIG"])
+    for where in (node["privacy-dir"], node["cache-dir"], env["NDAE_SITE_DIR"], environment["HOME"],
+                  environment["NDAE_CACHE"]):
+        assert _inside(where, writable), f"{where} is read-only under the shipped unit ({writable})"
+    assert not _inside(env["NDAE_MANIFEST"], writable)  # the imaging data stay read-only
+
+
+def test_compose_supernode_writes_only_to_its_mounted_site_folder():
+    service = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["supernode"]
+    mounts = []
+    for volume in service["volumes"]:  # HOST:TARGET[:MODE]; HOST is a ${VAR:?message} that may hold colons
+        rest = volume[volume.index("}") + 1:] if volume.startswith("${") else volume[volume.index(":"):]
+        target, _, mode = rest.removeprefix(":").partition(":")
+        mounts.append((target, mode or "rw"))
+    writable = [target for target, mode in mounts if mode != "ro"]
+    read_only = [target for target, mode in mounts if mode == "ro"]
+    environment = service["environment"]
+    node = _node_config(environment["NDAE_NODE_CONFIG"].replace("${NDAE_NODE_CONFIG:-}", ""))
+    # A container's own file system is lost with it: a ledger there would reset the site's budget.
+    for where in (node["privacy-dir"], node["cache-dir"], environment["NDAE_SITE_DIR"], environment["HOME"],
+                  environment["NDAE_CACHE"]):
+        assert _inside(where, writable), f"{where} is not on a writable mounted volume ({writable})"
+    manifest = environment["NDAE_MANIFEST"].split("$", 1)[0]
+    assert _inside(manifest, read_only) and not _inside(manifest, writable)
+    assert "/data" in read_only and all(_inside(key, read_only) for key in
+                                        (environment["NDAE_CA_CERT"], environment["NDAE_SITE_KEY"]))
+
+
+def test_site_dir_privacy_dir_and_cache_are_what_the_readme_tells_a_site_to_prepare():
+    readme = (DEPLOY / "README.md").read_text()
+    node = _node_config(_env_file(DEPLOY / "systemd" / "supernode.env.example")["NDAE_NODE_CONFIG"])
+    assert f"--privacy-dir {node['privacy-dir']}" in readme  # make-site-key.sh puts the key there
+    assert f"--out {node['cache-dir']}" in readme  # ndae prepare fills the cache there
 
 
 if __name__ == "__main__":
