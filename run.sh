@@ -16,7 +16,8 @@ if [ ! -x "$VENV/bin/ndae" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$VENV/.installed"
 fi
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # NDAE_VENV may be absolute
+export PATH="$VENV/bin:$PATH"
 
 command=${1:-demo}
 shift || true
