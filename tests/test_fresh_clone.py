@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -66,3 +68,21 @@ def test_a_wrong_ndae_ixi_dir_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("NDAE_IXI_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(MissingTestData, match="nowhere"):
         resolve_ixi_dir(tmp_path / "build", shared=tmp_path)
+
+
+def test_pyproject_python_bound_matches_flower_and_flwr_run_installs_nothing():
+    import tomllib
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    ours = SpecifierSet(project["project"]["requires-python"])
+    flower = SpecifierSet(metadata("flwr")["Requires-Python"])
+    # every Python we admit must be one flwr admits, or Flower's `uv sync` cannot solve (exit 608)
+    for minor in range(8, 20):
+        version = Version(f"3.{minor}")
+        if version in ours:
+            assert version in flower, f"requires-python admits {version}, flwr does not"
+    assert project["tool"]["uv"]["managed"] is False  # Flower's runtime install stops instead of fetching torch
