@@ -10,12 +10,15 @@ from ndae.presets import PRESETS
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="DAE → normative model → deviations → survival, plus five baselines, on any manifest",
+        help="DAE → normative model → deviations → survival, plus six baselines, on any manifest",
         description="Train the DAE on the manifest's controls, encode everyone, fit the normative model, score "
         "deviations, and cross-validate Cox models (Harrell's and Uno's C, the same folds for every model) for the "
-        "NDAE scores and five baselines (covariates; regional normative z-scores; a convolutional autoencoder; "
-        "PCA of z_sem; brain-age gap). Writes OUT/report.md, OUT/evaluation.json, OUT/km_cosine.png, "
-        "OUT/c_index.png and the run files. With --truth (a CSV with subject, risk), also the oracle C*.",
+        "NDAE scores and six baselines (covariates; regional normative z-scores; voxel-wise normative z; a "
+        "convolutional autoencoder; PCA of z_sem; brain-age gap), folds grouped by source anatomy. A fraction of the "
+        "controls is held out of every fit (AUROC, calibration). Writes OUT/report.md, OUT/evaluation.json, "
+        "OUT/km_cosine.png, OUT/c_index.png and the run files. With --truth (a CSV with subject, risk; optional "
+        "severity, source_subject), also C*, risk concordance and, with a cohort.json beside it, expected C "
+        "(docs/evaluation.md).",
     )
     parser.add_argument("--manifest", required=True, help="manifest.csv (subject, site, image, age, sex, group, "
                         "time, event; optional mask = MUSE label map)")
@@ -29,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the DAE, the autoencoder and the folds")
     parser.add_argument("--penalizer", type=float, default=0.1, help="Cox L2 penalty for every model (default 0.1)")
     parser.add_argument("--autoencoder-steps", type=int, default=300, help="autoencoder baseline steps (default 300)")
+    parser.add_argument("--draws", type=int, default=50, help="fresh survival draws for expected C, from the survival "
+                        "model in the cohort.json beside --truth (default 50)")
+    parser.add_argument("--held-out-controls", type=float, default=0.25, help="fraction of the controls (per site, "
+                        "seeded) kept out of the DAE and every normative fit, for the AUROC and calibration (default 0.25)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvaluationOptions(
         config=args.config, steps=args.steps, inversion_steps=args.inversion_steps, folds=args.folds, seed=args.seed,
         penalizer=args.penalizer, autoencoder_steps=args.autoencoder_steps, cache_dir=args.cache, device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet, draws=args.draws, held_out_controls=args.held_out_controls,
     )
     from ndae.run_folder import claim_output
 

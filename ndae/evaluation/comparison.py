@@ -1,5 +1,6 @@
 """The survival comparison of `ndae evaluate`: one cross-validated Cox model per feature set on
-the SAME folds (each model alone and with the clinical covariates), its summary over folds
+the SAME folds, grouped by source anatomy (each model alone and with exactly the covariates-only
+model's covariates), its summary over folds
 (Harrell's and Uno's C, time-dependent AUC, integrated Brier), and the hazard ratio of the NDAE
 cosine score over all patients."""
 
@@ -18,8 +19,12 @@ from ndae.errors import NdaeError
 def model_feature_sets(table: pd.DataFrame, features: dict[str, list[str]], covariates: list[str]) -> dict[str, dict]:
     """Each model alone and, except the covariates-only model, with the clinical covariates.
 
-    Columns that are constant over the patients cannot enter a Cox model and are dropped.
+    `covariates`: the covariates-only model's feature list, all of it (age, sex, onset, site), so
+    every "with covariates" model nests the covariates-only model and their difference is what
+    the imaging adds. Columns that are constant over the patients cannot enter a Cox model and are
+    dropped (from the covariates too, for every model alike).
     """
+    covariates = [c for c in covariates if table[c].nunique() > 1]
     sets = {}
     for name, columns in features.items():
         columns = [c for c in columns if table[c].nunique() > 1]
@@ -31,12 +36,16 @@ def model_feature_sets(table: pd.DataFrame, features: dict[str, list[str]], cova
     return sets
 
 
-def cross_validate_models(table: pd.DataFrame, sets: dict[str, dict], options):
-    """One `cross_validate_cox` per (model, variant) on the same table and seed: identical folds.
+def cross_validate_models(table: pd.DataFrame, sets: dict[str, dict], options, groups=None):
+    """One `cross_validate_cox` per (model, variant) on the same folds: grouped by `groups` (one
+    source-anatomy label per row of `table`; None: each patient alone), stratified by event,
+    seeded by `options.seed` (`ndae.evaluation.grouped_cv.grouped_folds`).
     A model whose Cox fit fails in some fold is reported with its error, the others go on.
     `options`: the run's `EvaluationOptions` (folds, seed, penalizer)."""
+    from ndae.evaluation.grouped_cv import grouped_folds
     from ndae.survival.metrics import cross_validate_cox
 
+    test_folds = grouped_folds(table["event"].to_numpy(int), groups, options.folds, options.seed)
     per_fold, failures, folds_seen = [], {}, None
     for name, variants in sets.items():
         for variant, columns in variants.items():
@@ -44,7 +53,7 @@ def cross_validate_models(table: pd.DataFrame, sets: dict[str, dict], options):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     result = cross_validate_cox(table, {name: columns}, folds=options.folds, seed=options.seed,
-                                                penalizer=options.penalizer)
+                                                penalizer=options.penalizer, test_folds=test_folds)
             except NdaeError as error:
                 failures[f"{name} | {variant}"] = str(error)
                 continue

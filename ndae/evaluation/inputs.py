@@ -55,3 +55,33 @@ def read_truth(truth_path: str | Path, patients: pd.Series) -> pd.DataFrame:
         raise NdaeError(f"{path}: column 'risk' has missing or non-numeric values for patients")
     truth["true_risk"] = values
     return truth
+
+
+def read_truth_table(truth_path: str | Path, patients: pd.Series) -> pd.DataFrame:
+    """The patients' rows of the truth CSV, in the order of `patients`, with every column it has
+    (`risk`; optionally `severity`, `source_subject`, ...). Call after `read_truth` has checked it."""
+    truth = pd.read_csv(truth_path, dtype={"subject": str, "source_subject": str})
+    truth = truth.drop_duplicates("subject").set_index("subject")
+    return truth.loc[patients.astype(str).to_numpy()].reset_index()
+
+
+def cohort_survival_model(truth_path: str | Path) -> tuple[dict | None, str | None]:
+    """(cohort.json, None) when the cohort.json beside the truth file holds a survival model to
+    redraw outcomes from, else (None, the reason expected C is skipped)."""
+    import json
+
+    path = Path(truth_path).parent / "cohort.json"
+    if not path.exists():
+        return None, f"no survival model in cohort.json: {path} does not exist"
+    try:
+        cohort = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise NdaeError(f"{path}: not readable JSON ({error})") from error
+    if not isinstance(cohort, dict) or "survival_model" not in cohort:
+        return None, f"no survival model in cohort.json: {path} has no 'survival_model'"
+    try:
+        from ndae.cohort.survival import SurvivalModel
+    except ImportError:  # pragma: no cover - the cohort package is part of the project
+        return None, "no survival model in cohort.json: ndae.cohort.survival cannot redraw"
+    SurvivalModel.from_dict(cohort["survival_model"], f"{path}: survival_model")  # a clear error if malformed
+    return cohort, None

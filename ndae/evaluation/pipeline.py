@@ -2,17 +2,21 @@
 
 Steps (files under OUT follow the run-directory contract in README.md, "Data contracts"):
 1. check the manifest (controls to train on, patients with time/event), read the optional
-   truth file (`subject, risk`; e.g. the cohort generator's truth.csv);
-2. train the DAE on the controls (`ndae.model.run.train_run`) and encode everyone
+   truth file (`subject, risk`; e.g. the cohort generator's truth.csv), hold out a fraction of the
+   controls per site (`held_out`): OUT/train_manifest.csv is the manifest without them;
+2. train the DAE on the training controls (`ndae.model.run.train_run`) and encode everyone
    (`encode_run` → latents.npz);
-3. fit the normative model on the controls' z_sem (normative/) and score every subject
+3. fit the normative model on the training controls' z_sem (normative/) and score every subject
    (deviations.csv: cosine, z summaries, Mahalanobis);
-4. compute the five baselines (`ndae.baselines`) — a baseline the data cannot support (e.g. no
+4. compute the baselines (`ndae.baselines`, each fitted on the training controls) — a baseline the data cannot support (e.g. no
    MUSE label maps) is skipped and the reason reported;
-5. cross-validate one Cox model per feature set on the patients, every model on the SAME folds
-   (`cross_validate_cox` with one seed on one table), each model alone and with the clinical
-   covariates; Harrell's C and Uno's C (mean ± sd over folds); with a truth file, the oracle
-   C* of the true risk and a Cox model on it;
+5. cross-validate one Cox model per feature set on the patients, every model on the SAME folds,
+   grouped by source anatomy (truth.csv `source_subject`), each model alone and with exactly the
+   covariates-only model's covariates; Harrell's C and Uno's C (mean ± sd over folds); with a
+   truth file, the oracle C* of the true risk and a Cox model on it; then the truth-aware metrics
+   (`truth_aware`: expected C over fresh survival draws, risk concordance, severity ρ, AUROC vs
+   the held-out controls, paired differences to the covariates-only model and the best baseline)
+   and the held-out controls' calibration;
 6. HR per unit of the cosine score (as the NDAE paper reports it) and per SD, KM by cosine
    tertile, a C-index bar chart, report.md and evaluation.json.
 
@@ -36,7 +40,11 @@ import numpy as np
 from ndae.errors import NdaeError
 from ndae.evaluation.baseline_features import baseline_features
 from ndae.evaluation.comparison import cosine_hazard_ratio, cross_validate_models, model_feature_sets, summarise
-from ndae.evaluation.inputs import check_manifest, read_truth
+from ndae.evaluation.grouped_cv import subject_groups
+from ndae.evaluation.held_out import (calibration_pair, check_training_controls, held_out_controls,
+                                      write_training_manifest)
+from ndae.evaluation.inputs import check_manifest, cohort_survival_model, read_truth, read_truth_table
+from ndae.evaluation.truth_aware import row_key, truth_aware_metrics
 from ndae.io import atomic_write_json, atomic_write_text, finite_or_null
 
 NDAE_SCORES = ("cosine", "mean_abs_z", "max_abs_z", "mahalanobis")
@@ -57,6 +65,9 @@ class EvaluationOptions:
     device: str | None = None
     progress: bool = True
     min_controls: int = 8
+    held_out_controls: float = 0.25  # fraction of the controls kept out of every fit (per site, seeded)
+    draws: int = 50  # fresh survival draws for expected C
+    bootstrap: int = 500  # source-anatomy resamples for the observed-C paired difference (no survival model)
 
 
 def _log(options: EvaluationOptions, message: str) -> None:
@@ -84,16 +95,23 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     manifest = check_manifest(manifest_path, options.min_controls, options.folds)
     patients_all = manifest[manifest["group"] == "als"]
     truth = read_truth(truth_path, patients_all["subject"]) if truth_path else None
+    if options.draws < 1:
+        raise NdaeError(f"--draws must be at least 1, got {options.draws}")
+    cohort, expected_skip = cohort_survival_model(truth_path) if truth_path else (None, None)
+    held_out_subjects = held_out_controls(manifest, options.held_out_controls, options.seed)
+    check_training_controls(manifest_path, int((manifest["group"] == "control").sum()), held_out_subjects,
+                            options.held_out_controls, options.min_controls)
     from ndae.data.cache import default_cache_dir
 
     # The manifest's one cache (where `ndae prepare` wrote) unless told otherwise.
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir(manifest_path)
     out.mkdir(parents=True, exist_ok=True)
+    train_manifest = write_training_manifest(manifest, held_out_subjects, out / "train_manifest.csv")
 
-    # 2. DAE on the controls, then z_sem of everyone
-    _log(options, "training the DAE on the controls")
+    # 2. DAE on the training controls, then z_sem of everyone
+    _log(options, f"training the DAE on the controls ({len(held_out_subjects)} held out)")
     t0 = time.perf_counter()
-    dae_summary = train_run(manifest_path, out, options.config, steps=options.steps, seed=options.seed,
+    dae_summary = train_run(train_manifest, out, options.config, steps=options.steps, seed=options.seed,
                             cache_dir=cache_dir, device=options.device, progress=options.progress,
                             figure_steps=options.inversion_steps)
     timings["dae_training_s"] = time.perf_counter() - t0
@@ -106,7 +124,8 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     rows = manifest.set_index(manifest["subject"].astype(str)).loc[subjects].reset_index(drop=True)
     rows["subject"] = rows["subject"].astype(str)
     covariates = rows[["subject", "site", "age", "sex"]].copy()
-    controls = (rows["group"] == "control").to_numpy()
+    held_out = rows["subject"].isin(set(held_out_subjects)).to_numpy()
+    controls = (rows["group"] == "control").to_numpy() & ~held_out  # the training controls
 
     # 3. normative model of z_sem and the NDAE deviation scores
     _log(options, "normative model and deviation scores")
@@ -115,6 +134,9 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         normative = NormativeModel().fit(covariates[controls].reset_index(drop=True), z_sem[controls],
                                          [f"z_sem_{k}" for k in range(z_sem.shape[1])])
         deviations = deviation_table(subjects, covariates, z_sem, normative)
+        latent_z = normative.z_scores(covariates.reset_index(drop=True), z_sem)
+    calibration = {"NDAE latent z (z_sem)": calibration_pair(latent_z[controls], latent_z[held_out],
+                                                             controls.sum(), held_out.sum())}
     normative.save(out / "normative")
     atomic_write_text(out / "deviations.csv", deviations.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
 
@@ -125,11 +147,17 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
                                                     min_site_size=options.folds)
     features: dict[str, list[str]] = {"covariates": clinical_columns, "NDAE cosine": ["cosine"],
                                       "NDAE Mahalanobis": ["mahalanobis"], "NDAE deviation scores": list(NDAE_SCORES)}
-    baselines = baseline_features(subjects, z_sem, rows, covariates, controls, manifest_path, cache_dir, out, options)
+    baselines = baseline_features(subjects, z_sem, rows, covariates, controls, manifest_path, cache_dir, out, options,
+                                  held_out=held_out)
+    calibration.update(baselines.calibration)
     features.update(baselines.features)
     timings.update(baselines.timings)
     # age and sex_female are already in the patients' table
     frames = [clinical.drop(columns=["age", "sex_female"]), *baselines.frames]
+    # every subject's scores (patients and held-out controls): the AUROC needs both
+    all_scores = deviations[["subject", *NDAE_SCORES]].assign(subject=lambda d: d["subject"].astype(str))
+    for frame in baselines.frames:
+        all_scores = all_scores.merge(frame.assign(subject=frame["subject"].astype(str)), on="subject", how="left")
 
     # 5. the patients' table and the cross-validated comparison
     table, counts = patient_table(deviations, manifest, list(NDAE_SCORES), source=str(manifest_path))
@@ -148,10 +176,25 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
 
     _log(options, "cross-validated Cox models")
     t0 = time.perf_counter()
-    sets = model_feature_sets(table, features, [c for c in features["covariates"] if not c.startswith("site_")])
-    per_fold, failures, folds = cross_validate_models(table, sets, options)
+    # nested: every "with covariates" model holds exactly the covariates-only model's covariates
+    sets = model_feature_sets(table, features, features["covariates"])
+    truth_rows = read_truth_table(truth_path, table["subject"]) if truth is not None else None
+    groups = subject_groups(table["subject"], truth_rows)
+    per_fold, failures, folds = cross_validate_models(table, sets, options, groups=groups)
     timings["cross_validation_s"] = time.perf_counter() - t0
     summary = summarise(per_fold)
+
+    _log(options, "truth-aware metrics" + (f" ({options.draws} survival draws)" if cohort is not None else ""))
+    t0 = time.perf_counter()
+    score_columns = [c for c in feature_columns if c in all_scores.columns]
+    scored = all_scores[all_scores["subject"].isin(set(table["subject"]) | set(held_out_subjects))].reset_index(drop=True)
+    truthful = truth_aware_metrics(table, sets, summary, [np.asarray(f) for f in folds], groups, truth_rows, cohort,
+                                   expected_skip, scored[["subject", *score_columns]],
+                                   scored["subject"].isin(set(table["subject"])).to_numpy(), options)
+    timings["truth_aware_s"] = time.perf_counter() - t0
+    models = summary.to_dict(orient="records")
+    for model in models:
+        model.update(truthful["per_model"].get(row_key(model["model"], model["variant"]), {}))
     atomic_write_text(out / "survival" / "cv_per_fold.csv", per_fold.to_csv(index=False, lineterminator="\n"))
 
     hazard = cosine_hazard_ratio(table, save_to=out / "survival")
@@ -170,11 +213,22 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "options": asdict(options),
-        "subjects": {"controls": int(controls.sum()), "patients": int(len(table)), "events": int(table["event"].sum()),
+        "subjects": {"controls": int(controls.sum()), "held_out_controls": int(held_out.sum()), "patients": int(len(table)), "events": int(table["event"].sum()),
                      **{k: v for k, v in counts.items() if k != "patients_without_deviations"}},
         "dae": dae_summary,
         "oracle_c_index": oracle,
-        "models": summary.to_dict(orient="records"),
+        "models": models,
+        "expected_c": truthful["expected_c"],
+        "best_baseline": truthful["best_baseline"],
+        "difference_basis": truthful["difference_basis"],
+        "score_metrics": truthful["score_metrics"],
+        "held_out_controls": {"fraction": options.held_out_controls, "seed": options.seed,
+                              "subjects": held_out_subjects, "training_manifest": str(train_manifest)},
+        "normative_fits": {"NDAE latent normative model": [s for s, c in zip(subjects, controls) if c],
+                           **baselines.fitted_on},
+        "calibration": calibration,
+        "groups": {"column": "source_subject" if truth_rows is not None and "source_subject" in truth_rows.columns
+                   else None, "count": int(len(set(groups)))},
         "failed_models": failures,
         "skipped_baselines": baselines.skipped,
         "baselines": baselines.info,

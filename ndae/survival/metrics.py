@@ -206,11 +206,14 @@ def cross_validate_cox(
     penalizer: float = 0.0,
     duration_col: str = "time",
     event_col: str = "event",
+    test_folds: Sequence[np.ndarray] | None = None,
 ) -> CrossValidationResult:
     """K-fold CV of one Cox model per feature set, all on the SAME folds (a paired comparison).
 
     Per fold and model: Harrell's C and Uno's C of the test log partial hazard, mean dynamic AUC
     and integrated Brier score on a time grid that depends on the fold's data only.
+    `test_folds`: the folds' test row indices, given (e.g. grouped by source anatomy,
+    `ndae.evaluation.grouped_cv.grouped_folds`) instead of made here from `folds` and `seed`.
     """
     from ndae.survival.cox import CoxModel
 
@@ -221,7 +224,13 @@ def cross_validate_cox(
     df = df.reset_index(drop=True)
     time, event = df[duration_col].to_numpy(float), df[event_col].to_numpy(int)
     groups = df[list(strata)].astype(str).agg("|".join, axis=1).to_numpy() if strata else None
-    fold_test_indices = make_folds(event, folds, seed, groups)
+    if test_folds is not None:
+        from ndae.evaluation.grouped_cv import fold_labels
+
+        fold_labels(list(test_folds), len(df))  # a partition of the rows, or a clear error
+        fold_test_indices = [np.sort(np.asarray(test, int)) for test in test_folds]
+    else:
+        fold_test_indices = make_folds(event, folds, seed, groups)
 
     rows, used = [], {name: [] for name in feature_sets}
     for fold, test_index in enumerate(fold_test_indices):
