@@ -163,10 +163,11 @@ def add_demo_sections(out: Path, cohort_dir: Path) -> None:
     summary_path = out / "summary.json"
     achieved = ""
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        c_index = _find_c_index(summary)
-        if c_index is not None:
-            achieved = f" The federated model's C-index above is {c_index:.3f}, i.e. {c_index / survival['oracle_c_index']:.0%} of C*."
+        import pandas as pd
+
+        within = _find_c_index(json.loads(summary_path.read_text()))
+        if within is not None:
+            achieved = " " + _same_pairs_sentence(pd.read_csv(cohort_dir / "truth.csv"), *within)
 
     first = read_manifest(cohort_dir / "manifest.csv").iloc[0]
     prepared = prepare_subject(first["image"], first.get("mask"), first["subject"])
@@ -176,7 +177,8 @@ def add_demo_sections(out: Path, cohort_dir: Path) -> None:
         "\n## Simulation truth (never seen by the models)\n\n"
         f"The cohort was simulated from real healthy IXI anatomy ({cohort['controls']} controls, "
         f"{cohort['patients']} patients; `cohort/truth.csv`, model in `docs/cohort.md`). "
-        f"The oracle C-index of the true risk on these patients is **C\\* = {survival['oracle_c_index']:.3f}** "
+        f"The oracle C-index of the true risk on these patients (all pairs) is "
+        f"**C\\* = {survival['oracle_c_index']:.3f}** "
         f"(censoring {survival['censoring_fraction']:.0%}, Kaplan–Meier median "
         f"{survival['kaplan_meier_median_months']:.1f} months). C-indices here are on the training patients; "
         f"`ndae evaluate` gives cross-validated ones.{achieved}\n\n"
@@ -187,13 +189,34 @@ def add_demo_sections(out: Path, cohort_dir: Path) -> None:
     atomic_write_text(report, report.read_text().rstrip() + "\n" + section)
 
 
-def _find_c_index(summary: dict) -> float | None:
-    """The pooled (or else within-site) Harrell C the federation wrote to summary.json."""
+def _find_c_index(summary: dict) -> tuple[dict, dict] | None:
+    """(survival, within-site added value) from summary.json: the federation's full and
+    covariates-only C on the training patients' within-site pairs; None when the run made none."""
     survival = summary.get("survival", {})
-    for key in ("c_index_pooled", "c_index_within_site"):
-        value = survival.get(key)
-        if isinstance(value, dict):
-            value = value.get("estimate")
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
+    within = survival.get("added_value", {}).get("within_site")
+    if not isinstance(within, dict) or not isinstance(within.get("c_model"), (int, float)):
+        return None
+    return survival, within
+
+
+def _same_pairs_sentence(truth, survival: dict, within: dict) -> str:
+    """C* of the true risk on the pairs the federation's C was computed on (within each site that
+    answered, its patients), beside the covariates-only and the full model's C; every figure computed."""
+    from ndae.federation.paired_concordance import pooled_paired_concordance
+    from ndae.federation.server.report import added_value_reading
+
+    patients = truth[truth["site"].astype(str).isin(within["sites"]) & truth["risk"].notna()
+                     & truth["time"].notna() & truth["event"].notna()]
+    oracle = pooled_paired_concordance(patients["time"], patients["event"].astype(float), patients["risk"],
+                                       patients["risk"], patients["site"].astype(str))
+    pairs = oracle["comparable_pairs"]
+    same = "the same" if pairs == within["comparable_pairs"] else (
+        f"the truth's ({pairs:.0f}, the federation's C {within['comparable_pairs']:.0f}: follow-up as the sites sent it "
+        "differs from the truth's)")
+    covariates = ", ".join(survival["added_value"]["covariates"])
+    features = ", ".join(survival["added_value"]["features"])
+    return (f"On {same} within-site pairs of the {len(patients)} patients of {', '.join(within['sites'])} "
+            f"({pairs:.0f} comparable pairs), the true risk reaches C\\* = {oracle['c_model']:.3f} "
+            f"(se {oracle['se_model']:.3f}), the covariates-only model ({covariates}) {within['c_reference']:.3f} "
+            f"and the full model (+ {features}) {within['c_model']:.3f}, both on the patients they were fitted on. "
+            f"Imaging over covariates: {added_value_reading(within, features, covariates, ' (in-sample)')}")

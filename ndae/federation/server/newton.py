@@ -18,10 +18,16 @@ from ndae.federation.server.messaging import SiteMessenger
 __all__ = ["beta_message", "federated_cox"]
 
 
-def beta_message(beta: np.ndarray, covariates: list[str]) -> RecordDict:
-    """The content of a query at coefficients `beta` (Cox terms, risk summary)."""
-    return RecordDict({"beta": arrays_to_record({"beta": np.asarray(beta, dtype=np.float64)}),
-                       "config": ConfigRecord({"covariates": list(covariates)})})
+def beta_message(beta: np.ndarray, covariates: list[str],
+                 reference: tuple[np.ndarray, list[str]] | None = None) -> RecordDict:
+    """The content of a query at coefficients `beta` (Cox terms, risk summary); a risk summary
+    may carry a second, `reference` model (β, covariates) to compare on the same pairs."""
+    arrays = {"beta": np.asarray(beta, dtype=np.float64)}
+    config = {"covariates": list(covariates)}
+    if reference is not None:
+        arrays["reference_beta"] = np.asarray(reference[0], dtype=np.float64)
+        config["reference-covariates"] = list(reference[1])
+    return RecordDict({"beta": arrays_to_record(arrays), "config": ConfigRecord(config)})
 
 
 class _SiteDropped(Exception):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ndae.io import atomic_write_text
 
-__all__ = ["write_failure_report", "write_report"]
+__all__ = ["added_value_lines", "added_value_reading", "write_failure_report", "write_report"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -79,6 +79,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     if pooled:
         lines.append(f"- C-index (Harrell, pooled, training data): **{_fmt(pooled.get('estimate'))}** "
                      f"(95% bootstrap CI {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
+    lines += added_value_lines(survival)
     if survival.get("km", {}).get("group_sizes"):
         lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
     elif config.privacy:
@@ -92,6 +93,53 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     path = Path(run_dir) / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def added_value_lines(survival: dict) -> list[str]:
+    """'What the imaging adds': the covariates-only and the full model's C on the same pairs, the
+    difference with its CI and a reading chosen by the CI, for each estimate the run made."""
+    added = survival.get("added_value")
+    if not added:
+        return []
+    features, covariates = ", ".join(added["features"]), ", ".join(added["covariates"]) or "none"
+    lines = ["", "## What the imaging adds", "",
+             f"The full Cox model ({covariates} + {features}) against the covariates-only model ({covariates}; "
+             "both stratified by site, the same patients and pairs; `survival/covariates_only/`)."]
+    if "not_computed" in added:
+        return lines + ["", f"Not computed: {added['not_computed']}."]
+    estimates = [(key, added[key]) for key in ("cross_validated", "within_site") if key in added]
+    lines += ["", "| estimate | covariates-only C | full model C | difference (95% CI) | CI from |", "|---|---|---|---|---|"]
+    for _, e in estimates:
+        if "not_computed" in e:
+            continue
+        lines.append(f"| {e['kind']} | {_fmt(e['c_reference'])} | {_fmt(e['c_model'])} | {_fmt(e['difference'])} "
+                     f"({_fmt(e['lower'])} to {_fmt(e['upper'])}) | {e['ci']} |")
+    lines += [f"- {key.replace('_', '-')} estimate: not computed ({e['not_computed']})"
+              for key, e in estimates if "not_computed" in e]
+    usable = [(key, e) for key, e in estimates if "not_computed" not in e]
+    if usable:
+        key, e = usable[0]  # cross-validated where the server held the rows, else in-sample within-site
+        where = " on the patients both models were fitted on" if key == "within_site" else ""
+        lines += ["", f"Reading ({e['kind']}): {added_value_reading(e, features, covariates, where)}"]
+        if key == "within_site":
+            lines.append("The C's are on the patients the models were fitted on, so the full model's extra "
+                         "coefficients make the difference optimistic; no patient row left a site to cross-validate.")
+    return lines
+
+
+def added_value_reading(estimate: dict, features: str, covariates: str, where: str = "") -> str:
+    """The plain-words reading of a difference in C, chosen by where its CI lies."""
+    d, lower, upper = estimate["difference"], estimate["lower"], estimate["upper"]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (d, lower, upper)):
+        return "no CI could be computed (too few comparable pairs)."
+    interval = f"{d:+.3f} (95% CI {lower:+.3f} to {upper:+.3f})"
+    if lower > 0:
+        return f"adding {features} to {covariates} raises Harrell's C by {interval}: the imaging adds to the covariates{where}."
+    if upper < 0:
+        return (f"adding {features} to {covariates} changes Harrell's C by {interval}: the model ranks patients "
+                f"worse with the imaging than with the covariates alone{where}.")
+    return (f"adding {features} to {covariates} changes Harrell's C by {interval}: the CI includes 0, so what the "
+            f"imaging adds is not distinguishable from nothing at this sample size{where}.")
 
 
 def _count(value) -> str:

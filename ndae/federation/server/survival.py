@@ -13,8 +13,8 @@ import pandas as pd
 from ndae.federation.server.errors import FederationError
 from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
 
-__all__ = ["CLINICAL", "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table",
-           "save_federated_cox", "save_pooled_cox", "survival_covariates"]
+__all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table",
+           "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
 
 CLINICAL = ("age", "sex_female")
 TERTILES = ("low", "middle", "high")
@@ -139,3 +139,58 @@ def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: li
                                      title="Kaplan–Meier by tertile of Cox risk (pooled)")
         extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png"}
     return extras
+
+
+def covariates_only(covariates: list[str], features: list[str]) -> list[str]:
+    """The reference model's covariates: the full model's minus the deviation scores (nested)."""
+    return [c for c in covariates if c not in features]
+
+
+def within_site_added_value(site_aggregates: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """Full − covariates-only Harrell's C on the within-site pairs of the training patients, with a
+    95 % CI, from the sites' paired concordance aggregates (`paired_sums`, `paired_cross`)."""
+    from ndae.federation.paired_concordance import combine
+
+    result = combine([{"sums": a["paired_sums"], "cross": a["paired_cross"]} for a in site_aggregates.values()])
+    variance = result.pop("variance")
+    return {**result, "kind": "in-sample, within-site pairs", "ci": f"normal, {variance}", "sites": sorted(site_aggregates)}
+
+
+GROUP_COLUMNS = ("source_subject",)  # patients drawn from one anatomy share a fold (ndae.evaluation.grouped_cv)
+
+
+def cross_validated_added_value(table: pd.DataFrame, covariates: list[str], reference_covariates: list[str],
+                                folds: int = 5, seed: int = 0, n_boot: int = 500) -> dict[str, Any]:
+    """Pooled mode: out-of-fold risks of the full and the covariates-only Cox model (both
+    stratified by site, refitted on each training fold), and the difference of their CV
+    Harrell's C (mean over test folds, all pairs in a fold) with a paired bootstrap 95 % CI
+    (`ndae.evaluation.truth_metrics.paired_bootstrap_c`). Folds are grouped by a grouping
+    column where the table has one."""
+    from ndae.evaluation.grouped_cv import fold_labels, grouped_folds
+    from ndae.evaluation.truth_metrics import fold_concordance, paired_bootstrap_c
+
+    table = table.reset_index(drop=True)
+    group_column = next((c for c in GROUP_COLUMNS if c in table.columns), None)
+    groups = table[group_column].astype(str).to_numpy() if group_column else None
+    time, event = table["time"].to_numpy(float), table["event"].to_numpy(float)
+    test_folds = grouped_folds(event.astype(int), groups, folds, seed)
+    labels = fold_labels(test_folds, len(table))
+    risks = {"model": np.full(len(table), np.nan), "reference": np.full(len(table), np.nan)}
+    for k in range(len(test_folds)):
+        test = labels == k
+        for name, columns in (("model", covariates), ("reference", reference_covariates)):
+            fitted = fit_pooled_cox(table[~test], columns)
+            risks[name][test] = table.loc[test, columns].to_numpy(float) @ fitted.params_.reindex(columns).to_numpy()
+    if not all(np.isfinite(r).all() for r in risks.values()):
+        raise FederationError("cross-validated added value: a fold's Cox fit gave non-finite risks")
+    c_model = fold_concordance(time, event, risks["model"], test_folds, uno=False)["harrell_c"]
+    c_reference = fold_concordance(time, event, risks["reference"], test_folds, uno=False)["harrell_c"]
+    paired = paired_bootstrap_c(time, event, risks["model"], risks["reference"], test_folds, groups,
+                                n_boot=n_boot, seed=seed)
+    return {"kind": f"cross-validated ({len(test_folds)} folds, "
+                    + (f"grouped by {group_column}" if group_column else "one patient per group") + ")",
+            "ci": f"percentile, paired bootstrap over {'groups' if group_column else 'patients'} "
+                  f"({paired['n_boot']} draws; models not refitted)",
+            "c_model": float(c_model), "c_reference": float(c_reference), "difference": paired["difference"],
+            "lower": paired["lower"], "upper": paired["upper"], "level": 0.95, "folds": len(test_folds),
+            "n": int(len(table))}

@@ -160,7 +160,8 @@ def _table(context: Context, site_name: str):
 MAX_STANDARDISED_BETA = 100.0
 
 
-def _beta_and_covariates(message: Message, context: Context, table) -> tuple[np.ndarray, list[str]]:
+def _beta_and_covariates(message: Message, context: Context, table, beta_key: str = "beta",
+                         covariates_key: str = "covariates") -> tuple[np.ndarray, list[str]]:
     """The Cox coefficients and covariate names the server sent, checked before anything is
     computed or counted: only the run's deviation scores, age and sex (never time, event or an
     id, which would make the likelihood an oracle of single rows), and a finite β bounded per
@@ -168,10 +169,11 @@ def _beta_and_covariates(message: Message, context: Context, table) -> tuple[np.
     from ndae.errors import NdaeError
 
     try:
-        beta = np.asarray(message.content["beta"]["beta"].numpy(), dtype=np.float64).reshape(-1)
-        covariates = [str(c) for c in message.content["config"]["covariates"]]
+        beta = np.asarray(message.content["beta"][beta_key].numpy(), dtype=np.float64).reshape(-1)
+        covariates = [str(c) for c in message.content["config"][covariates_key]]
     except (KeyError, TypeError, ValueError) as error:
-        raise NdaeError(f"survival query: expected 'beta' and 'covariates' ({type(error).__name__})") from None
+        raise NdaeError(f"survival query: expected {beta_key!r} and {covariates_key!r} "
+                        f"({type(error).__name__})") from None
     allowed = [*_run_features(context), "age", "sex_female"]
     bad = [c for c in covariates if c not in allowed]
     if bad or len(set(covariates)) != len(covariates) or not covariates:
@@ -200,16 +202,16 @@ def _flag(settings, key: str) -> bool:
     raise NdaeError(f"message field {key!r} must be true or false, got {value!r}")
 
 
-def _count_cox_query(context: Context, policy: SitePolicy, site_name: str) -> None:
+def _count_cox_query(context: Context, policy: SitePolicy, site_name: str, evaluations: int = 1) -> None:
     """Each Cox or risk-summary query evaluates the patients' rows at a β the server chose:
     bounded per run (the count lives in the run's node state, which no message resets)."""
     from ndae.federation.site.policy import PolicyViolation
 
     asked = int(context.state[QUERIES_KEY]["cox"]) if QUERIES_KEY in context.state else 0
-    if asked >= policy.max_cox_queries:
+    if asked + evaluations > policy.max_cox_queries:
         raise PolicyViolation(f"site {site_name!r} has answered {asked} Cox queries in this run, its limit "
                               f"(node config max-cox-queries = {policy.max_cox_queries})")
-    context.state[QUERIES_KEY] = ConfigRecord({"cox": asked + 1})
+    context.state[QUERIES_KEY] = ConfigRecord({"cox": asked + evaluations})
 
 
 def _json_numbers(values):
@@ -229,6 +231,14 @@ def _survival_query(message: Message, context: Context, phase: str):
     return config, policy, site, table, beta, covariates
 
 
+def _reference_model(message: Message, context: Context, table) -> tuple[np.ndarray, list[str]] | None:
+    """The optional second (reference) model of a risk summary, under the same checks as the
+    first; None when the server sent none."""
+    if "reference-covariates" not in message.content["config"]:
+        return None
+    return _beta_and_covariates(message, context, table, "reference_beta", "reference-covariates")
+
+
 def handle_cox_terms(message: Message, context: Context) -> Message:
     config, policy, site, table, beta, covariates = _survival_query(message, context, "cox_terms")
     terms = site_task.cox_terms(table, beta, covariates)
@@ -246,8 +256,13 @@ def handle_cox_terms(message: Message, context: Context) -> Message:
 
 
 def handle_risk_summary(message: Message, context: Context) -> Message:
-    config, policy, site, table, beta, covariates = _survival_query(message, context, "risk_summary")
-    summary = site_task.risk_summary(table, beta, covariates)
+    config, policy, site = _site(context)
+    site_task.check_fault(config, site.name, "risk_summary")
+    table = _table(context, site.name)
+    beta, covariates = _beta_and_covariates(message, context, table)
+    reference = _reference_model(message, context, table)  # both checked before anything is counted
+    _count_cox_query(context, policy, site.name, 1 if reference is None else 2)  # each β evaluated counts once
+    summary = site_task.risk_summary(table, beta, covariates, reference)
     reply = {}
     if config.privacy:
         # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
@@ -256,8 +271,11 @@ def handle_risk_summary(message: Message, context: Context) -> Message:
 
         summary["km"] = np.zeros((0, 4))
         privacy = _privacy(config, policy, context, site)
+        paired = {} if reference is None else {
+            "reference_beta": _json_numbers(reference[0]), "reference_covariates": reference[1],
+            "paired_sums": _json_numbers(summary["paired_sums"]), "paired_cross": _json_numbers(summary["paired_cross"])}
         record_declared(privacy, "risk-summary", beta=[float(b) for b in beta], covariates=covariates,
-                        comparable=float(summary["comparable"]), concordant=float(summary["concordant"]))
+                        comparable=float(summary["comparable"]), concordant=float(summary["concordant"]), **paired)
         reply["privacy"] = ConfigRecord(ledger_reply(privacy))
     return Message(RecordDict({"summary": arrays_to_record(summary), **reply}), reply_to=message)
 

@@ -308,15 +308,30 @@ def concordance_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) ->
     return {"comparable": float(concordant + discordant + tied_risk), "concordant": float(concordant + 0.5 * tied_risk)}
 
 
-def risk_summary(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str]) -> dict[str, np.ndarray]:
+def risk_summary(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[str],
+                 reference: tuple[np.ndarray, list[str]] | None = None) -> dict[str, np.ndarray]:
     """Aggregates for the report, computed on the site's rows: concordance pair counts and the
-    Kaplan–Meier counts (events / censored per month) by within-site tertile of x·beta."""
+    Kaplan–Meier counts (events / censored per month) by within-site tertile of x·beta.
+
+    With a `reference` model (β, covariates; the covariates-only Cox model) also the paired
+    concordance aggregates of both risks on the same pairs (`ndae.federation.paired_concordance`):
+    `paired_sums` (3) and `paired_cross` (3 × 3), sums over patients, never a patient's own value."""
+    from ndae.federation.paired_concordance import site_aggregates
     from ndae.survival.kaplan_meier import tertile_groups
 
     if len(table) == 0:
-        return {"comparable": np.asarray(0.0), "concordant": np.asarray(0.0), "km": np.zeros((0, 4))}
+        empty = {"comparable": np.asarray(0.0), "concordant": np.asarray(0.0), "km": np.zeros((0, 4))}
+        if reference is not None:
+            empty.update(paired_sums=np.zeros(3), paired_cross=np.zeros((3, 3)))
+        return empty
     risk = table[covariate_names].to_numpy(float) @ np.asarray(beta, float)
     counts = concordance_counts(table["time"], table["event"], risk)
+    paired = {}
+    if reference is not None:
+        reference_beta, reference_covariates = reference
+        reference_risk = table[reference_covariates].to_numpy(float) @ np.asarray(reference_beta, float)
+        aggregates = site_aggregates(table["time"], table["event"], risk, reference_risk)
+        paired = {"paired_sums": aggregates["sums"], "paired_cross": aggregates["cross"]}
     rows = []
     if len(table) >= 3:
         groups = tertile_groups(pd.Series(risk)).map({"low": 0, "middle": 1, "high": 2}).to_numpy()
@@ -325,7 +340,7 @@ def risk_summary(table: pd.DataFrame, beta: np.ndarray, covariate_names: list[st
         for (group, time, event), count in frame.groupby(["group", "month", "event"]).size().items():
             rows.append((group, time, event, count))
     return {"comparable": np.asarray(counts["comparable"]), "concordant": np.asarray(counts["concordant"]),
-            "km": np.asarray(rows, dtype=np.float64).reshape(-1, 4)}
+            "km": np.asarray(rows, dtype=np.float64).reshape(-1, 4), **paired}
 
 
 def is_finite_number(value: float) -> bool:
