@@ -18,12 +18,32 @@ from ndae.evaluation.pipeline import EvaluationOptions
 from ndae.evaluation.toy import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
-          "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
+          "voxel-wise normative z", "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
+
+
+def add_cohort_truth(truth_path: Path) -> None:
+    """What the project's cohort generator records and the toy does not: two patients per source
+    anatomy (`source_subject`) and the survival model (cohort.json beside truth.csv; the toy's
+    Weibull, administrative censoring only, no onset effect)."""
+    from dataclasses import asdict
+
+    from ndae.cohort.survival import SurvivalModel
+
+    truth = pd.read_csv(truth_path)
+    truth["source_subject"] = [f"S{i // 2:02d}" for i in range(len(truth))]
+    truth.to_csv(truth_path, index=False)
+    model = SurvivalModel(median_months=32.0, log_hazard_ratio_bulbar=0.0, accrual_months=24.0, study_months=60.0,
+                          dropout_months=1e9)
+    (truth_path.parent / "cohort.json").write_text(json.dumps({"survival_model": asdict(model)}))
 
 
 @pytest.fixture(scope="module")
 def toy_cohort(tmp_path_factory) -> tuple[Path, Path]:
-    return write_toy_cohort(tmp_path_factory.mktemp("toy"), n_controls=9, n_patients=21, seed=0)
+    # 12 controls: a quarter held out still leaves the 9 the normative models need
+    manifest, truth = write_toy_cohort(tmp_path_factory.mktemp("toy"), n_controls=12, n_patients=22, seed=0,
+                                       onset_column=True)
+    add_cohort_truth(truth)
+    return manifest, truth
 
 
 def _rewrite(manifest: Path, tmp_path: Path, change) -> Path:
@@ -88,7 +108,7 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     manifest, truth = toy_cohort
     out = tmp_path / "eval"
     assert main(["evaluate", "--manifest", str(manifest), "--truth", str(truth), "--out", str(out), "--steps", "2",
-                 "--inversion-steps", "1", "--folds", "3", "--autoencoder-steps", "10", "--quiet"]) == 0
+                 "--inversion-steps", "1", "--folds", "3", "--autoencoder-steps", "10", "--draws", "50", "--quiet"]) == 0
     for name in ("report.md", "evaluation.json", "km_cosine.png", "c_index.png", "latents.npz", "deviations.csv",
                  "normative/model.json", "patients.csv", "survival/cv_per_fold.csv", "dae/checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
@@ -113,3 +133,58 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     features = patients.drop(columns=["subject", "site", "time", "event"])
     assert np.isfinite(features.to_numpy(float)).all()
     assert len(result["folds"]) == 3 and sum(len(f) for f in result["folds"]) == len(patients)
+
+    # -- issue 15: truth-aware evaluation ------------------------------------------------------
+    by_model = {}
+    for m in result["models"]:
+        by_model.setdefault(m["model"], {})[m["variant"]] = m["features"].split(", ")
+    covariates = by_model["covariates"]["alone"]
+    assert {"age", "sex_female", "onset_bulbar"} <= set(covariates) and any(c.startswith("site_") for c in covariates)
+    for name, variants in by_model.items():  # nested: every "+ covariates" model holds all of them
+        if "with covariates" in variants:
+            assert set(covariates) <= set(variants["with covariates"]), name
+    # folds never split a source anatomy
+    truth_table = pd.read_csv(truth).set_index("subject")
+    source_of_fold = {}
+    for k, fold in enumerate(result["folds"]):
+        for row in fold:
+            source = truth_table.at[patients["subject"].iloc[row], "source_subject"]
+            assert source_of_fold.setdefault(source, k) == k, source
+    assert result["groups"] == {"column": "source_subject", "count": truth_table["source_subject"].nunique()}
+    # held-out controls: in neither the DAE's training manifest nor any normative fit
+    held = set(result["held_out_controls"]["subjects"])
+    controls = set(manifest_table.loc[manifest_table.group == "control", "subject"])
+    assert held and held < controls and result["subjects"]["held_out_controls"] == len(held)
+    sites = manifest_table.set_index("subject").loc[sorted(held), "site"]
+    assert sites.nunique() == manifest_table["site"].nunique()  # drawn per site
+    dae_training = json.loads((out / "config.json").read_text())["dae_training"]  # what train_run read
+    trained_on = pd.read_csv(dae_training["manifest"])
+    assert not held & set(trained_on["subject"]) and controls - held <= set(trained_on["subject"])
+    assert dae_training["n_controls"] == len(controls - held)
+    assert set(result["normative_fits"]) >= {"NDAE latent normative model", "regional normative z",
+                                             "voxel-wise normative z", "autoencoder"}
+    for name, fitted in result["normative_fits"].items():
+        assert set(fitted) == controls - held, name
+    for name, pair in result["calibration"].items():
+        assert pair["held_out_controls"]["subjects"] == len(held), name
+        assert 0 <= pair["held_out_controls"]["fraction_abs_z_over_1_96"] <= 1
+    # the new metric keys, in range
+    assert result["expected_c"]["skipped"] is None and result["expected_c"]["draws"] == 50
+    for m in result["models"]:
+        assert 0 <= m["expected_c"] <= 1 and m["expected_c_sd"] > 0 and m["expected_c_draws"] == 50, m["model"]
+        assert abs(m["expected_c_mc_se"] - m["expected_c_sd"] / np.sqrt(50)) < 1e-9
+        assert 0 <= m["risk_concordance"] <= 1
+        if m["model"] != "oracle (true risk)" and (m["model"], m["variant"]) != ("covariates", "alone"):
+            d = m["vs_covariates"]
+            assert d["lower"] <= d["difference"] <= d["upper"] and d["basis"] == "expected_c"
+    single = [m for m in result["models"] if m["variant"] == "alone" and len(m["features"].split(", ")) == 1
+              and m["model"] != "oracle (true risk)"]
+    assert {m["model"] for m in single} >= {"NDAE cosine", "NDAE Mahalanobis", "brain-age gap"}
+    for m in single:
+        assert -1 <= m["severity_spearman"] <= 1 and 0 <= m["auroc_patients_vs_held_out_controls"] <= 1
+    oracle_row = models[("oracle (true risk)", "alone")]
+    assert oracle_row["risk_concordance"] > 0.95  # Cox on the true risk recovers its ordering
+    assert oracle_row["expected_c"] > models[("covariates", "alone")]["expected_c"]
+    best = result["best_baseline"]
+    assert not best.startswith("NDAE") and not best.startswith("oracle")
+    assert "to the covariates' expected C" in report and "| voxel-wise normative z | alone |" in report

@@ -42,6 +42,7 @@ def truth_aware_metrics(table: pd.DataFrame, sets: dict[str, dict], summary: pd.
     `is_patient` its labels. `options`: `EvaluationOptions` (seed, folds, penalizer, draws, bootstrap)."""
     from ndae.evaluation import truth_metrics as tm
 
+    folds = [np.asarray(fold, int) for fold in folds]  # cross_validate_models gives tuples
     fit_predict = tm.cox_fit_predict(options.penalizer)
     time, event = table["time"].to_numpy(float), table["event"].to_numpy(int)
     rows = [(name, variant, columns) for name, variants in sets.items() for variant, columns in variants.items()]
