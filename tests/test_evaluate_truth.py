@@ -5,7 +5,6 @@ The whole pipeline is checked end to end in tests/test_evaluate.py."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd

@@ -67,7 +67,7 @@ class EvaluationOptions:
     min_controls: int = 8
     held_out_controls: float = 0.25  # fraction of the controls kept out of every fit (per site, seeded)
     draws: int = 50  # fresh survival draws for expected C
-    bootstrap: int = 500  # source-anatomy resamples for the observed-C paired difference (no survival model)
+    bootstrap: int = 200  # source-anatomy resamples for the observed-C paired difference (no survival model)
 
 
 def _log(options: EvaluationOptions, message: str) -> None:

@@ -100,7 +100,7 @@ def truth_aware_section(result: dict[str, Any]) -> list[str]:
     sentences = []
     if covariates is not None and result.get("oracle_c_index") is not None:
         sentences.append(f"On these patients C* = {result['oracle_c_index']:.3f}, beside the covariates-only {what} "
-                         f"of {_num(covariates.get(key))}: what imaging could add at most is their gap, "
+                         f"of {_num(covariates.get(key))}: the room the true risk leaves above the covariates is their gap, "
                          f"{result['oracle_c_index'] - covariates[key]:+.3f}." if covariates.get(key) is not None else "")
     for m in models:
         if m["variant"] != "with covariates" or not m.get("vs_covariates"):
