@@ -115,3 +115,20 @@ def test_shipped_atlas_is_on_the_grid_and_anatomically_placed():
     assert centre[1][1] > centre[2][1]  # precentral anterior to postcentral
     assert centre[3][1] > centre[1][1]  # frontal anterior to precentral
     assert abs(centre[7][0]) < 5  # brainstem on the midline
+
+
+def test_voxels_constant_among_the_controls_do_not_swamp_their_region():
+    # A brain smaller than the atlas: part of the white-matter block is background (0) in every
+    # control. A patient whose brain reaches there must not get a z of ~1e6 for the whole region.
+    rng = np.random.default_rng(3)
+    atlas = _small_atlas()
+    controls = _subjects(40, rng)
+    images = _images(controls, rng, atlas)
+    images[:, 40:43, 40:46, 30:36] = 0.0  # never varies among the controls
+    model = VoxelwiseNormativeBaseline(atlas=atlas, stride=1, n_iterations=20).fit(controls, images)
+    patient = _subjects(1, rng)
+    patient_image = _images(patient, rng, atlas)  # fills the whole block
+    z = model.features(patient, patient_image).set_index("subject").iloc[0]
+    assert np.isfinite(z.to_numpy(float)).all()
+    assert np.abs(z.to_numpy(float)).max() < 20, z
+    assert model.informative_.sum() < len(model.voxels)  # the constant voxels were recognised

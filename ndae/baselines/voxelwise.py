@@ -113,6 +113,11 @@ def load_atlas(path: str | Path | None = None) -> np.ndarray:
 ImageSource = np.ndarray | Callable[[str], np.ndarray]
 
 
+# Voxels whose variance among the controls is below this fraction of the median voxel's are
+# left out of the region means (see `fit_stats`).
+MIN_RELATIVE_VARIANCE = 1e-3
+
+
 class VoxelwiseNormativeBaseline:
     """`statistics` / `fit` on the controls' images, `features` = mean voxel z per atlas region.
 
@@ -164,6 +169,14 @@ class VoxelwiseNormativeBaseline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OutOfRangeWarning)
             self.model_ = NormativeModel.from_stats(stats, **self.normative_options)
+        # A voxel that (almost) never varies among the controls (background at the atlas' edge, a
+        # brain that does not fill the population atlas) has a near-zero normative sd: any change
+        # there gives an enormous z that swamps its region's mean. Such voxels carry no normative
+        # information; they are left out of the region means (decided from the summed statistics
+        # alone, so every site would leave out the same voxels).
+        mean = np.asarray(stats.sum_y, float) / stats.n
+        variance = np.maximum(np.asarray(stats.sum_y2, float) / stats.n - mean**2, 0.0)
+        self.informative_ = variance > MIN_RELATIVE_VARIANCE * max(float(np.median(variance)), 1e-12)
         return self
 
     def fit(self, covariates: pd.DataFrame, images: ImageSource) -> "VoxelwiseNormativeBaseline":
@@ -186,7 +199,11 @@ class VoxelwiseNormativeBaseline:
     def features(self, covariates: pd.DataFrame, images: ImageSource) -> pd.DataFrame:
         """`subject` + one `z_voxel_<region>` column per atlas summary: the mean voxel z there."""
         covariates = covariate_frame(covariates)
-        members = {name: np.isin(self.voxel_region, ids) for name, ids in self.summaries.items()}
+        informative = self.informative_ if self.model_ is not None else np.ones(len(self.voxels), bool)
+        members = {}
+        for name, ids in self.summaries.items():  # the same columns whatever the data
+            region = np.isin(self.voxel_region, ids)
+            members[name] = region & informative if (region & informative).any() else region
         values = np.zeros((len(covariates), len(members)))
         for start, z in self.z_maps(covariates, images):
             for column, mask in enumerate(members.values()):
