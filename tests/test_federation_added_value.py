@@ -226,3 +226,24 @@ def test_the_two_evaluations_must_fit_in_the_sites_query_limit(site_context):
     with pytest.raises(PolicyViolation, match="max-cox-queries = 1"):
         _ask(context, [0.5, 0.02], ["cosine", "age"], (np.array([0.02]), ["age"]))
     _ask(context, [0.5, 0.02], ["cosine", "age"])  # one model alone is one query, still within the limit
+
+
+def test_the_demo_puts_c_star_on_the_federations_pairs_beside_both_models():
+    from ndae.federation.demo import _find_c_index, _same_pairs_sentence
+
+    table = _cohort(60, seed=5, effect=1.0)
+    truth = table.assign(subject=[f"P{i}" for i in range(len(table))], risk=0.6 * table["age"] + table["score"])
+    controls = pd.DataFrame({"subject": ["C1", "C2"], "site": ["0", "1"], "risk": np.nan, "time": np.nan,
+                             "event": np.nan})
+    in_federation = truth[truth["site"] != "2"]  # site "2" did not answer: its pairs are not the federation's
+    fitted = pooled_paired_concordance(in_federation["time"], in_federation["event"], in_federation["age"] +
+                                       in_federation["score"], in_federation["age"], in_federation["site"])
+    within = {**fitted, "sites": ["0", "1"]}
+    summary = {"survival": {"added_value": {"features": ["score"], "covariates": ["age"], "within_site": within}}}
+    sentence = _same_pairs_sentence(pd.concat([truth, controls]), *_find_c_index(summary))
+    oracle = pooled_paired_concordance(in_federation["time"], in_federation["event"], in_federation["risk"],
+                                       in_federation["risk"], in_federation["site"])["c_model"]
+    assert f"C\\* = {oracle:.3f}" in sentence and "On the same within-site pairs" in sentence
+    assert f"{within['c_reference']:.3f}" in sentence and f"{within['c_model']:.3f}" in sentence
+    assert f"{len(in_federation)} patients of 0, 1" in sentence and "% of C" not in sentence
+    assert _find_c_index({"survival": {"c_index_within_site": 0.7}}) is None  # an old summary: no claim made

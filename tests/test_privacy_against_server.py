@@ -218,7 +218,9 @@ def test_training_replies_hold_weights_and_steps_but_neither_loss_nor_count(priv
 def test_the_ledger_the_server_receives_holds_no_count_and_one_delta(private_run):
     summary, grid, run = private_run
     allowed_details = {"run", "round", "mode", "beta", "covariates", "gradient", "hessian", "log_likelihood",
-                       "comparable", "concordant"}
+                       "comparable", "concordant",
+                       # the covariates-only model beside it, and the nine paired concordance sums (docs/privacy.md)
+                       "reference_beta", "reference_covariates", "paired_sums", "paired_cross"}
     for site in SITES:
         entries = read_ledger(run / "privacy" / f"{site}.jsonl")
         assert entries and all(e["records_touched"] == 0 for e in entries)
@@ -247,8 +249,9 @@ def test_cox_queries_return_aggregates_only_and_each_is_in_the_ledger(private_ru
     assert replies and all(set(c["terms"].keys()) == {"gradient", "hessian", "log_likelihood"} for c in replies)
     for site in SITES:
         cox = [e for e in read_ledger(run / "privacy" / f"{site}.jsonl") if e["mechanism"] == "cox-terms"]
-        assert len(cox) == summary["survival"]["newton_message_rounds"]
-        assert all(len(e["details"]["beta"]) == len(summary["survival"]["covariates"]) for e in cox)
+        fits = (summary["survival"], summary["survival"]["covariates_only"])  # the full and the covariates-only model
+        assert len(cox) == sum(fit["newton_message_rounds"] for fit in fits)
+        assert all(len(e["details"]["beta"]) in {len(fit["covariates"]) for fit in fits} for e in cox)
 
 
 def test_risk_summary_sends_no_kaplan_meier_rows(private_run):

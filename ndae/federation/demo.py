@@ -219,4 +219,15 @@ def _same_pairs_sentence(truth, survival: dict, within: dict) -> str:
             f"({pairs:.0f} comparable pairs), the true risk reaches C\\* = {oracle['c_model']:.3f} "
             f"(se {oracle['se_model']:.3f}), the covariates-only model ({covariates}) {within['c_reference']:.3f} "
             f"and the full model (+ {features}) {within['c_model']:.3f}, both on the patients they were fitted on. "
-            f"Imaging over covariates: {added_value_reading(within, features, covariates, ' (in-sample)')}")
+            f"Imaging over covariates: {added_value_reading(within, features, covariates, ' (in-sample)')}"
+            + _cross_validated_sentence(survival["added_value"], features, covariates))
+
+
+def _cross_validated_sentence(added: dict, features: str, covariates: str) -> str:
+    """Pooled runs also measured the difference out of sample: its reading, where it was computed."""
+    from ndae.federation.server.report import added_value_reading
+
+    estimate = added.get("cross_validated")
+    if not isinstance(estimate, dict) or "not_computed" in estimate:
+        return ""
+    return f" {estimate['kind'].capitalize()}: {added_value_reading(estimate, features, covariates)}"

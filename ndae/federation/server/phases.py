@@ -8,7 +8,8 @@
    (in site order), fits the normative model and saves it.
 3. deviations: sites score their patients against the normative model; `pooled` survival has
    them send the de-identified rows; `federated` keeps every row at the site and fits the Cox
-   model by Newton rounds of summed gradients/Hessians (`newton`).
+   model by Newton rounds of summed gradients/Hessians (`newton`). The covariates-only model (the
+   same covariates minus the scores) is fitted beside it, and one risk summary scores both.
 4. report: `report.md`, `survival/`, `metrics.jsonl`, `status.json` (`report`, `run_files`).
 
 A site that fails or does not answer within `round-timeout` is left out of that phase (and

@@ -134,7 +134,8 @@ def added_value_reading(estimate: dict, features: str, covariates: str, where: s
         return "no CI could be computed (too few comparable pairs)."
     interval = f"{d:+.3f} (95% CI {lower:+.3f} to {upper:+.3f})"
     if lower > 0:
-        return f"adding {features} to {covariates} raises Harrell's C by {interval}: the imaging adds to the covariates{where}."
+        return (f"adding {features} to {covariates} raises Harrell's C by {interval}: the imaging adds to the "
+                f"covariates{where}.")
     if upper < 0:
         return (f"adding {features} to {covariates} changes Harrell's C by {interval}: the model ranks patients "
                 f"worse with the imaging than with the covariates alone{where}.")

@@ -1,5 +1,8 @@
 """The server's survival outputs: which covariates the Cox model takes, the pooled table and
-its Cox fit, the `survival/` files of both modes and the Kaplan–Meier curves from summed counts.
+its Cox fit, the `survival/` files of both modes and the Kaplan–Meier curves from summed counts;
+and what the imaging adds over the nested covariates-only model (`survival/covariates_only/`):
+in-sample within-site from the sites' paired concordance aggregates (both modes), cross-validated
+where the server holds the rows (pooled mode).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import pandas as pd
 from ndae.federation.server.errors import FederationError
 from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
 
-__all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table",
-           "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
+__all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "fit_pooled_cox", "km_from_counts",
+           "pooled_survival_extras", "pooled_table", "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
 
 CLINICAL = ("age", "sex_female")
 TERTILES = ("low", "middle", "high")

@@ -266,7 +266,8 @@ def handle_risk_summary(message: Message, context: Context) -> Message:
     reply = {}
     if config.privacy:
         # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
-        # The concordance pair counts are an aggregate the site declares (in its ledger).
+        # The concordance pair counts (with a reference model also the nine paired concordance sums)
+        # are aggregates the site declares (in its ledger).
         from ndae.federation.site.privacy import ledger_reply, record_declared
 
         summary["km"] = np.zeros((0, 4))
