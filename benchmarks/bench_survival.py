@@ -1,20 +1,31 @@
 """Benchmark: NDAE deviation scores vs the five baselines vs the oracle C* on a simulated cohort.
 
-Builds a simulated multi-site ALS cohort from the shipped IXI demo scans (`ndae cohort`, or
-reuses `--cohort DIR`), then runs the whole `ndae evaluate` pipeline once per seed (DAE, the
-autoencoder baseline and the CV folds change with the seed; the cohort does not unless
-`--cohort-seeds` lists several). Reports Harrell's and Uno's C as mean ± sd over all folds of
+Builds simulated multi-site ALS cohorts from the shipped IXI demo scans (`ndae cohort`, by default
+4 patients per patient anatomy = 240 patients, cohort seeds 0 1 2; or reuses `--cohort DIR`), then
+runs the whole `ndae evaluate` pipeline once per pipeline seed on each (DAE, the autoencoder
+baseline and the CV folds change with the seed). Reports Harrell's and Uno's C as mean ± sd over all folds of
 all runs, and the sd of the per-run means. Writes `benchmarks/results/survival.md` and its raw
 results beside it (`survival.json`: runs, the summary table and the per-fold rows), from which
 `--render-only` rewrites the section.
 
-Per-model metrics: the per-fold rows come from `ndae evaluate` (`survival/cv_per_fold.csv`, one row
+Truth-aware metrics (issue 15.2), per model of every run, computed here from the run's
+patients.csv and the cohort's truth by `benchmarks/truth_eval.py` (so they do not depend on which
+of them the `ndae evaluate` version reports): observed CV Harrell's / Uno's C on folds grouped by
+source anatomy, expected C over `--draws` fresh survival draws from the cohort's stored survival
+model, risk concordance with the true linear predictor, ρ with the true severity and AUROC vs
+held-out controls for single scores, and paired differences in expected C to the covariates-only
+model and to the voxel-wise normative baseline (`ndae.baselines.voxelwise`; fitted here on the
+cohort's controls where the run has none), with 95 % intervals over runs.
+
+Per-fold Cox table: the per-fold rows come from `ndae evaluate` (`survival/cv_per_fold.csv`, one row
 per model, variant and fold, the same folds for every model of a run); `aggregate` summarises them
 per model, `reading` compares every model with the covariates-only model as a paired difference
 over the same folds (95 % CI over all paired folds of all runs). Nothing in the prose is typed:
 where the CI includes 0 it says the two are not distinguishable at this sample size.
 
-    python -m benchmarks.bench_survival [--seeds 0 1] [--steps 100] [--cohort-seeds 0]
+    python -m benchmarks.bench_survival [--seeds 0] [--steps 200] [--cohort-seeds 0 1 2] [--patients-per-anatomy 4]
+    python -m benchmarks.bench_survival --max-subjects 24 --patients-per-anatomy 2 --cohort-seeds 0 1 --steps 2 \
+        --autoencoder-steps 2 --draws 5 --folds 3 --work /tmp/bench-survival-smoke --out /tmp/bench-survival-smoke/s.md
     python -m benchmarks.bench_survival --render-only [--out benchmarks/results/survival.md]
 """
 
@@ -33,10 +44,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.statements import compare, half_width, paired_difference
+from benchmarks.statements import compare, half_width, paired_difference, truth_reading
+from benchmarks.truth_eval import (VOXELWISE, cohort_truth, evaluate_models, jsonable, summarise, table_lines,
+                                   voxelwise_scores)
 from ndae.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ALONE, WITH = "alone", "with covariates"
+ORACLE = "oracle (true risk)"
 
 
 def healthy_from_prepared(prepared_dir: Path, demographics: Path, out: Path) -> Path:
@@ -73,7 +88,8 @@ def make_cohort(args, cohort_seed: int) -> Path:
         return Path(args.cohort)
     from ndae.cohort import CohortConfig, generate_cohort
 
-    out = Path(args.work) / f"cohort-seed{cohort_seed}"
+    out = Path(args.work) / (f"cohort-seed{cohort_seed}-k{args.patients_per_anatomy}"
+                             + (f"-max{args.max_subjects}" if args.max_subjects else ""))
     if not (out / "truth.csv").exists():
         if args.healthy:
             healthy = args.healthy
@@ -84,7 +100,9 @@ def make_cohort(args, cohort_seed: int) -> Path:
 
             healthy = demo_manifest_path()
         args.healthy_used = str(healthy)
-        generate_cohort(healthy, out, CohortConfig(sites=args.sites, seed=cohort_seed, jobs=args.jobs, figure=False))
+        generate_cohort(healthy, out, CohortConfig(sites=args.sites, seed=cohort_seed, jobs=args.jobs, figure=False,
+                                                   patients_per_anatomy=args.patients_per_anatomy,
+                                                   max_subjects=args.max_subjects))
     return out
 
 
@@ -104,19 +122,90 @@ def run(args) -> dict:
             out = Path(args.work) / f"eval-cohort{cohort_seed}-seed{seed}"
             options = EvaluationOptions(config=args.preset, steps=args.steps, inversion_steps=args.inversion_steps,
                                         folds=args.folds, seed=seed, autoencoder_steps=args.autoencoder_steps,
-                                        cache_dir=str(Path(args.work) / f"cache-cohort{cohort_seed}"),
+                                        cache_dir=str(Path(args.work) / f"cache-{cohort.name}"),
                                         progress=not args.quiet)
             result = evaluate(cohort / "manifest.csv", out, cohort / "truth.csv", options)
             frame = pd.read_csv(out / "survival" / "cv_per_fold.csv")
             frame["cohort_seed"], frame["seed"] = cohort_seed, seed
             per_fold.append(frame)
+            t0 = time.perf_counter()
+            truth_metrics = truth_evaluation(args, cohort, out, frame, seed)
+            truth_seconds = time.perf_counter() - t0
             runs.append({"cohort_seed": cohort_seed, "seed": seed, "out": str(out), "oracle_c_index": result["oracle_c_index"],
+                         "truth": truth_metrics, "truth_seconds": truth_seconds,
+                         "pipeline_truth_keys": pipeline_truth_keys(result),
                          "subjects": result["subjects"], "dae": result["dae"], "timings": result["timings"],
                          "baselines": result["baselines"], "skipped": result["skipped_baselines"],
                          "failed": result["failed_models"], "cosine_hazard_ratio": result["cosine_hazard_ratio"]})
     return {"runs": runs, "per_fold": pd.concat(per_fold, ignore_index=True), "cohort_seconds": cohort_seconds,
             "penalizer": options.penalizer,
             "total_seconds": time.perf_counter() - started}
+
+
+PIPELINE_TRUTH_KEYS = ("expected_c", "risk_concordance", "severity_spearman", "auroc_patients_vs_held_out_controls",
+                       "vs_covariates", "vs_best_baseline")
+
+
+def pipeline_truth_keys(result: dict) -> dict:
+    """The truth-aware keys `ndae evaluate` itself put in evaluation.json `models[]` (where its
+    version has them), kept beside the benchmark's own computation for comparison."""
+    kept = {}
+    for model in result.get("models") or []:
+        values = {k: model[k] for k in PIPELINE_TRUTH_KEYS if k in model}
+        if values:
+            kept[f"{model.get('model')} | {model.get('variant')}"] = values
+    return kept
+
+
+def run_models(per_fold: pd.DataFrame, patients: pd.DataFrame) -> dict[str, list[str]]:
+    """`{model | variant: feature columns}` of the run, read from its per-fold rows (the columns
+    `ndae evaluate` fitted), plus the voxel-wise baseline where the run has none."""
+    models = {}
+    for (model, variant), group in per_fold.groupby(["model", "variant"], sort=False):
+        columns = [c for c in str(group["features"].iloc[0]).split(", ") if c]
+        if columns and all(c in patients.columns for c in columns):
+            models[f"{model} | {variant}"] = columns
+    voxel = sorted(c for c in patients.columns if c.startswith("z_voxel_"))
+    if voxel and not any(k.startswith(VOXELWISE) for k in models):
+        models[f"{VOXELWISE} | {ALONE}"] = voxel
+    if "z_voxel_precentral" in patients.columns:
+        models[f"{VOXELWISE} precentral | {ALONE}"] = ["z_voxel_precentral"]
+    covariates = models.get(f"covariates | {ALONE}")
+    if not covariates:
+        # the run fitted none (e.g. a site indicator constant among the patients): age + sex + the
+        # site indicators that vary among the patients, as the covariates-only model
+        candidates = ["age", "sex_female", *sorted(c for c in patients.columns if c.startswith("site_"))]
+        covariates = [c for c in candidates if c in patients.columns and patients[c].nunique() > 1]
+        models[f"covariates | {ALONE}"] = covariates
+    for name in [k for k in models if k.endswith(f" | {ALONE}")]:
+        model = name.rsplit(" | ", 1)[0]
+        if model not in ("covariates", ORACLE) and f"{model} | {WITH}" not in models:
+            # nested: exactly the covariates-only model's covariates plus the model's own columns
+            models[f"{model} | {WITH}"] = [*covariates, *[c for c in models[name] if c not in covariates]]
+    return models
+
+
+def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed: int) -> dict:
+    """The truth-aware metrics (benchmarks/truth_eval.py) of every model of one run, from the run's
+    patients.csv and the cohort's truth, independent of which of them `ndae evaluate` reports. The
+    voxel-wise baseline is fitted here on the cohort's controls (prepared images of the run's
+    cache), its held-out controls' scores by cross-fitting."""
+    from ndae.data.manifest import read_manifest
+
+    patients = pd.read_csv(out / "patients.csv", dtype={"subject": str}).sort_values("subject").reset_index(drop=True)
+    manifest = read_manifest(cohort / "manifest.csv")
+    controls = manifest.loc[manifest["group"].astype(str) == "control", "subject"].astype(str)
+    voxel, held_out, info = voxelwise_scores(cohort, Path(args.work) / f"cache-{cohort.name}", controls,
+                                            patients["subject"], seed=seed)
+    if not any(c.startswith("z_voxel_") for c in patients.columns):
+        patients = patients.merge(voxel, on="subject", how="left")
+    models = run_models(per_fold, patients)
+    truth, cohort_json = cohort_truth(cohort, patients["subject"])
+    references = tuple(k for k in (f"covariates | {ALONE}", f"{VOXELWISE} | {ALONE}", f"{VOXELWISE} | {WITH}") if k in models)
+    result = evaluate_models(patients, models, truth, cohort_json, folds=args.folds, seed=seed, draws=args.draws,
+                             penalizer=args.truth_penalizer, references=references, held_out=held_out)
+    result["voxelwise"] = info
+    return result
 
 
 def aggregate(per_fold: pd.DataFrame) -> pd.DataFrame:
@@ -142,13 +231,17 @@ def raw_results(result: dict, table: pd.DataFrame, command: str) -> dict:
              "subjects": r["subjects"], "dae_steps": r["dae"].get("steps"),
              "psnr_brain_db": r["dae"].get("reconstruction_psnr_brain_db"), "timings": r["timings"],
              "brain_age_mae_years": r["baselines"].get("brain-age gap", {}).get("controls_out_of_fold_mae_years"),
-             "cosine_hr_per_sd": r["cosine_hazard_ratio"]["per_sd"], "skipped": r["skipped"], "failed": r["failed"]}
+             "cosine_hr_per_sd": r["cosine_hazard_ratio"]["per_sd"], "skipped": r["skipped"], "failed": r["failed"],
+             "truth": r["truth"], "truth_seconds": r["truth_seconds"], "pipeline_truth_keys": r["pipeline_truth_keys"]}
             for r in result["runs"]]
+    truth_summary = summarise({f"{r['cohort_seed']}/{r['seed']}": r["truth"] for r in result["runs"]})
     return {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d}", "machine": platform.machine(),
             "cores": os.cpu_count(), "python": platform.python_version(), "threads": result["threads"],
             "total_seconds": result["total_seconds"], "cohort_seconds": result["cohort_seconds"],
             "healthy": result["healthy"], "healthy_note": result["healthy_note"], "preset": result["preset"], "seeds": result["seeds"], "folds": result["folds"],
-            "penalizer": result["penalizer"], "runs": runs, "table": table.to_dict("records"),
+            "penalizer": result["penalizer"], "truth_penalizer": result["truth_penalizer"], "draws": result["draws"],
+            "patients_per_anatomy": result["patients_per_anatomy"], "runs": runs, "table": table.to_dict("records"),
+            "truth_summary": truth_summary,
             "per_fold": result["per_fold"].to_dict("records")}
 
 
@@ -168,9 +261,10 @@ def render(raw: dict) -> str:
         f"{subjects['controls']} controls, {subjects['patients']} patients, {subjects['events']} events. "
         f"DAE preset `{raw['preset']}`, {first['dae_steps']} steps (reconstruction PSNR in brain "
         f"{_fmt(first['psnr_brain_db'])} dB); runs (pipeline seeds) {raw['seeds']}. "
-        f"{raw['folds']}-fold CV stratified by event, the same folds for every model within a run; Cox L2 penalty "
+        f"Per-fold table below: `ndae evaluate`'s own {raw['folds']}-fold CV, the same folds for every model within a run; Cox L2 penalty "
         f"{raw['penalizer']:g}.", "",
         f"Oracle C* (Harrell's C of the true risk): {star}.", "",
+        *truth_section(raw),
         "Mean ± sd over all folds of all runs; 'runs sd' = sd of the per-run means.", "",
         "| model | variant | Harrell's C | runs sd | Uno's C | runs sd |", "|---|---|---|---|---|---|",
     ]
@@ -181,14 +275,15 @@ def render(raw: dict) -> str:
     hazard = [r["cosine_hr_per_sd"] for r in runs]
     lines += [
         "", "Models: NDAE = deviation of the DAE's z_sem from the normative model (cosine, Mahalanobis, all "
-        "scores); regional normative z = PCNtoolkit-style z-scores of label-map volumes/intensities; autoencoder = "
+        "scores); regional normative z = PCNtoolkit-style z-scores of label-map volumes/intensities; voxel-wise normative "
+        "z = per-voxel normative model of the MNI-grid images (age, sex, site), mean z per atlas region; autoencoder = "
         "conv. AE reconstruction error + latent Mahalanobis; z_sem PCA = no normative model; brain-age gap from "
         "z_sem. The oracle row is a Cox model on the true linear predictor. " + _covariates_text(raw["table"]), "",
         "NDAE cosine, HR per SD of the patients' cosine: "
         + ", ".join(f"{h['hazard_ratio']:.2f} ({h['lower_95']:.2f}–{h['upper_95']:.2f})" for h in hazard) + " (per run).",
         "Brain-age model, controls' out-of-fold MAE (years): " + ", ".join(_fmt(r["brain_age_mae_years"], 1) for r in runs) + ".", "",
         "Per-run time (s): " + "; ".join(
-            f"seed {r['seed']}: DAE {r['timings']['dae_training_s']:.0f}, encode {r['timings']['encoding_s']:.0f}, "
+            f"cohort seed {r['cohort_seed']}, seed {r['seed']}: DAE {r['timings']['dae_training_s']:.0f}, encode {r['timings']['encoding_s']:.0f}, "
             f"autoencoder {r['timings']['baseline_autoencoder_s']:.0f}, CV {r['timings']['cross_validation_s']:.0f}, "
             f"total {r['timings']['total_s']:.0f}" for r in runs) + ".", "",
         "Reading: " + reading(raw), "",
@@ -198,6 +293,56 @@ def render(raw: dict) -> str:
     if skipped or failed:
         lines += [f"Skipped: {skipped}; failed: {failed}", ""]
     return "\n".join(lines)
+
+
+def _reference_of(model: str) -> tuple[str, str | None]:
+    """The rows a model's difference columns compare with: covariates alone; the voxel-wise
+    baseline of the same variant (none for the voxel-wise rows themselves)."""
+    variant = model.split(" | ")[-1]
+    voxel = None if model.startswith(VOXELWISE) else f"{VOXELWISE} | {WITH if variant == WITH else ALONE}"
+    return f"covariates | {ALONE}", voxel
+
+
+def truth_section(raw: dict) -> list[str]:
+    """The truth-aware metrics (issue 15.2) over all runs, and their computed reading."""
+    rows = raw.get("truth_summary")
+    if not rows:
+        return ["(This run predates the truth-aware metrics: no expected C, risk concordance or paired CIs.)", ""]
+    first = raw["runs"][0]["truth"]
+    patients = sorted({r["truth"]["patients"] for r in raw["runs"]})
+    anatomies = sorted({r["truth"]["source_anatomies"] for r in raw["runs"]})
+    voxel = first.get("voxelwise", {})
+    lines = [
+        "### Truth-aware metrics", "",
+        f"Per model, mean over {len(raw['runs'])} run(s) ({len({r['cohort_seed'] for r in raw['runs']})} cohort seed(s)); "
+        f"{'/'.join(map(str, patients))} patients from {'/'.join(map(str, anatomies))} source anatomies "
+        f"({raw.get('patients_per_anatomy')} per patient anatomy). All computed by `benchmarks/truth_eval.py` from each "
+        f"run's patients.csv with `ndae.evaluation.truth_metrics`: {first['folds']}-fold CV grouped by source anatomy "
+        f"(the same folds for every model of a run), ridge Cox (penalty {raw.get('truth_penalizer')}) refitted per fold; "
+        f"expected C = mean CV Harrell's C over {first['draws']} fresh survival draws from the cohort's stored survival "
+        "model (every model on the same draws and folds); risk concordance = concordance of the out-of-fold risk with the "
+        "true linear predictor; ρ severity and AUROC only for single scores. Δ = paired difference in expected C over "
+        "the same draws, mean over runs with its 95 % t-interval over runs (cohort seeds). Voxel-wise baseline: "
+        f"`ndae.baselines.voxelwise` fitted on the cohort's {voxel.get('training_controls')} controls "
+        f"({voxel.get('voxels_modelled')} voxels, stride {voxel.get('stride')}); its held-out controls for the AUROC: "
+        f"{voxel.get('held_out')}. NDAE scores have no AUROC here: their controls are in-sample.", "",
+        *table_lines(rows, _reference_of, _label), "",
+        "Reading (computed): " + truth_reading(
+            [r for r in rows if r["model"].endswith(ALONE)],
+            {f"covariates | {ALONE}": "covariates alone", f"{VOXELWISE} | {ALONE}": "the voxel-wise baseline alone"}, _label)
+        + " " + truth_reading([r for r in rows if r["model"].endswith(WITH)],
+                              {f"covariates | {ALONE}": "covariates alone",
+                               f"{VOXELWISE} | {WITH}": "the voxel-wise baseline with covariates"}, _label), "",
+    ]
+    refused = {r["model"]: r["refused"] for r in rows if r.get("refused")}
+    if refused:
+        lines += [f"Refused by the CV: {refused}", ""]
+    return lines
+
+
+def _label(model: str) -> str:
+    name, _, variant = model.rpartition(" | ")
+    return f"{name} ({variant})" if name else model
 
 
 def _covariates_text(table: list[dict]) -> str:
@@ -248,7 +393,7 @@ def reading(raw: dict) -> str:
 
 def write_report(raw: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(raw, indent=2, default=str) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(jsonable(raw), indent=2, default=str) + "\n")
     atomic_write_text(path, render(raw))
 
 
@@ -263,10 +408,15 @@ def main(argv: list[str] | None = None) -> int:
                         "scans (e.g. the demo build's /tmp/ndae-demo-build), with --demographics")
     parser.add_argument("--demographics", default=None, help="subject, age, sex CSV for --prepared")
     parser.add_argument("--cohort", default=None, help="use this existing cohort folder (manifest.csv, truth.csv)")
-    parser.add_argument("--cohort-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cohort-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--patients-per-anatomy", type=int, default=4,
+                        help="patients drawn per patient anatomy (4 on the 121 shipped scans: 240 patients)")
+    parser.add_argument("--max-subjects", type=int, default=None, help="smoke runs: a cohort from a subset of the scans")
+    parser.add_argument("--draws", type=int, default=50, help="fresh survival draws for the expected C")
+    parser.add_argument("--truth-penalizer", type=float, default=0.1, help="ridge penalty of the truth-aware Cox fits")
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="cohort generator worker processes")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="pipeline seeds (DAE, AE, folds)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pipeline seeds (DAE, AE, folds)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=200, help="DAE training steps")
     parser.add_argument("--inversion-steps", type=int, default=10)
@@ -287,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         print(Path(args.out).read_text())
         return 0
     result = run(args)
-    result.update(preset=args.preset, seeds=args.seeds, folds=args.folds, threads=args.threads,
+    result.update(preset=args.preset, seeds=args.seeds, folds=args.folds, threads=args.threads, draws=args.draws,
+                  truth_penalizer=args.truth_penalizer, patients_per_anatomy=args.patients_per_anatomy,
                   healthy=getattr(args, "healthy_used", args.cohort or args.healthy),
                   healthy_note=(f" (the IXI scans of the demo build's prepared cache `{args.prepared}`, written as the "
                                 "demo is)" if args.prepared and not args.cohort else ""))

@@ -102,3 +102,49 @@ def half_width(differences: list[dict]) -> float:
     this sample size resolves (nan without intervals)."""
     widths = [(x["high"] - x["low"]) / 2 for x in differences if np.isfinite(x.get("low", math.nan))]
     return float(np.median(widths)) if widths else math.nan
+
+
+def verdict(difference: dict) -> str:
+    """'higher' / 'lower' where the 95 % CI of a difference excludes 0, else 'not distinguishable'."""
+    low, high = difference.get("low", math.nan), difference.get("high", math.nan)
+    low, high = (math.nan if v is None else v for v in (low, high))
+    if np.isfinite(low) and low > 0:
+        return "higher"
+    if np.isfinite(high) and high < 0:
+        return "lower"
+    return "not distinguishable"
+
+
+def truth_reading(rows: list[dict], references: dict[str, str], label=lambda name: name, digits: int = 3) -> str:
+    """The reading of a truth-aware table, from its numbers: against each of its `references`
+    ({reference model: how the prose names it}) the models whose expected C is higher, lower or
+    not distinguishable (95 % interval over cohort seeds), each with its difference and how often
+    one study (one survival draw) sees it ahead; and how far one study's C moves."""
+    sentences = []
+    spread = finite([row.get("sd_per_draw") for row in rows])
+    if spread.size:
+        sentences.append(f"one study's CV Harrell's C moves with the survival draw alone by sd {np.median(spread):.{digits}f} "
+                         "(median over models)")
+    measured = []
+    for reference, reference_name in references.items():
+        groups: dict[str, list[str]] = {"higher": [], "lower": [], "not distinguishable": []}
+        over = None
+        for row in rows:
+            difference = row.get("versus", {}).get(reference)
+            if row["model"] == reference or not difference or not np.isfinite(difference.get("d") or math.nan):
+                continue
+            measured.append(difference)
+            over = difference.get("over")
+            ahead = difference.get("fraction_positive")
+            share = f", ahead in {100 * ahead:.0f} % of single draws" if ahead is not None and np.isfinite(ahead) else ""
+            interval = (f" [{difference['low']:+.{digits}f}, {difference['high']:+.{digits}f}]"
+                        if difference.get("low") is not None and np.isfinite(difference["low"]) else " (no interval)")
+            groups[verdict(difference)].append(f"{label(row['model'])} {difference['d']:+.{digits}f}{interval}{share}")
+        parts = [f"{name}: " + "; ".join(items) for name, items in groups.items() if items]
+        if parts:
+            sentences.append(f"expected C against {reference_name} (95 % interval over {over}) — " + " — ".join(parts))
+    resolution = half_width(measured)
+    if np.isfinite(resolution):
+        sentences.append(f"at this number of cohort seeds a difference in expected C is resolved to about "
+                         f"±{resolution:.{digits}f} (median half-width of those intervals)")
+    return " ".join(sentence[:1].upper() + sentence[1:] + "." for sentence in sentences)

@@ -20,11 +20,13 @@ SUMMARISED = ("z_mean", "z_sd", "coverage_95", "msll", "d2_mean_over_d", "d2_wit
 
 def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: int) -> dict:
     """K-fold over the controls (stratified by site): normative model fitted on the training
-    folds, held-out controls z-scored; pooled over all held-out controls and latent dimensions."""
+    folds, held-out controls z-scored; pooled over all held-out controls and latent dimensions.
+    `held_out_scores`: every control's deviation scores from the fold that held it out (the AUROC
+    of patients vs controls the normative model did not see; the DAE did see them)."""
     from scipy.stats import chi2
     from sklearn.model_selection import StratifiedKFold
 
-    from ndae.deviation.scores import mahalanobis
+    from ndae.deviation.scores import deviation_table, mahalanobis
     from ndae.federation.site.task import covariates, load_site
     from ndae.model import encode, load_checkpoint
     from ndae.normative import NormativeModel
@@ -42,6 +44,7 @@ def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: i
     z = np.full_like(z_sem, np.nan)
     d2 = np.full(len(z_sem), np.nan)
     msll = []
+    held_scores = []  # each held-out control's deviation scores, from a normative model that did not see it
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(z_sem, frame["site"]):
         with warnings.catch_warnings():
@@ -51,6 +54,7 @@ def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: i
             z[test] = normative.z_scores(held, z_sem[test])
             d2[test] = mahalanobis(normative, held, z_sem[test]) ** 2
             msll.append(float(calibration_table(normative, held, z_sem[test])["msll"].mean()))
+            held_scores.append(deviation_table(held["subject"], held, z_sem[test], normative))
     coverage_per_dim = (np.abs(z) < 1.96).mean(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -60,7 +64,8 @@ def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: i
     return {"rank95": rank95, "controls": int(len(z_sem)), "dims": int(d), "z_mean": float(z.mean()), "z_sd": float(z.std(ddof=1)),
             "coverage_95": float((np.abs(z) < 1.96).mean()), "coverage_min_dim": float(coverage_per_dim.min()),
             "coverage_max_dim": float(coverage_per_dim.max()), "d2_mean_over_d": float(d2.mean() / d),
-            "d2_within_chi2_95": float((d2 <= chi2.ppf(0.95, d)).mean()), "msll": float(np.mean(msll))}
+            "d2_within_chi2_95": float((d2 <= chi2.ppf(0.95, d)).mean()), "msll": float(np.mean(msll)),
+            "held_out_scores": pd.concat(held_scores, ignore_index=True)}
 
 
 

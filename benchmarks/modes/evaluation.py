@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.modes.names import FEATURES, FEDCOX, POOLED, SCORES, all_modes
+from benchmarks.modes.names import FEATURES, FEDCOX, ORACLE, POOLED, SCORES, all_modes
 from benchmarks.modes.runs import site_manifests
 
 
@@ -46,8 +46,13 @@ def patients(cohort: Path, deviations: pd.DataFrame) -> pd.DataFrame:
     if counts["patients_without_deviations"]:
         raise RuntimeError(f"patients without scores: {counts['patients_without_deviations']}")
     truth = read_truth(cohort / "truth.csv", table["subject"])
-    table = table.merge(truth, on="subject", how="left")
-    return table.sort_values("subject").reset_index(drop=True)
+    table = table.merge(truth, on="subject", how="left").sort_values("subject").reset_index(drop=True)
+    # the CV never splits patients drawn from one source anatomy (truth.csv `source_subject`)
+    from ndae.evaluation.grouped_cv import subject_groups
+
+    full = pd.read_csv(cohort / "truth.csv", dtype={"subject": str, "source_subject": str})
+    table["cv_group"] = subject_groups(table["subject"], full)
+    return table
 
 
 def site_scores(run_dir: Path, cohort: Path, cache_dir: str) -> pd.DataFrame:
@@ -79,13 +84,17 @@ def cross_validate(table: pd.DataFrame, args) -> tuple[pd.DataFrame, list, dict[
     from ndae.errors import NdaeError
     from ndae.survival.metrics import cross_validate_cox
 
+    from ndae.evaluation.grouped_cv import grouped_folds
+
     frames, folds, refused = [], None, {}
+    # grouped by source anatomy, stratified by event: the same folds for every feature and mode
+    test_folds = grouped_folds(table["event"].to_numpy(int), table["cv_group"].to_numpy(), args.folds, args.cv_seed)
     for feature in FEATURES:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = cross_validate_cox(table, {feature: [feature]}, folds=args.folds, seed=args.cv_seed,
-                                            penalizer=args.penalizer)
+                                            penalizer=args.penalizer, test_folds=test_folds)
         except NdaeError as error:
             refused[feature] = str(error)
             continue
@@ -144,6 +153,49 @@ def evaluate_seed(args, seed: int, cohort: Path, results: dict) -> tuple[pd.Data
         a, b = tables[POOLED].set_index("subject"), tables[FEDCOX].set_index("subject")
         checks["score_max_abs_diff"] = float(np.max(np.abs(a[list(SCORES)].to_numpy() - b.loc[a.index, list(SCORES)].to_numpy())))
     return pd.concat(per_fold, ignore_index=True), checks, tables
+
+
+def truth_metrics_seed(args, seed: int, cohort: Path, tables: dict[str, pd.DataFrame],
+                       held_out: dict[str, pd.DataFrame]) -> dict:
+    """The truth-aware metrics (benchmarks/truth_eval.py) of every mode's scores on one cohort seed:
+    one wide table (`<mode>: <score>` columns; every mode scores the same patients), plus the
+    covariates-only model (age + sex + site), the voxel-wise baseline (fitted once per cohort on
+    its controls, from the prepared MNI-grid images) and the oracle, all on the same grouped folds
+    and the same survival draws. `held_out`: per mode, held-out controls' scores (calibration)."""
+    from benchmarks.truth_eval import VOXELWISE, cohort_truth, evaluate_models, voxelwise_scores, with_site_indicators
+    from ndae.data.manifest import read_manifest
+
+    first = next(iter(tables.values()))
+    wide = first[["subject", "time", "event", "site", "age", "sex_female", "true_risk"]].copy()
+    models: dict[str, list[str]] = {}
+    for mode, table in tables.items():
+        if list(table["subject"]) != list(wide["subject"]):
+            raise RuntimeError(f"cohort seed {seed}: {mode} scores other patients than {next(iter(tables))}")
+        for score in SCORES:
+            column = f"{mode}: {score}"
+            wide[column] = table[score].to_numpy(float)
+            models[column] = [column]
+    wide, covariates = with_site_indicators(wide)
+    manifest = read_manifest(cohort / "manifest.csv")
+    controls = manifest.loc[manifest["group"].astype(str) == "control", "subject"].astype(str)
+    voxel, voxel_held_out, info = voxelwise_scores(cohort, Path(args.work) / "cache", controls, wide["subject"],
+                                                   seed=args.cv_seed)
+    wide = wide.merge(voxel, on="subject", how="left")
+    voxel_columns = [c for c in voxel.columns if c != "subject"]
+    models.update({"covariates": covariates, VOXELWISE: voxel_columns,
+                   f"{VOXELWISE} precentral": ["z_voxel_precentral"] if "z_voxel_precentral" in voxel_columns else [],
+                   ORACLE: ["true_risk"]})
+    models = {k: v for k, v in models.items() if v}
+    controls_scored = voxel_held_out
+    for mode, frame in held_out.items():
+        renamed = frame.rename(columns={score: f"{mode}: {score}" for score in SCORES})
+        controls_scored = controls_scored.merge(renamed[["subject", *[f"{mode}: {s}" for s in SCORES]]], on="subject", how="outer")
+    truth, cohort_json = cohort_truth(cohort, wide["subject"])
+    result = evaluate_models(wide, models, truth, cohort_json, folds=args.folds, seed=args.cv_seed, draws=args.draws,
+                             penalizer=args.penalizer, references=("covariates", VOXELWISE), held_out=controls_scored)
+    result["voxelwise"], result["covariates"] = info, covariates
+    result["held_out_modes"] = sorted(held_out)
+    return result
 
 
 def checkpoint_difference(a: Path, b: Path) -> float:

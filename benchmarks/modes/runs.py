@@ -66,15 +66,17 @@ def run_mode(spec: dict) -> dict:
 
 
 # ---- cohorts and specs ------------------------------------------------------------------------
-def make_cohort(work: Path, seed: int, jobs: int, max_subjects: int | None) -> Path:
+def make_cohort(work: Path, seed: int, jobs: int, max_subjects: int | None, patients_per_anatomy: int = 1) -> Path:
     from ndae.cohort import CohortConfig, generate_cohort
     from ndae.data.demo import demo_manifest_path
 
-    out = work / (f"cohort-seed{seed}" + (f"-max{max_subjects}" if max_subjects else ""))
+    out = work / (f"cohort-seed{seed}" + (f"-k{patients_per_anatomy}" if patients_per_anatomy != 1 else "")
+                  + (f"-max{max_subjects}" if max_subjects else ""))
     if not (out / "truth.csv").exists():
         print(f"[cohort] generating seed {seed} -> {out}", flush=True)
         generate_cohort(demo_manifest_path(), out, CohortConfig(sites=3, seed=seed, jobs=jobs, figure=False,
-                                                                max_subjects=max_subjects))
+                                                                max_subjects=max_subjects,
+                                                                patients_per_anatomy=patients_per_anatomy))
     return out
 
 

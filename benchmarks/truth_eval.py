@@ -1,0 +1,289 @@
+"""Truth-aware per-model metrics for the survival benchmarks (bench_survival, bench_modes).
+
+One place where a benchmark turns a patients' table + the simulated cohort's truth into the
+metrics of issue 15.2, all from `ndae.evaluation.truth_metrics`:
+
+- observed CV Harrell's and Uno's C, folds grouped by source anatomy (`grouped_cv`), the SAME
+  folds for every model of a cohort;
+- `expected_c`: mean CV Harrell's C over R fresh survival draws from the cohort's stored model
+  (`ndae.cohort.survival.redraw_survival`), every model on the same draws and folds;
+- `risk_concordance` of the out-of-fold risk with the true linear predictor;
+- single-score models: `severity_spearman` and the AUROC of patients vs held-out controls (where
+  the caller has controls the score's normative model did not see);
+- paired differences to reference models (the covariates-only model, the voxel-wise baseline):
+  over the draws (`paired_difference`) and on the observed C by resampling source anatomies
+  (`paired_bootstrap_c`, against the first reference only: it is the slow part).
+
+`evaluate_models` does one cohort; `summarise` pools cohort seeds: means over seeds, and each
+paired difference's 95 % t-interval over the per-seed expected differences beside the range one
+study's difference falls in (percentiles of all per-draw differences).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.statements import t_interval
+from ndae.errors import NdaeError
+
+COVARIATES = ["age", "sex_female"]  # + site indicators, added by `covariate_columns`
+VOXELWISE = "voxel-wise normative z"
+
+
+class BenchmarkInputError(NdaeError):
+    """A benchmark's tables cannot be evaluated against the truth (missing columns, subjects)."""
+
+
+def cohort_truth(cohort: Path, subjects) -> tuple[pd.DataFrame, dict | None]:
+    """The truth rows of `subjects` (in that order, every column of truth.csv) and cohort.json when
+    it stores a survival model (None otherwise: expected C is then skipped)."""
+    path = Path(cohort) / "truth.csv"
+    truth = pd.read_csv(path, dtype={"subject": str, "source_subject": str}).drop_duplicates("subject").set_index("subject")
+    subjects = pd.Series(np.asarray(subjects)).astype(str)
+    missing = sorted(set(subjects) - set(truth.index))
+    if missing:
+        raise BenchmarkInputError(f"{path}: no truth row for {len(missing)} subject(s), e.g. {missing[:5]}")
+    rows = truth.loc[subjects.to_numpy()].reset_index()
+    meta = Path(cohort) / "cohort.json"
+    cohort_json = json.loads(meta.read_text()) if meta.exists() else None
+    if cohort_json is not None and "survival_model" not in cohort_json:
+        cohort_json = None
+    return rows, cohort_json
+
+
+def with_site_indicators(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """`table` with one 0/1 column per site but the first (sorted), and the covariate columns
+    age + sex + those indicators: the covariates-only model."""
+    sites = sorted(table["site"].astype(str).unique())
+    out = table.copy()
+    names = []
+    for site in sites[1:]:
+        name = f"site_{site}"
+        out[name] = (out["site"].astype(str) == site).astype(float)
+        names.append(name)
+    missing = [c for c in COVARIATES if c not in out.columns]
+    if missing:
+        raise BenchmarkInputError(f"patients' table lacks covariate column(s) {missing}")
+    return out, [*COVARIATES, *names]
+
+
+def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients, held_out_folds: int = 5,
+                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The voxel-wise normative baseline of one cohort (`ndae.baselines.voxelwise`), from the
+    prepared MNI-grid images in `cache_dir`: fitted on `training_controls` (subjects) only, the
+    patients scored by that fit; every training control scored out of sample by K-fold
+    cross-fitting (fitted on the other folds), so the AUROC compares patients with controls the
+    scoring model did not see. Returns (patients' features, held-out controls' features, info)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
+    from ndae.data.cache import load_prepared
+    from ndae.data.manifest import read_manifest
+
+    manifest = read_manifest(Path(cohort) / "manifest.csv")
+    frame = pd.DataFrame({"subject": manifest["subject"].astype(str), "site": manifest["site"].astype(str),
+                          "age": manifest["age"].astype(float), "sex": manifest["sex"].astype(str),
+                          "group": manifest["group"].astype(str)})
+    controls = frame[frame["subject"].isin(set(map(str, training_controls)))].reset_index(drop=True)
+    patients = frame[frame["subject"].isin(set(map(str, patients)))].reset_index(drop=True)
+
+    def image(subject: str) -> np.ndarray:
+        return load_prepared(cache_dir, subject).image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = VoxelwiseNormativeBaseline().fit(controls, image)
+        patient_features = model.features(patients, image)
+        held = []
+        # stratified by site where every site has a control per fold (a small cohort may not)
+        per_site = controls["site"].value_counts()
+        splitter = (StratifiedKFold if per_site.min() >= held_out_folds else KFold)(
+            n_splits=held_out_folds, shuffle=True, random_state=seed)
+        for train, test in splitter.split(controls, controls["site"]):
+            fold = VoxelwiseNormativeBaseline().fit(controls.iloc[train].reset_index(drop=True), image)
+            held.append(fold.features(controls.iloc[test].reset_index(drop=True), image))
+    info = {"training_controls": int(len(controls)), "voxels_modelled": int(len(model.voxels)), "stride": model.stride,
+            "held_out": f"{held_out_folds}-fold cross-fit over the training controls"}
+    return patient_features, pd.concat(held, ignore_index=True), info
+
+
+def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd.DataFrame, cohort_json: dict | None,
+                    *, folds: int = 5, seed: int = 0, draws: int = 50, penalizer: float = 0.1,
+                    references: tuple[str, ...] = (), held_out: pd.DataFrame | None = None, n_boot: int = 100) -> dict:
+    """The metrics above for every model `{name: feature columns}` of one cohort.
+
+    `table`: one row per patient (subject, time, event and every feature column), in the order of
+    `truth` (the patients' truth rows: risk; optionally severity, source_subject). `held_out`:
+    subject + score columns of controls the scores' normative models did not see (AUROC).
+    `references`: model names every other model is compared with."""
+    from ndae.cohort.survival import redraw_survival
+    from ndae.evaluation import truth_metrics as tm
+    from ndae.evaluation.grouped_cv import grouped_folds, subject_groups
+
+    if list(table["subject"].astype(str)) != list(truth["subject"].astype(str)):
+        raise BenchmarkInputError("patients' table and truth rows are not in the same subject order")
+    columns = sorted({c for cols in models.values() for c in cols})
+    absent = [c for c in columns if c not in table.columns]
+    if absent:
+        raise BenchmarkInputError(f"patients' table lacks feature column(s) {absent}")
+    time, event = table["time"].to_numpy(float), table["event"].to_numpy(int)
+    groups = subject_groups(table["subject"], truth)
+    test_folds = grouped_folds(event, groups, folds, seed)
+    fit_predict = tm.cox_fit_predict(penalizer)
+    out: dict[str, dict] = {}
+    risks: dict[str, np.ndarray] = {}
+    usable: dict[str, list[str]] = {}
+    for name, cols in models.items():
+        X = table[cols].to_numpy(float)
+        if not np.isfinite(X).all():
+            out[name] = {"features": cols, "refused": "non-finite feature values"}
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            risk = tm.cross_validated_risk(fit_predict, X, time, event, test_folds)
+            concordance = tm.fold_concordance(time, event, risk, test_folds)
+        risks[name], usable[name] = risk, cols
+        row = {"features": cols, "harrell_c": concordance["harrell_c"], "uno_c": concordance["uno_c"],
+               "harrell_c_per_fold": concordance["harrell_c_per_fold"],
+               "risk_concordance": tm.risk_concordance(truth, pd.DataFrame({"subject": table["subject"], "risk": risk}))}
+        if len(cols) == 1:
+            if "severity" in truth.columns:
+                row["severity_spearman"] = tm.severity_spearman(truth, table[["subject", cols[0]]])[cols[0]]
+            if held_out is not None and cols[0] in held_out.columns:
+                controls = held_out[cols[0]].to_numpy(float)
+                row["auroc_vs_held_out_controls"] = tm.patient_control_auroc(
+                    np.concatenate([table[cols[0]].to_numpy(float), controls]),
+                    np.concatenate([np.ones(len(table), bool), np.zeros(len(controls), bool)]))
+                row["held_out_controls"] = int(np.isfinite(controls).sum())
+        out[name] = row
+    expected = {}
+    if cohort_json is not None and draws > 0:
+        def redraw(rng):
+            return redraw_survival(cohort_json, truth, rng)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = tm.expected_c_models({n: (fit_predict, table[c].to_numpy(float)) for n, c in usable.items()},
+                                            groups, redraw, R=draws, seed=seed, folds=folds)
+        for name, result in expected.items():
+            out[name].update({k: v for k, v in result.to_dict().items() if k not in ("folds", "seed")})
+            out[name]["per_draw"] = [float(v) for v in result.per_draw]
+    for reference in references:
+        if reference not in risks:
+            continue
+        for name in risks:
+            if name == reference:
+                continue
+            entry = {}
+            if expected:
+                entry["draws"] = tm.paired_difference(expected[name], expected[reference])
+                entry["per_draw"] = [float(v) for v in expected[name].per_draw - expected[reference].per_draw]
+            if reference != references[0]:
+                # the resampling CI of the observed C costs ~2 ms per fold and resample (scikit-survival's
+                # input checks): against the first reference only
+                out[name].setdefault("versus", {})[reference] = entry
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                entry["observed"] = tm.paired_bootstrap_c(time, event, risks[name], risks[reference], test_folds,
+                                                          groups, n_boot=n_boot, seed=seed)
+            out[name].setdefault("versus", {})[reference] = entry
+    oracle = tm.harrell_c(time, event, truth["risk"].to_numpy(float))
+    return {"models": out, "patients": int(len(table)), "events": int(event.sum()),
+            "source_anatomies": int(len(np.unique(groups))), "folds": folds, "fold_seed": seed,
+            "draws": draws if expected else 0, "expected_c_skipped": None if expected else
+            ("the cohort stores no survival model" if cohort_json is None else "draws = 0"),
+            "oracle_c_observed": oracle, "test_folds": [list(map(int, f)) for f in test_folds]}
+
+
+METRICS = ("harrell_c", "uno_c", "expected_c", "sd_per_draw", "risk_concordance", "severity_spearman",
+           "auroc_vs_held_out_controls")
+
+
+def summarise(per_cohort: dict) -> list[dict]:
+    """Pool cohort seeds, `{seed: evaluate_models(...)}`: per model, each metric's mean and sd over
+    seeds, and per reference the paired expected difference: mean over seeds with its 95 %
+    t-interval over seeds, the share of draws where the model is higher, and the range one
+    study's difference falls in (2.5–97.5 % of all per-draw differences); plus the observed
+    difference's per-seed bootstrap CIs."""
+    names: list[str] = []
+    for result in per_cohort.values():
+        names += [n for n in result["models"] if n not in names]
+    rows = []
+    for name in names:
+        entries = [r["models"][name] for r in per_cohort.values() if name in r["models"]]
+        row = {"model": name, "features": entries[0]["features"], "cohort_seeds": len(entries),
+               "refused": sorted({e["refused"] for e in entries if "refused" in e})}
+        for metric in METRICS:
+            values = [e.get(metric) for e in entries]
+            values = np.asarray([v for v in values if v is not None], float)
+            values = values[np.isfinite(values)]
+            row[metric] = float(values.mean()) if values.size else math.nan
+            row[f"{metric}_seeds_sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+        row["draws"] = int(sum(e.get("draws", 0) or 0 for e in entries))
+        versus = {}
+        references = sorted({ref for e in entries for ref in e.get("versus", {})})
+        for reference in references:
+            pairs = [e["versus"][reference] for e in entries if reference in e.get("versus", {})]
+            per_seed = [p["draws"]["difference"] for p in pairs if "draws" in p]
+            pooled = np.asarray([v for p in pairs for v in p.get("per_draw", [])], float)
+            pooled = pooled[np.isfinite(pooled)]
+            d, _, low, high = t_interval(per_seed)
+            versus[reference] = {
+                "d": d, "low": low, "high": high, "n": len(per_seed), "over": f"{len(per_seed)} cohort seeds",
+                "per_seed": per_seed,
+                "fraction_positive": float(np.mean(pooled > 0)) if pooled.size else math.nan,
+                "one_study_low": float(np.quantile(pooled, 0.025)) if pooled.size else math.nan,
+                "one_study_high": float(np.quantile(pooled, 0.975)) if pooled.size else math.nan,
+                "observed": [p["observed"] for p in pairs if "observed" in p],
+            }
+        row["versus"] = versus
+        rows.append(row)
+    return rows
+
+
+def jsonable(value):
+    """Numbers as JSON can hold them (nan → None), recursively."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _difference_cell(row: dict, reference: str | None) -> str:
+    entry = row.get("versus", {}).get(reference) if reference else None
+    if not entry or entry.get("d") is None or not np.isfinite(entry["d"]):
+        return "–"
+    if entry.get("low") is None or not np.isfinite(entry["low"]):
+        return f"{entry['d']:+.3f}"
+    return f"{entry['d']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+
+
+def table_lines(rows: list[dict], reference_of, label=lambda name: name) -> list[str]:
+    """The truth-aware table in Markdown. `reference_of(model) -> (covariates reference, voxel-wise
+    reference)`: the model names its difference columns compare with (None: no column)."""
+    lines = ["| model | observed Harrell's C | Uno's C | expected C (sd per draw) | risk concordance | ρ severity "
+             "| AUROC vs held-out controls | Δ expected C vs covariates [95 % CI] | Δ vs voxel-wise [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        covariates, voxelwise = reference_of(row["model"])
+        lines.append(
+            f"| {label(row['model'])} | {_fmt(row['harrell_c'])} | {_fmt(row['uno_c'])} | {_fmt(row['expected_c'])} "
+            f"({_fmt(row['sd_per_draw'])}) | {_fmt(row['risk_concordance'])} | {_fmt(row['severity_spearman'], 2)} | "
+            f"{_fmt(row['auroc_vs_held_out_controls'])} | {_difference_cell(row, covariates)} | {_difference_cell(row, voxelwise)} |")
+    return lines
