@@ -86,7 +86,8 @@ def baseline_features(subjects: list[str], z_sem: np.ndarray, rows: pd.DataFrame
         voxel_z = {}
         for name, mask in (("training", controls), ("held_out", held_out)):
             picked = covariates[mask].reset_index(drop=True)
-            voxel_z[name] = (np.concatenate([z.reshape(-1) for _, z in voxelwise.z_maps(picked, image)])
+            voxel_z[name] = (np.concatenate([z[:, voxelwise.informative_].reshape(-1)  # as in the region means
+                                             for _, z in voxelwise.z_maps(picked, image)])
                              if len(picked) else np.array([]))
         result.calibration["voxel-wise normative z"] = calibration_pair(voxel_z["training"], voxel_z["held_out"],
                                                                         controls.sum(), held_out.sum())
