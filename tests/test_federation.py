@@ -42,6 +42,12 @@ def _run(cohort, name, **overrides):
     return run_federation(grid, config, log=lambda _: None), cohort / name
 
 
+@pytest.fixture
+def test_hooks(monkeypatch):
+    """The fault-injection keys are honoured only with NDAE_TEST_HOOKS=1 (ndae.federation.config)."""
+    monkeypatch.setenv("NDAE_TEST_HOOKS", "1")
+
+
 @pytest.fixture(scope="module")
 def pooled_run(cohort):
     return _run(cohort, "pooled", survival_mode="pooled")
@@ -122,7 +128,7 @@ def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run
 
 
 @pytest.mark.slow
-def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort):
+def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort, test_hooks):
     summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -133,7 +139,7 @@ def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort):
     assert "| train | 1 | site2 | error: RuntimeError: injected fault at site 'site2'" in report
 
 
-def test_too_few_sites_fails_the_run_and_says_so(cohort):
+def test_too_few_sites_fails_the_run_and_says_so(cohort, test_hooks):
     with pytest.raises(FederationError, match="fewer than min-sites = 3"):
         _run(cohort, "failed", min_sites=3, fault_site="site1", fault_phase="site_info")
     status = json.loads((cohort / "failed" / "status.json").read_text())
@@ -141,7 +147,7 @@ def test_too_few_sites_fails_the_run_and_says_so(cohort):
 
 
 @pytest.mark.slow
-def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort):
+def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_hooks):
     from ndae.model import load_checkpoint
 
     _run(cohort, "uninterrupted", rounds=2, survival_mode="federated")

@@ -26,7 +26,8 @@ def _processes_named(fragment: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_flwr_run_simulation_end_to_end(tmp_path):
+def test_flwr_run_simulation_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("NDAE_TEST_HOOKS", "1")  # the fault hook below; the SuperLink and its apps inherit it
     make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=4, patients_per_site=6, seed=2)
     run_dir = tmp_path / "run"
     config = FederationConfig(run_dir=str(run_dir), cohort_dir=str(tmp_path / "cohort"), cache_dir=str(tmp_path / "cache"),
@@ -46,7 +47,8 @@ def test_flwr_run_simulation_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_federated_run_makes_the_job_fail(tmp_path):
+def test_a_failed_federated_run_makes_the_job_fail(tmp_path, monkeypatch):
+    monkeypatch.setenv("NDAE_TEST_HOOKS", "1")
     make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
     config = FederationConfig(run_dir=str(tmp_path / "run"), cohort_dir=str(tmp_path / "cohort"),
                               cache_dir=str(tmp_path / "cache"), rounds=1, min_sites=2, fault_site="site1",

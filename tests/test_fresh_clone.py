@@ -85,4 +85,5 @@ def test_pyproject_python_bound_matches_flower_and_flwr_run_installs_nothing():
         version = Version(f"3.{minor}")
         if version in ours:
             assert version in flower, f"requires-python admits {version}, flwr does not"
-    assert project["tool"]["uv"]["managed"] is False  # Flower's runtime install stops instead of fetching torch
+    # Flower's runtime `uv sync` installs nothing (tests/test_flwr_run.py runs it): no torch per run
+    assert "torch" in project["tool"]["uv"]["exclude-dependencies"]

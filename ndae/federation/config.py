@@ -2,11 +2,13 @@
 
 Flower passes run config as a flat mapping with dashed keys (`local-epochs`); `from_run_config`
 reads it (unknown keys are refused, so a typo in `--run-config` is not silently ignored) and
-`to_dict` gives the same keys back for `config.json`.
+`to_dict` gives the same keys back for `config.json`. The fault-injection keys are test hooks:
+refused unless NDAE_TEST_HOOKS=1 (`test_hooks_enabled`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -57,14 +59,17 @@ class FederationConfig:
     moments_covariate_clip: float = 2.5  # L2 clip of each control's design row (intercept, age basis, sex): ~1.5-2.3
     moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem (tiny DAE: ‖z_sem‖ ≈ 2.6; raise for paper)
     audit_canaries: int = 0  # > 0: each site adds this many synthetic canaries (half trained on) for `ndae audit --canaries`
-    # Test hooks: make one site raise in one phase (and training round), or stop the server
-    # right after a round's checkpoint as if it had been killed.
+    # Test hooks, not for a consortium: make one site raise in one phase (and training round), or
+    # stop the server right after a round's checkpoint as if it had been killed. Flower refuses
+    # `--run-config` keys that `[tool.flwr.app.config]` does not declare, so they stay declared
+    # there, but a non-default value is refused unless the environment sets NDAE_TEST_HOOKS=1.
     fault_site: str = ""
     fault_phase: str = ""
     fault_round: int = 0
     stop_after_round: int = 0
 
     def __post_init__(self) -> None:
+        _refuse_test_hooks_outside_tests(self)
         if self.strategy not in STRATEGIES:
             raise NdaeError(f"run config 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.survival_mode not in SURVIVAL_MODES:
@@ -131,6 +136,28 @@ class FederationConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         return self.to_dict()
+
+
+TEST_HOOKS = ("fault_site", "fault_phase", "fault_round", "stop_after_round")
+TEST_HOOKS_ENV = "NDAE_TEST_HOOKS"
+
+
+def test_hooks_enabled() -> bool:
+    """Fault injection is honoured only in a test's processes: the tests set NDAE_TEST_HOOKS=1,
+    which the simulation hands on to the SuperLink, the ServerApp and every ClientApp."""
+    return os.environ.get(TEST_HOOKS_ENV) == "1"
+
+
+def _refuse_test_hooks_outside_tests(config: "FederationConfig") -> None:
+    if test_hooks_enabled():
+        return
+    defaults = FederationConfig.__dataclass_fields__
+    for name in TEST_HOOKS:
+        value = getattr(config, name)
+        if value != defaults[name].default:
+            raise NdaeError(f"run config {name.replace('_', '-')!r} = {value!r} is a test hook (fault injection), "
+                            f"honoured only when the environment sets {TEST_HOOKS_ENV}=1 (the test suite does); "
+                            "remove it from the run config")
 
 
 def _coerce(value: Any, kind: type) -> Any:
