@@ -76,7 +76,7 @@ def with_site_indicators(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients, held_out_folds: int = 5,
                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The voxel-wise normative baseline of one cohort (`ndae.baselines.voxelwise`), from the
-    prepared MNI-grid images in `cache_dir`: fitted on `training_controls` (subjects) only, the
+    prepared MNI-grid images in `cache_dir` (one folder, or {subject: folder}): fitted on `training_controls` (subjects) only, the
     patients scored by that fit; every training control scored out of sample by K-fold
     cross-fitting (fitted on the other folds), so the AUROC compares patients with controls the
     scoring model did not see. Returns (patients' features, held-out controls' features, info)."""
@@ -94,7 +94,8 @@ def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients,
     patients = frame[frame["subject"].isin(set(map(str, patients)))].reset_index(drop=True)
 
     def image(subject: str) -> np.ndarray:
-        return load_prepared(cache_dir, subject).image
+        folder = cache_dir[subject] if isinstance(cache_dir, dict) else cache_dir
+        return load_prepared(folder, subject).image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -178,8 +178,8 @@ def truth_metrics_seed(args, seed: int, cohort: Path, tables: dict[str, pd.DataF
     wide, covariates = with_site_indicators(wide)
     manifest = read_manifest(cohort / "manifest.csv")
     controls = manifest.loc[manifest["group"].astype(str) == "control", "subject"].astype(str)
-    voxel, voxel_held_out, info = voxelwise_scores(cohort, Path(args.work) / "cache", controls, wide["subject"],
-                                                   seed=args.cv_seed)
+    voxel, voxel_held_out, info = voxelwise_scores(cohort, prepared_folders(cohort, str(Path(args.work) / "cache")),
+                                                   controls, wide["subject"], seed=args.cv_seed)
     wide = wide.merge(voxel, on="subject", how="left")
     voxel_columns = [c for c in voxel.columns if c != "subject"]
     models.update({"covariates": covariates, VOXELWISE: voxel_columns,
@@ -196,6 +196,19 @@ def truth_metrics_seed(args, seed: int, cohort: Path, tables: dict[str, pd.DataF
     result["voxelwise"], result["covariates"] = info, covariates
     result["held_out_modes"] = sorted(held_out)
     return result
+
+
+def prepared_folders(cohort: Path, cache_dir: str) -> dict[str, Path]:
+    """Where each subject's prepared images are: its site's folder of the shared cache (a
+    simulated node's `cache_dir/<key of its manifest>`, as the runs prepared them)."""
+    from ndae.data.manifest import read_manifest
+    from ndae.federation.site.task import site_cache_dir
+
+    folders = {}
+    for manifest in site_manifests(cohort):
+        folder = site_cache_dir({}, manifest, cache_dir)
+        folders.update({str(s): folder for s in read_manifest(manifest)["subject"]})
+    return folders
 
 
 def checkpoint_difference(a: Path, b: Path) -> float:
