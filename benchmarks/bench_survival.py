@@ -187,24 +187,35 @@ def run_models(per_fold: pd.DataFrame, patients: pd.DataFrame) -> dict[str, list
 
 def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed: int) -> dict:
     """The truth-aware metrics (benchmarks/truth_eval.py) of every model of one run, from the run's
-    patients.csv and the cohort's truth, independent of which of them `ndae evaluate` reports. The
-    voxel-wise baseline is fitted here on the cohort's controls (prepared images of the run's
-    cache), its held-out controls' scores by cross-fitting."""
+    patients.csv and the cohort's truth, independent of which of them `ndae evaluate` reports.
+    Held-out controls: the ones the run kept out of every fit (evaluation.json
+    `held_out_controls`), with their NDAE scores from its deviations.csv. The voxel-wise baseline
+    is fitted here on the run's training controls (prepared images of the run's cache) for those
+    controls' scores, and for the patients' where the run has no voxel-wise features."""
     from ndae.data.manifest import read_manifest
 
     patients = pd.read_csv(out / "patients.csv", dtype={"subject": str}).sort_values("subject").reset_index(drop=True)
     manifest = read_manifest(cohort / "manifest.csv")
-    controls = manifest.loc[manifest["group"].astype(str) == "control", "subject"].astype(str)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    held = [str(s) for s in (evaluation.get("held_out_controls") or {}).get("subjects", [])]
+    controls = manifest.loc[(manifest["group"].astype(str) == "control") & ~manifest["subject"].astype(str).isin(held),
+                            "subject"].astype(str)
     voxel, held_out, info = voxelwise_scores(cohort, Path(args.work) / f"cache-{cohort.name}", controls,
-                                            patients["subject"], seed=seed)
+                                             patients["subject"], seed=seed, held_out=held or None)
     if not any(c.startswith("z_voxel_") for c in patients.columns):
         patients = patients.merge(voxel, on="subject", how="left")
+    if held:
+        deviations = pd.read_csv(out / "deviations.csv", dtype={"subject": str})
+        scores = deviations[deviations["subject"].isin(set(held))]
+        held_out = held_out.merge(scores[["subject", *[c for c in scores.columns if c in patients.columns and c != "subject"]]],
+                                  on="subject", how="outer")
     models = run_models(per_fold, patients)
     truth, cohort_json = cohort_truth(cohort, patients["subject"])
     references = tuple(k for k in (f"covariates | {ALONE}", f"{VOXELWISE} | {ALONE}", f"{VOXELWISE} | {WITH}") if k in models)
     result = evaluate_models(patients, models, truth, cohort_json, folds=args.folds, seed=seed, draws=args.draws,
                              penalizer=args.truth_penalizer, references=references, held_out=held_out)
     result["voxelwise"] = info
+    result["held_out_controls"] = len(held)
     return result
 
 
@@ -323,9 +334,10 @@ def truth_section(raw: dict) -> list[str]:
         "model (every model on the same draws and folds); risk concordance = concordance of the out-of-fold risk with the "
         "true linear predictor; ρ severity and AUROC only for single scores. Δ = paired difference in expected C over "
         "the same draws, mean over runs with its 95 % t-interval over runs (cohort seeds). Voxel-wise baseline: "
-        f"`ndae.baselines.voxelwise` fitted on the cohort's {voxel.get('training_controls')} controls "
+        f"`ndae.baselines.voxelwise` fitted on {voxel.get('training_controls')} training controls "
         f"({voxel.get('voxels_modelled')} voxels, stride {voxel.get('stride')}); its held-out controls for the AUROC: "
-        f"{voxel.get('held_out')}. NDAE scores have no AUROC here: their controls are in-sample.", "",
+        f"{voxel.get('held_out')}" + ("" if first.get("held_out_controls") else
+                                      "; NDAE scores have no AUROC here: the run held no controls out") + ".", "",
         *table_lines(rows, _reference_of, _label), "",
         "Reading (computed): " + truth_reading(
             [r for r in rows if r["model"].endswith(ALONE)],

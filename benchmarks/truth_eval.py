@@ -74,12 +74,13 @@ def with_site_indicators(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients, held_out_folds: int = 5,
-                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                     seed: int = 0, held_out=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The voxel-wise normative baseline of one cohort (`ndae.baselines.voxelwise`), from the
     prepared MNI-grid images in `cache_dir` (one folder, or {subject: folder}): fitted on `training_controls` (subjects) only, the
-    patients scored by that fit; every training control scored out of sample by K-fold
-    cross-fitting (fitted on the other folds), so the AUROC compares patients with controls the
-    scoring model did not see. Returns (patients' features, held-out controls' features, info)."""
+    patients scored by that fit. `held_out`: controls no fit saw (e.g. the ones `ndae evaluate` held
+    out), scored by that fit; without them every training control is scored out of sample by K-fold
+    cross-fitting (fitted on the other folds). Either way the AUROC compares patients with controls
+    the scoring model did not see. Returns (patients' features, held-out controls' features, info)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
@@ -92,6 +93,10 @@ def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients,
                           "group": manifest["group"].astype(str)})
     controls = frame[frame["subject"].isin(set(map(str, training_controls)))].reset_index(drop=True)
     patients = frame[frame["subject"].isin(set(map(str, patients)))].reset_index(drop=True)
+    held_out = [] if held_out is None else [str(s) for s in held_out]
+    overlap = sorted(set(held_out) & set(controls["subject"]))
+    if overlap:
+        raise BenchmarkInputError(f"voxel-wise baseline: held-out controls among the training controls: {overlap[:5]}")
 
     def image(subject: str) -> np.ndarray:
         folder = cache_dir[subject] if isinstance(cache_dir, dict) else cache_dir
@@ -102,15 +107,19 @@ def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients,
         model = VoxelwiseNormativeBaseline().fit(controls, image)
         patient_features = model.features(patients, image)
         held = []
+        if held_out:
+            held.append(model.features(frame[frame["subject"].isin(set(held_out))].reset_index(drop=True), image))
+            held_out_folds = 0
         # stratified by site where every site has a control per fold (a small cohort may not)
         per_site = controls["site"].value_counts()
         splitter = (StratifiedKFold if per_site.min() >= held_out_folds else KFold)(
-            n_splits=held_out_folds, shuffle=True, random_state=seed)
-        for train, test in splitter.split(controls, controls["site"]):
+            n_splits=max(held_out_folds, 2), shuffle=True, random_state=seed)
+        for train, test in (splitter.split(controls, controls["site"]) if held_out_folds else ()):
             fold = VoxelwiseNormativeBaseline().fit(controls.iloc[train].reset_index(drop=True), image)
             held.append(fold.features(controls.iloc[test].reset_index(drop=True), image))
     info = {"training_controls": int(len(controls)), "voxels_modelled": int(len(model.voxels)), "stride": model.stride,
-            "held_out": f"{held_out_folds}-fold cross-fit over the training controls"}
+            "held_out": (f"the {len(held_out)} controls the run held out of every fit" if held_out else
+                         f"{held_out_folds}-fold cross-fit over the training controls")}
     return patient_features, pd.concat(held, ignore_index=True), info
 
 
