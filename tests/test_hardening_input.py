@@ -232,7 +232,7 @@ def _site_info(manifest: Path, run_config: dict, node_config: dict) -> dict:
 
 
 def test_a_hostile_run_config_cannot_choose_where_a_site_writes(one_site, tmp_path, monkeypatch):
-    from ndae.federation.site.task import _SITE_CACHE
+    from ndae.federation.site.data import _SITE_CACHE
 
     _SITE_CACHE.clear()
     monkeypatch.setenv("NDAE_CACHE", str(tmp_path / "ndae-cache"))

@@ -2,7 +2,10 @@
 
 - `handlers`: the Flower message handlers (`client/client_app.py` registers them).
 - `policy`: the site's privacy policy from its node config (the law that the run config may only tighten).
-- `privacy`: the site's private releases (DP-SGD rounds, noised moments, declared releases, its ledger).
-- `task`: the site's computations: local training, sufficient statistics, deviation scores, Cox terms.
+- `privacy`: the site's privacy state (policy limits, ledger, signed head) and its declared releases.
+- `private_releases`: the two releases that spend ε (DP-SGD rounds, noised moments).
+- `task`: the site's task API (what the handlers call), gathered from `data` (the site's manifest,
+  cache and slices), `training` (a local DAE round) and `statistics` (sufficient statistics,
+  deviation scores, Cox terms, the risk summary).
 - `app_approval`: the list of Flower app bundles the site's SuperNode may run.
 """

@@ -58,7 +58,8 @@ def handle_train(message: Message, context: Context) -> Message:
     round_number = int(settings["server-round"])
     site_task.check_fault(config, site.name, "train", round_number)
     if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
-        from ndae.federation.site.privacy import ledger_reply, private_train_round, site_canaries
+        from ndae.federation.site.private_releases import private_train_round
+        from ndae.federation.site.privacy import ledger_reply, site_canaries
 
         privacy = _privacy(config, policy, context, site)
         weights, metrics, _ = private_train_round(
@@ -90,7 +91,8 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     site_task.check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
     if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
-        from ndae.federation.site.privacy import ledger_reply, private_normative_statistics
+        from ndae.federation.site.private_releases import private_normative_statistics
+        from ndae.federation.site.privacy import ledger_reply
 
         privacy = _privacy(config, policy, context, site)
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
