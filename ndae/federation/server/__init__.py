@@ -2,10 +2,12 @@
 
 - `phases`: the `Federation` class, the phases of one run read top to bottom (site info, DAE
   rounds, normative sums, deviations and survival); `run_federation` is the ServerApp's body.
+- `preflight`: a simulation without a cohort stops before any message, naming `ndae demo`.
 - `messaging`: one message round to the sites, the sites left out, the `min-sites` rule.
 - `strategy`: the DAE config, the Flower strategy (FedAvg, FedAdam on the model half, FedProx)
   and its state in the checkpoint.
 - `newton`: the federated Cox fit, one message round per Newton evaluation.
+- `survival_phase`: phase 3 (deviations, the Cox model and the covariates-only one, what imaging adds).
 - `survival`: the Cox covariates, the pooled table and fit, the `survival/` files, KM curves.
 - `run_files`: `status.json`, `metrics.jsonl`, `config.json`, `summary.json`, the checkpoint.
 - `report`: `report.md` (and the report of a failed run).
