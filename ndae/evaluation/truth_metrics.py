@@ -31,9 +31,8 @@ import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.evaluation.grouped_cv import fold_labels, grouped_folds
-from ndae.survival.ridge_cox import as_matrix, cox_fit_predict, fit_cox  # noqa: F401 (fitters: part of this API)
+from ndae.survival.ridge_cox import FitPredict, as_matrix, cox_fit_predict, fit_cox  # noqa: F401 (part of this API)
 
-FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 Redraw = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
