@@ -77,8 +77,9 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     lines += ["", f"- C-index (Harrell, within site, training data): **{_fmt(survival['c_index_within_site'])}**"]
     pooled = survival.get("c_index_pooled")
     if pooled:
-        lines.append(f"- C-index (Harrell, pooled, training data): **{_fmt(pooled.get('estimate'))}** "
-                     f"(95% bootstrap CI {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
+        lines.append(f"- C-index (Harrell, pooled): **{_fmt(pooled.get('estimate'))}** on the training data, "
+                     f"optimism-corrected {_fmt(pooled.get('corrected'))} (95% interval on left-out patients over "
+                     f"{pooled.get('n_boot')} bootstrap refits: {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
     lines += added_value_lines(survival)
     if survival.get("km", {}).get("group_sizes"):
         lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]

@@ -128,15 +128,16 @@ def km_from_counts(rows: np.ndarray, path: Path) -> dict[str, Any]:
 
 
 def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: list[str], out: Path) -> dict:
-    """Pooled mode only (the server holds the rows): global Harrell's C with a bootstrap CI and
-    KM curves by global tertile of the Cox risk and of the first deviation score."""
+    """Pooled mode only (the server holds the rows): global Harrell's C, validated by refitting the
+    stratified Cox on bootstrap resamples (a bootstrap of the fixed in-sample risk would never see
+    its optimism), and KM curves by global tertile of the Cox risk."""
     from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
-    from ndae.survival.metrics import harrell_c_index_ci
+    from ndae.survival.validated_c import refit_bootstrap_c
 
     table = table.copy()
     table["risk"] = table[covariates].to_numpy(float) @ np.asarray(beta, float)
-    extras: dict[str, Any] = {"c_index_pooled": harrell_c_index_ci(table["time"], table["event"], table["risk"],
-                                                                   n_boot=200, seed=0)}
+    validated = refit_bootstrap_c(table, covariates, strata=["site"], n_boot=100, seed=0)
+    extras: dict[str, Any] = {"c_index_pooled": {"estimate": validated["apparent"], **validated}}
     if len(table) >= 6:
         km = kaplan_meier_by_tertile(table, "risk", path=out / "km_risk.png",
                                      title="Kaplan–Meier by tertile of Cox risk (pooled)")
