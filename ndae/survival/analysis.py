@@ -85,7 +85,7 @@ def run_survival_analysis(
     penalizer: float = 0.0,
     folds: int = 5,
     seed: int = 0,
-    n_boot: int = 200,
+    n_boot: int = 100,  # refits of the Cox model (each a lifelines fit)
 ) -> dict:
     """Fit the Cox model on patients, evaluate it, plot KM curves; returns the metrics dict."""
     from ndae.data.manifest import read_manifest
