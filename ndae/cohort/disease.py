@@ -18,7 +18,7 @@ by nearest neighbour, to the label map in one resampling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -55,6 +55,35 @@ class DiseaseModel:
     def focus(self, onset_region: str) -> float:
         return dict(self.somatotopic_focus)[onset_region]
 
+
+
+def _cortex_only() -> DiseaseModel:
+    """Only the precentral gyri change: no tract, no ventricles, no global atrophy. A model that
+    scored well through the ventricles alone scores nothing here."""
+    return replace(DiseaseModel(), cst_signal_drop=0.0, ventricle_growth_mm=0.0, global_shrink=0.0)
+
+
+def _mild() -> DiseaseModel:
+    """Every effect at half its default size (the focal pattern and its spread unchanged)."""
+    base = DiseaseModel()
+    return replace(base, precentral_shrink_mm=base.precentral_shrink_mm / 2,
+                   precentral_csf_fraction=base.precentral_csf_fraction / 2, cst_signal_drop=base.cst_signal_drop / 2,
+                   ventricle_growth_mm=base.ventricle_growth_mm / 2, global_shrink=base.global_shrink / 2)
+
+
+# Named disease settings (`ndae cohort --disease`). Models are judged on more than one, so that no
+# choice is tuned to the default's strongest effect (issue 16).
+DISEASE_SETTINGS = {"als": DiseaseModel, "cortex-only": _cortex_only, "mild": _mild}
+DEFAULT_DISEASE = "als"
+
+
+def disease_setting(name: str) -> DiseaseModel:
+    """The DiseaseModel of a named setting; NdaeError naming the choices for any other name."""
+    from ndae.errors import NdaeError
+
+    if name not in DISEASE_SETTINGS:
+        raise NdaeError(f"--disease {name!r}: unknown disease setting; choose {', '.join(DISEASE_SETTINGS)}")
+    return DISEASE_SETTINGS[name]()
 
 @dataclass(frozen=True)
 class PatientPhenotype:

@@ -33,6 +33,7 @@ class CohortConfig:
     jobs: int = 1
     figure: bool = True
     disease: DiseaseModel = field(default_factory=DiseaseModel)
+    disease_name: str = "als"  # the named setting `disease` came from (`ndae cohort --disease`); recorded
     survival: SurvivalModel = field(default_factory=SurvivalModel)
 
 

@@ -71,7 +71,7 @@ def write_tables(out: Path, cohort: pd.DataFrame, sites: list[Site]) -> None:
 MARKER = "cohort.json"
 PARAMETERS = (
     "sites", "seed", "patients", "patients_per_anatomy", "site_sizes", "controls_only_site",
-    "patients_only_site", "max_subjects", "healthy_manifest",
+    "patients_only_site", "max_subjects", "healthy_manifest", "disease",
 )  # fmt: skip
 
 
@@ -91,6 +91,15 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def disease_name(config) -> str:
+    """The named disease setting of `config` ("custom" when its model is not that setting's);
+    cohort.json's summary holds every parameter of the model itself."""
+    from ndae.cohort.disease import DISEASE_SETTINGS
+
+    name = getattr(config, "disease_name", "als")
+    return name if name in DISEASE_SETTINGS and DISEASE_SETTINGS[name]() == config.disease else "custom"
+
+
 def cohort_parameters(config, healthy_manifest: Path) -> dict:
     """What cohort.json records under "parameters" (`config`: the CohortConfig)."""
     path = Path(healthy_manifest).resolve()
@@ -103,6 +112,7 @@ def cohort_parameters(config, healthy_manifest: Path) -> dict:
         "controls_only_site": config.controls_only_site,
         "patients_only_site": config.patients_only_site,
         "max_subjects": config.max_subjects,
+        "disease": disease_name(config),
         "healthy_manifest": str(path),
         "healthy_manifest_sha256": file_sha256(path),
     }
@@ -166,6 +176,8 @@ def _differences(marker: dict, expected: dict) -> list[str]:
         if key not in PARAMETERS:
             raise CohortFolderError(f"check_complete: unknown parameter {given_key!r} (known: {', '.join(PARAMETERS)})")
         have = recorded.get(key)
+        if key == "disease" and have is None:
+            have = "als"  # cohorts made before named disease settings all had the default
         if key == "healthy_manifest":
             path = Path(wanted).expanduser()
             path = path / "manifest.csv" if path.is_dir() else path

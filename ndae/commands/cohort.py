@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the healthy scans")
     parser.add_argument("--controls-only-site", default=None, help="a site with no patients, e.g. site4")
     parser.add_argument("--patients-only-site", default=None, help="a site with no controls, e.g. site3")
+    parser.add_argument("--disease", default="als", metavar="SETTING",
+                        help="disease setting: als (motor cortex, corticospinal tract, ventricles, global atrophy; "
+                        "default), cortex-only (the precentral gyri alone) or mild (every effect at half size); "
+                        "docs/cohort.md")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (output does not depend on it)")
     parser.add_argument("--no-figure", action="store_true", help="skip cohort_example.png")
     parser.add_argument("--force", action="store_true", help="replace a cohort already in --out")
@@ -47,6 +51,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ndae.cohort import CohortConfig, generate_cohort
+    from ndae.cohort.disease import disease_setting
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -55,7 +60,10 @@ def run(args) -> int:
     if present and not args.force:
         raise NdaeError(f"--out {out} already holds a cohort ({', '.join(present)}): choose another folder, "
                         "or pass --force to replace it")
+    disease = disease_setting(args.disease)  # before anything is written
     config = CohortConfig(
+        disease=disease,
+        disease_name=args.disease,
         sites=args.sites,
         seed=args.seed,
         patients=args.patients,
@@ -70,7 +78,8 @@ def run(args) -> int:
     summary = generate_cohort(args.healthy, args.out, config)
     survival = summary["survival"]
     print(f"cohort: {summary['subjects']} subjects ({summary['controls']} controls, {summary['patients']} patients "
-          f"from {summary['patient_anatomies']} anatomies) in {len(summary['sites'])} sites → {args.out}")
+          f"from {summary['patient_anatomies']} anatomies) in {len(summary['sites'])} sites, disease setting "
+          f"{args.disease} → {args.out}")
     for subject, reason in summary.get("excluded_subjects", {}).items():
         print(f"left out {subject}: {reason}")
     if survival:
