@@ -47,6 +47,7 @@ import pandas as pd
 from benchmarks.statements import compare, half_width, paired_difference, truth_reading
 from benchmarks.truth_eval import (VOXELWISE, cohort_truth, evaluate_models, jsonable, summarise, table_lines,
                                    voxelwise_scores)
+from ndae.cohort.disease import DEFAULT_DISEASE, disease_setting
 from ndae.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,7 +90,8 @@ def make_cohort(args, cohort_seed: int) -> Path:
     from ndae.cohort import CohortConfig, generate_cohort
 
     out = Path(args.work) / (f"cohort-seed{cohort_seed}-k{args.patients_per_anatomy}"
-                             + (f"-max{args.max_subjects}" if args.max_subjects else ""))
+                             + (f"-max{args.max_subjects}" if args.max_subjects else "")
+                             + ("" if args.disease == DEFAULT_DISEASE else f"-{args.disease}"))
     if not (out / "truth.csv").exists():
         if args.healthy:
             healthy = args.healthy
@@ -102,8 +104,35 @@ def make_cohort(args, cohort_seed: int) -> Path:
         args.healthy_used = str(healthy)
         generate_cohort(healthy, out, CohortConfig(sites=args.sites, seed=cohort_seed, jobs=args.jobs, figure=False,
                                                    patients_per_anatomy=args.patients_per_anatomy,
-                                                   max_subjects=args.max_subjects))
+                                                   max_subjects=args.max_subjects, disease=disease_setting(args.disease),
+                                                   disease_name=args.disease))
     return out
+
+
+def eval_folder_name(args, cohort: Path, seed: int) -> str:
+    """One run folder per cohort, preset, steps and pipeline seed, so that several presets share a
+    --work folder (its cohorts and their prepared caches)."""
+    return f"eval-{cohort.name}-{args.preset}-steps{args.steps}-seed{seed}"
+
+
+def finished_run(out: Path, options) -> dict | None:
+    """The evaluation.json of a finished `ndae evaluate` in `out` made with these options (None when
+    there is none, or it was made otherwise: then the run is redone). evaluation.json is written
+    last, atomically, so its presence means the run finished."""
+    from dataclasses import asdict
+
+    saved = out / "evaluation.json"
+    if not saved.is_file():
+        return None
+    try:
+        result = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return None
+    same = lambda o: {k: v for k, v in o.items() if k != "progress"}
+    if same(result.get("options", {})) != same(json.loads(json.dumps(asdict(options)))):
+        return None
+    print(f"[bench_survival] reusing the finished run {out}", flush=True)
+    return result
 
 
 def run(args) -> dict:
@@ -119,12 +148,14 @@ def run(args) -> dict:
         cohort = make_cohort(args, cohort_seed)
         cohort_seconds += time.perf_counter() - t0
         for seed in args.seeds:
-            out = Path(args.work) / f"eval-cohort{cohort_seed}-seed{seed}"
+            out = Path(args.work) / eval_folder_name(args, cohort, seed)
             options = EvaluationOptions(config=args.preset, steps=args.steps, inversion_steps=args.inversion_steps,
                                         folds=args.folds, seed=seed, autoencoder_steps=args.autoencoder_steps,
                                         cache_dir=str(Path(args.work) / f"cache-{cohort.name}"),
                                         progress=not args.quiet)
-            result = evaluate(cohort / "manifest.csv", out, cohort / "truth.csv", options)
+            result = finished_run(out, options) if args.reuse_runs else None
+            if result is None:
+                result = evaluate(cohort / "manifest.csv", out, cohort / "truth.csv", options)
             frame = pd.read_csv(out / "survival" / "cv_per_fold.csv")
             frame["cohort_seed"], frame["seed"] = cohort_seed, seed
             per_fold.append(frame)
@@ -249,7 +280,8 @@ def raw_results(result: dict, table: pd.DataFrame, command: str) -> dict:
     return {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d}", "machine": platform.machine(),
             "cores": os.cpu_count(), "python": platform.python_version(), "threads": result["threads"],
             "total_seconds": result["total_seconds"], "cohort_seconds": result["cohort_seconds"],
-            "healthy": result["healthy"], "healthy_note": result["healthy_note"], "preset": result["preset"], "seeds": result["seeds"], "folds": result["folds"],
+            "healthy": result["healthy"], "healthy_note": result["healthy_note"], "preset": result["preset"],
+            "disease": result.get("disease", DEFAULT_DISEASE), "seeds": result["seeds"], "folds": result["folds"],
             "penalizer": result["penalizer"], "truth_penalizer": result["truth_penalizer"], "draws": result["draws"],
             "patients_per_anatomy": result["patients_per_anatomy"], "runs": runs, "table": table.to_dict("records"),
             "truth_summary": truth_summary,
@@ -264,11 +296,14 @@ def render(raw: dict) -> str:
     star = ", ".join(f"{v:.3f} (cohort seed {k})" for k, v in oracle.items())
     lines = [
         "## Survival: NDAE scores vs baselines vs oracle (`benchmarks/bench_survival.py`"
-        + ("" if raw["preset"] == "tiny" else f", DAE preset `{raw['preset']}`") + ")", "",
+        + ("" if raw["preset"] == "tiny" else f", DAE preset `{raw['preset']}`")
+        + ("" if raw.get("disease", DEFAULT_DISEASE) == DEFAULT_DISEASE else f", disease setting `{raw['disease']}`")
+        + ")", "",
         f"`{raw['command']}` — {raw['date']}, {raw['machine']} CPU, {raw['cores']} cores visible "
         f"(shared with other work), torch threads {raw['threads']}, Python {raw['python']}. "
         f"Total {raw['total_seconds'] / 60:.1f} min (cohort generation {raw['cohort_seconds'] / 60:.1f} min).", "",
-        f"Cohort: simulated by `ndae cohort` ({len(oracle)} cohort seed(s)) from `{raw['healthy']}`{raw.get('healthy_note', '')}; "
+        f"Cohort: simulated by `ndae cohort --disease {raw.get('disease', DEFAULT_DISEASE)}` ({len(oracle)} cohort seed(s)) "
+        f"from `{raw['healthy']}`{raw.get('healthy_note', '')}; "
         f"{subjects['controls']} controls, {subjects['patients']} patients, {subjects['events']} events. "
         f"DAE preset `{raw['preset']}`, {first['dae_steps']} steps (reconstruction PSNR in brain "
         f"{_fmt(first['psnr_brain_db'])} dB); runs (pipeline seeds) {raw['seeds']}. "
@@ -426,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-subjects", type=int, default=None, help="smoke runs: a cohort from a subset of the scans")
     parser.add_argument("--draws", type=int, default=50, help="fresh survival draws for the expected C")
     parser.add_argument("--truth-penalizer", type=float, default=0.1, help="ridge penalty of the truth-aware Cox fits")
+    parser.add_argument("--disease", default=DEFAULT_DISEASE, help="the cohorts' disease setting (`ndae cohort --disease`)")
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="keep finished `ndae evaluate` runs in --work made with the same options (resuming)")
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="cohort generator worker processes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pipeline seeds (DAE, AE, folds)")
@@ -449,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         print(Path(args.out).read_text())
         return 0
     result = run(args)
-    result.update(preset=args.preset, seeds=args.seeds, folds=args.folds, threads=args.threads, draws=args.draws,
+    result.update(preset=args.preset, disease=args.disease, seeds=args.seeds, folds=args.folds, threads=args.threads, draws=args.draws,
                   truth_penalizer=args.truth_penalizer, patients_per_anatomy=args.patients_per_anatomy,
                   healthy=getattr(args, "healthy_used", args.cohort or args.healthy),
                   healthy_note=(f" (the IXI scans of the demo build's prepared cache `{args.prepared}`, written as the "
