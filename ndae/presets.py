@@ -1,4 +1,4 @@
 """The DAE preset names (`ndae.model.config.preset` builds them), importable without torch so the
 command line can list them in its help."""
 
-PRESETS = ("tiny", "tiny-ventricle", "paper", "paper3d")
+PRESETS = ("tiny", "tiny-age", "tiny-native", "tiny-ventricle", "paper", "paper3d")

@@ -107,6 +107,15 @@ def preset(name: str) -> DAEConfig:
     or `paper3d`."""
     if name == "tiny":
         return DAEConfig(name="tiny")
+    if name == "tiny-age":
+        # The paper's hierarchy on `tiny`: the decoder is told the age, so z_sem need not carry
+        # what age explains and its deviations from the normative latent are more the disease's
+        # (a direction of issue 16; benchmarks/results/directions/).
+        return DAEConfig(name="tiny-age", model=ModelConfig(age_conditioned=True))
+    if name == "tiny-native":
+        # `tiny` on the four prepared slices at their native 2 mm (96×80) instead of ~4 mm: the
+        # precentral cortex is 1-2 voxels thick at 2 mm and blurs away at 4 mm. ~4x the CPU time.
+        return DAEConfig(name="tiny-native", model=ModelConfig(image_size=(96, 80)))
     if name == "tiny-ventricle":
         # `tiny` on the lateral-ventricle slice only (channel 1 of the default slice set), at 64×56
         # with batch 16, 1000 steps: after 300 steps the decoder hardly uses z_sem (a swapped z_sem
@@ -147,7 +156,7 @@ def preset(name: str) -> DAEConfig:
             diffusion=DiffusionConfig(sample_steps=100),
             train=TrainConfig(steps=50_000, batch_size=4, learning_rate=1e-4, ema_decay=0.9999),
         )
-    raise NdaeError(f"unknown DAE config preset '{name}': choose tiny, tiny-ventricle, paper or paper3d")
+    raise NdaeError(f"unknown DAE config preset '{name}': choose {', '.join(PRESETS)}")
 
 
 from ndae.presets import PRESETS  # noqa: E402  (one list, torch-free for the CLI help)
