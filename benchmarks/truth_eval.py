@@ -162,6 +162,11 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
         row = {"features": cols, "harrell_c": concordance["harrell_c"], "uno_c": concordance["uno_c"],
                "harrell_c_per_fold": concordance["harrell_c_per_fold"],
                "risk_concordance": tm.risk_concordance(truth, pd.DataFrame({"subject": table["subject"], "risk": risk}))}
+        if "severity" in truth.columns:
+            # every model, also multi-feature ones (regional z, all NDAE scores): how its
+            # out-of-fold risk orders the patients' true severity
+            row["risk_severity_spearman"] = tm.severity_spearman(
+                truth, pd.DataFrame({"subject": table["subject"], "risk": risk}))["risk"]
         if len(cols) == 1:
             if "severity" in truth.columns:
                 row["severity_spearman"] = tm.severity_spearman(truth, table[["subject", cols[0]]])[cols[0]]
@@ -190,7 +195,7 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
         for name in risks:
             if name == reference:
                 continue
-            entry = {}
+            entry = {"risk_concordance": _difference(out[name]["risk_concordance"], out[reference]["risk_concordance"])}
             if expected:
                 entry["draws"] = tm.paired_difference(expected[name], expected[reference])
                 entry["per_draw"] = [float(v) for v in expected[name].per_draw - expected[reference].per_draw]
@@ -213,7 +218,11 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
 
 
 METRICS = ("harrell_c", "uno_c", "expected_c", "sd_per_draw", "risk_concordance", "severity_spearman",
-           "auroc_vs_held_out_controls")
+           "risk_severity_spearman", "auroc_vs_held_out_controls")
+
+
+def _difference(a, b) -> float:
+    return float(a - b) if a is not None and b is not None and np.isfinite(a) and np.isfinite(b) else math.nan
 
 
 def summarise(per_cohort: dict) -> list[dict]:
@@ -245,9 +254,13 @@ def summarise(per_cohort: dict) -> list[dict]:
             pooled = np.asarray([v for p in pairs for v in p.get("per_draw", [])], float)
             pooled = pooled[np.isfinite(pooled)]
             d, _, low, high = t_interval(per_seed)
+            concordance = [p["risk_concordance"] for p in pairs if "risk_concordance" in p]
+            rc_d, _, rc_low, rc_high = t_interval(concordance)
             versus[reference] = {
                 "d": d, "low": low, "high": high, "n": len(per_seed), "over": f"{len(per_seed)} cohort seeds",
                 "per_seed": per_seed,
+                # the paired difference in risk concordance, 95 % t-interval over the cohort seeds
+                "risk_concordance": {"d": rc_d, "low": rc_low, "high": rc_high, "per_seed": concordance},
                 "fraction_positive": float(np.mean(pooled > 0)) if pooled.size else math.nan,
                 "one_study_low": float(np.quantile(pooled, 0.025)) if pooled.size else math.nan,
                 "one_study_high": float(np.quantile(pooled, 0.975)) if pooled.size else math.nan,

@@ -46,10 +46,21 @@ def test_metrics_separate_a_signal_score_from_noise_and_pool_over_seeds():
         assert one["score"]["severity_spearman"] > 0.9 and abs(one["noise"]["severity_spearman"]) < 0.35
         assert one["score"]["risk_concordance"] > 0.75 and 0.3 < one["noise"]["risk_concordance"] < 0.7
         assert one["score"]["auroc_vs_held_out_controls"] > 0.8
+        # the out-of-fold risk's ρ with severity, for multi-feature models too
+        assert one["score"]["risk_severity_spearman"] > 0.85 and abs(one["noise"]["risk_severity_spearman"]) < 0.35
+        assert one["oracle"]["risk_severity_spearman"] > 0.6  # age + score: age orders the risk too
+        assert "severity_spearman" not in one["oracle"]  # a single score's ρ only for single scores
+        # the paired risk-concordance difference is the two models' own difference
+        for name in ("score", "noise"):
+            entry = one[name]["versus"]["covariates"]["risk_concordance"]
+            assert entry == pytest.approx(one[name]["risk_concordance"] - one["covariates"]["risk_concordance"])
     rows = {row["model"]: row for row in summarise(results)}
     assert rows["oracle"]["expected_c"] > rows["noise"]["expected_c"] + 0.1
     versus = rows["oracle"]["versus"]["covariates"]
     assert versus["n"] == 3 and versus["low"] > 0 and versus["fraction_positive"] > 0.8
+    assert versus["risk_concordance"]["low"] > 0 and len(versus["risk_concordance"]["per_seed"]) == 3
+    noise = rows["noise"]["versus"]["covariates"]["risk_concordance"]
+    assert noise["high"] < 0 or noise["low"] < 0 < noise["high"]  # noise never beats the covariates
     text = truth_reading(list(rows.values()), {"covariates": "covariates alone"})
     higher = text.split("higher: ", 1)[1].split(" — ")[0]
     assert "oracle +" in higher and "noise" not in higher
