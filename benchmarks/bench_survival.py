@@ -112,7 +112,8 @@ def make_cohort(args, cohort_seed: int) -> Path:
 def eval_folder_name(args, cohort: Path, seed: int) -> str:
     """One run folder per cohort, preset, steps and pipeline seed, so that several presets share a
     --work folder (its cohorts and their prepared caches)."""
-    return f"eval-{cohort.name}-{args.preset}-steps{args.steps}-seed{seed}"
+    image = f"-image{args.image_deviation_steps}" if args.image_deviation_steps else ""
+    return f"eval-{cohort.name}-{args.preset}-steps{args.steps}{image}-seed{seed}"
 
 
 def finished_run(out: Path, options) -> dict | None:
@@ -129,7 +130,9 @@ def finished_run(out: Path, options) -> dict | None:
     except (OSError, ValueError):
         return None
     same = lambda o: {k: v for k, v in o.items() if k != "progress"}
-    if same(result.get("options", {})) != same(json.loads(json.dumps(asdict(options)))):
+    # an option added since the run was made counts as its default
+    saved_options = {**json.loads(json.dumps(asdict(type(options)()))), **result.get("options", {})}
+    if same(saved_options) != same(json.loads(json.dumps(asdict(options)))):
         return None
     print(f"[bench_survival] reusing the finished run {out}", flush=True)
     return result
@@ -152,7 +155,7 @@ def run(args) -> dict:
             options = EvaluationOptions(config=args.preset, steps=args.steps, inversion_steps=args.inversion_steps,
                                         folds=args.folds, seed=seed, autoencoder_steps=args.autoencoder_steps,
                                         cache_dir=str(Path(args.work) / f"cache-{cohort.name}"),
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, image_deviation_steps=args.image_deviation_steps)
             result = finished_run(out, options) if args.reuse_runs else None
             if result is None:
                 result = evaluate(cohort / "manifest.csv", out, cohort / "truth.csv", options)
@@ -236,10 +239,13 @@ def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed
     if not any(c.startswith("z_voxel_") for c in patients.columns):
         patients = patients.merge(voxel, on="subject", how="left")
     if held:
-        deviations = pd.read_csv(out / "deviations.csv", dtype={"subject": str})
-        scores = deviations[deviations["subject"].isin(set(held))]
-        held_out = held_out.merge(scores[["subject", *[c for c in scores.columns if c in patients.columns and c != "subject"]]],
-                                  on="subject", how="outer")
+        for name in ("deviations.csv", "image_deviations.csv"):  # the second only with image-space features
+            if not (out / name).exists():
+                continue
+            deviations = pd.read_csv(out / name, dtype={"subject": str})
+            scores = deviations[deviations["subject"].isin(set(held))]
+            held_out = held_out.merge(scores[["subject", *[c for c in scores.columns if c in patients.columns and c != "subject"]]],
+                                      on="subject", how="outer")
     models = run_models(per_fold, patients)
     truth, cohort_json = cohort_truth(cohort, patients["subject"])
     references = tuple(k for k in (f"covariates | {ALONE}", f"{VOXELWISE} | {ALONE}", f"{VOXELWISE} | {WITH}") if k in models)
@@ -281,7 +287,8 @@ def raw_results(result: dict, table: pd.DataFrame, command: str) -> dict:
             "cores": os.cpu_count(), "python": platform.python_version(), "threads": result["threads"],
             "total_seconds": result["total_seconds"], "cohort_seconds": result["cohort_seconds"],
             "healthy": result["healthy"], "healthy_note": result["healthy_note"], "preset": result["preset"],
-            "disease": result.get("disease", DEFAULT_DISEASE), "seeds": result["seeds"], "folds": result["folds"],
+            "disease": result.get("disease", DEFAULT_DISEASE), "image_deviation_steps": result.get("image_deviation_steps", 0),
+            "seeds": result["seeds"], "folds": result["folds"],
             "penalizer": result["penalizer"], "truth_penalizer": result["truth_penalizer"], "draws": result["draws"],
             "patients_per_anatomy": result["patients_per_anatomy"], "runs": runs, "table": table.to_dict("records"),
             "truth_summary": truth_summary,
@@ -470,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=200, help="DAE training steps")
     parser.add_argument("--inversion-steps", type=int, default=10)
+    parser.add_argument("--image-deviation-steps", type=int, default=0,
+                        help="also the image-space NDAE features with this many DDIM steps (`ndae evaluate`; 0: off)")
     parser.add_argument("--autoencoder-steps", type=int, default=200)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -487,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print(Path(args.out).read_text())
         return 0
     result = run(args)
-    result.update(preset=args.preset, disease=args.disease, seeds=args.seeds, folds=args.folds, threads=args.threads, draws=args.draws,
+    result.update(preset=args.preset, disease=args.disease, image_deviation_steps=args.image_deviation_steps, seeds=args.seeds, folds=args.folds, threads=args.threads, draws=args.draws,
                   truth_penalizer=args.truth_penalizer, patients_per_anatomy=args.patients_per_anatomy,
                   healthy=getattr(args, "healthy_used", args.cohort or args.healthy),
                   healthy_note=(f" (the IXI scans of the demo build's prepared cache `{args.prepared}`, written as the "

@@ -19,6 +19,7 @@ from ndae.evaluation.toy import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
           "voxel-wise normative z", "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
+IMAGE_MODELS = ("NDAE image-space deviation", "NDAE image |z|")  # with --image-deviation-steps
 
 
 def add_cohort_truth(truth_path: Path) -> None:
@@ -108,16 +109,17 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     manifest, truth = toy_cohort
     out = tmp_path / "eval"
     assert main(["evaluate", "--manifest", str(manifest), "--truth", str(truth), "--out", str(out), "--steps", "2",
-                 "--inversion-steps", "1", "--folds", "3", "--autoencoder-steps", "10", "--draws", "50", "--quiet"]) == 0
+                 "--inversion-steps", "1", "--folds", "3", "--autoencoder-steps", "10", "--draws", "50",
+                 "--image-deviation-steps", "1", "--quiet"]) == 0
     for name in ("report.md", "evaluation.json", "km_cosine.png", "c_index.png", "latents.npz", "deviations.csv",
                  "normative/model.json", "patients.csv", "survival/cv_per_fold.csv", "dae/checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "evaluation.json").read_text())
     assert not result["skipped_baselines"] and not result["failed_models"]
     models = {(m["model"], m["variant"]): m for m in result["models"]}
-    assert {m for m, _ in models} == set(MODELS)
+    assert {m for m, _ in models} == set(MODELS) | set(IMAGE_MODELS)
     report = (out / "report.md").read_text()
-    for name in MODELS:
+    for name in MODELS + IMAGE_MODELS:
         assert f"| {name} |" in report
     c_star = result["oracle_c_index"]
     assert f"C* = {c_star:.3f}" in report and 0.5 < c_star < 1
@@ -161,6 +163,13 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     trained_on = pd.read_csv(dae_training["manifest"])
     assert not held & set(trained_on["subject"]) and controls - held <= set(trained_on["subject"])
     assert dae_training["n_controls"] == len(controls - held)
+    # image-space NDAE features: every subject's in image_deviations.csv, the patients' in patients.csv
+    image = pd.read_csv(out / "image_deviations.csv")
+    assert sorted(image["subject"]) == sorted(manifest_table["subject"])
+    assert {"z_image_precentral", "z_image_ventricles", "image_mean_abs_z"} <= set(image.columns)
+    assert {"z_image_precentral", "image_mean_abs_z"} <= set(patients.columns)
+    assert (out / "normative_image" / "model.json").exists()
+    assert "NDAE image-space z" in result["calibration"] and result["timings"]["image_deviations_s"] > 0
     assert set(result["normative_fits"]) >= {"NDAE latent normative model", "regional normative z",
                                              "voxel-wise normative z", "autoencoder"}
     for name, fitted in result["normative_fits"].items():

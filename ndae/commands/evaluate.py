@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--held-out-controls", type=float, default=0.25, help="fraction of the controls (per site, "
                         "seeded) kept out of the DAE and every normative fit, for the AUROC and calibration (default 0.25)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
+    parser.add_argument("--image-deviation-steps", type=int, default=0, metavar="STEPS",
+                        help="also the image-space NDAE features (the deviation map of the normative decode, mean z "
+                        "per atlas region) with this many DDIM steps per inversion and decode (default 0: off; "
+                        "50 on the tiny DAE; costs 3 x STEPS network passes per subject)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     from ndae.run_folder import add_rerun_flags
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, steps=args.steps, inversion_steps=args.inversion_steps, folds=args.folds, seed=args.seed,
         penalizer=args.penalizer, autoencoder_steps=args.autoencoder_steps, cache_dir=args.cache, device=args.device,
         progress=not args.quiet, draws=args.draws, held_out_controls=args.held_out_controls,
+        image_deviation_steps=args.image_deviation_steps,
     )
     from ndae.run_folder import claim_output
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.evaluation.baseline_features import baseline_features
@@ -68,6 +69,38 @@ class EvaluationOptions:
     held_out_controls: float = 0.25  # fraction of the controls kept out of every fit (per site, seeded)
     draws: int = 50  # fresh survival draws for expected C
     bootstrap: int = 200  # source-anatomy resamples for the observed-C paired difference (no survival model)
+    # > 0: also the image-space NDAE features (ndae.deviation.image_features) with this many DDIM
+    # steps for the inversion and each decode; 0: off (they cost 3 × steps U-Net passes a subject)
+    image_deviation_steps: int = 0
+
+
+def image_space_scores(out: Path, manifest_path: Path, cache_dir: Path, normative, covariates: pd.DataFrame,
+                       controls: np.ndarray, held_out: np.ndarray, options: EvaluationOptions):
+    """The image-space NDAE features of every subject (rows of `covariates`), standardised by a
+    normative model of the region means fitted on the training controls: a frame `subject` +
+    `z_image_<region>` + `image_mean_abs_z`, its models, and the held-out controls' calibration."""
+    from ndae.deviation.image_features import PREFIX, image_deviation_features
+    from ndae.normative.model import NormativeModel, OutOfRangeWarning
+
+    raw = image_deviation_features(out, manifest_path, cache_dir, normative, options.image_deviation_steps,
+                                   device=options.device)
+    raw = raw.set_index("subject").loc[covariates["subject"].astype(str)].reset_index()
+    regions = [c for c in raw.columns if c.startswith(PREFIX)]
+    values = raw[regions].to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        model = NormativeModel().fit(covariates[controls].reset_index(drop=True), values[controls], regions)
+        z = model.z_scores(covariates.reset_index(drop=True), values)
+    model.save(out / "normative_image")
+    names = [f"z_image_{c[len(PREFIX):]}" for c in regions]
+    frame = pd.DataFrame(z, columns=names)
+    frame.insert(0, "subject", covariates["subject"].astype(str).to_numpy())
+    frame["image_mean_abs_z"] = np.abs(z).mean(axis=1)
+    # every subject's (held-out controls too), as deviations.csv holds the latent scores
+    atomic_write_text(out / "image_deviations.csv", frame.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    features = {"NDAE image-space deviation": names, "NDAE image |z|": ["image_mean_abs_z"]}
+    calibration = {"NDAE image-space z": calibration_pair(z[controls], z[held_out], controls.sum(), held_out.sum())}
+    return frame, features, calibration
 
 
 def _log(options: EvaluationOptions, message: str) -> None:
@@ -97,6 +130,9 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     truth = read_truth(truth_path, patients_all["subject"]) if truth_path else None
     if options.draws < 1:
         raise NdaeError(f"--draws must be at least 1, got {options.draws}")
+    if isinstance(options.image_deviation_steps, bool) or int(options.image_deviation_steps) < 0:
+        raise NdaeError(f"--image-deviation-steps must be 0 (off) or a positive number of DDIM steps, "
+                        f"got {options.image_deviation_steps}")
     cohort, expected_skip = cohort_survival_model(truth_path) if truth_path else (None, None)
     held_out_subjects = held_out_controls(manifest, options.held_out_controls, options.seed)
     check_training_controls(manifest_path, int((manifest["group"] == "control").sum()), held_out_subjects,
@@ -140,6 +176,16 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     normative.save(out / "normative")
     atomic_write_text(out / "deviations.csv", deviations.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
 
+    image_frames, image_features = [], {}
+    if options.image_deviation_steps:
+        _log(options, f"image-space deviations ({options.image_deviation_steps} DDIM steps)")
+        t0 = time.perf_counter()
+        frame, image_features, image_calibration = image_space_scores(
+            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options)
+        image_frames.append(frame)
+        calibration.update(image_calibration)
+        timings["image_deviations_s"] = time.perf_counter() - t0
+
     # 4. the clinical covariates, the NDAE scores and the baselines: each a frame `subject` +
     # features (over every subject), each model a list of feature columns
     _log(options, "baselines")
@@ -150,13 +196,14 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     baselines = baseline_features(subjects, z_sem, rows, covariates, controls, manifest_path, cache_dir, out, options,
                                   held_out=held_out)
     calibration.update(baselines.calibration)
+    features.update(image_features)
     features.update(baselines.features)
     timings.update(baselines.timings)
     # age and sex_female are already in the patients' table
-    frames = [clinical.drop(columns=["age", "sex_female"]), *baselines.frames]
+    frames = [clinical.drop(columns=["age", "sex_female"]), *image_frames, *baselines.frames]
     # every subject's scores (patients and held-out controls): the AUROC needs both
     all_scores = deviations[["subject", *NDAE_SCORES]].assign(subject=lambda d: d["subject"].astype(str))
-    for frame in baselines.frames:
+    for frame in [*image_frames, *baselines.frames]:
         all_scores = all_scores.merge(frame.assign(subject=frame["subject"].astype(str)), on="subject", how="left")
 
     # 5. the patients' table and the cross-validated comparison
