@@ -31,17 +31,25 @@ from benchmarks import bench_survival
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CELLS = RESULTS / "directions"
-DEFAULT_PRESETS = ("tiny", "tiny-age", "tiny-native")
+DEFAULT_PRESETS = ("tiny", "tiny-age", "tiny-native", "tiny+image30")
 DEFAULT_DISEASES = ("als", "cortex-only")
 
 
-def cell_path(preset: str, disease: str) -> Path:
-    return CELLS / f"{preset}_{disease}.md"
+def parse_variant(variant: str) -> tuple[str, int]:
+    """`PRESET` or `PRESET+imageN`: a DAE preset, and the DDIM steps of the image-space NDAE
+    features (`ndae evaluate --image-deviation-steps`; 0 = none)."""
+    preset, _, image = variant.partition("+")
+    if not image:
+        return preset, 0
+    if not image.startswith("image") or not image[5:].isdigit() or int(image[5:]) < 1:
+        raise SystemExit(f"--presets {variant!r}: expected PRESET or PRESET+imageN (N DDIM steps, e.g. tiny+image30)")
+    return preset, int(image[5:])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS))
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        help="DAE presets, each optionally with image-space features: PRESET or PRESET+imageN")
     parser.add_argument("--diseases", nargs="+", default=list(DEFAULT_DISEASES))
     parser.add_argument("--cohort-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--patients-per-anatomy", type=int, default=4)
@@ -58,18 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     cells_dir = args.results.parent / args.results.stem
     if not args.render_only:
         for disease in args.diseases:
-            for preset in args.presets:
+            for variant in args.presets:
+                preset, image_steps = parse_variant(variant)
                 started = time.perf_counter()
-                out = cells_dir / f"{preset}_{disease}.md"
-                cell = ["--preset", preset, "--disease", disease, "--cohort-seeds", *map(str, args.cohort_seeds),
+                out = cells_dir / f"{variant}_{disease}.md"
+                cell = ["--preset", preset, "--image-deviation-steps", str(image_steps), "--disease", disease, "--cohort-seeds", *map(str, args.cohort_seeds),
                         "--patients-per-anatomy", str(args.patients_per_anatomy), "--steps", str(args.steps),
                         "--draws", str(args.draws), "--folds", str(args.folds), "--threads", str(args.threads),
                         "--work", args.work, "--out", str(out), "--reuse-runs", "--quiet", *args.extra.split()]
                 if args.max_subjects:
                     cell += ["--max-subjects", str(args.max_subjects)]
-                print(f"[bench_directions] {preset} on {disease}", flush=True)
+                print(f"[bench_directions] {variant} on {disease}", flush=True)
                 bench_survival.main(cell)
-                print(f"[bench_directions] {preset} on {disease}: {time.perf_counter() - started:.0f} s", flush=True)
+                print(f"[bench_directions] {variant} on {disease}: {time.perf_counter() - started:.0f} s", flush=True)
     from benchmarks.directions_report import write as write_report
 
     print(write_report(cells_dir, args.results).read_text())

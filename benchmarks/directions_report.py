@@ -22,9 +22,15 @@ from ndae.io import atomic_write_text
 
 COVARIATES = "covariates | alone"
 VOXELWISE_COV = "voxel-wise normative z | with covariates"
-NDAE_SINGLE = ("NDAE cosine | alone", "NDAE Mahalanobis | alone")
+# NDAE candidates for goal 1: (model, which ρ): a single score's own, a multi-feature model's
+# out-of-fold risk's (as for the multi-feature baselines)
+NDAE_RHO = (("NDAE cosine | alone", "severity_spearman"), ("NDAE Mahalanobis | alone", "severity_spearman"),
+            ("NDAE image |z| | alone", "severity_spearman"),
+            ("NDAE deviation scores | alone", "risk_severity_spearman"),
+            ("NDAE image-space deviation | alone", "risk_severity_spearman"))
 NDAE_WITH_COV = ("NDAE cosine | with covariates", "NDAE Mahalanobis | with covariates",
-                 "NDAE deviation scores | with covariates")
+                 "NDAE deviation scores | with covariates", "NDAE image |z| | with covariates",
+                 "NDAE image-space deviation | with covariates")
 # baselines' ρ: a single score's own ρ, a multi-feature model's out-of-fold risk's ρ
 BASELINE_RHO = (("voxel-wise normative z precentral | alone", "severity_spearman"),
                 ("voxel-wise normative z | alone", "risk_severity_spearman"),
@@ -63,9 +69,10 @@ def cell_summary(raw: dict) -> dict:
     """The goal's three points for one (preset, disease setting) from its raw results."""
     rows = {row["model"]: row for row in raw["truth_summary"]}
     runs = raw["runs"]
-    single = [(name, rows[name]) for name in NDAE_SINGLE if name in rows]
-    best_name, best = max(single, key=lambda item: abs(item[1].get("severity_spearman") or 0.0), default=(None, {}))
-    best_rho = best.get("severity_spearman")
+    candidates = [(name, key, rows[name]) for name, key in NDAE_RHO
+                  if name in rows and isinstance(rows[name].get(key), (int, float)) and math.isfinite(rows[name][key])]
+    best_name, best_key, best = max(candidates, key=lambda item: abs(item[2][item[1]]), default=(None, None, {}))
+    best_rho = best.get(best_key) if best_key else None
     baselines = {name: rows[name].get(key) for name, key in BASELINE_RHO if name in rows}
     finite = [abs(v) for v in baselines.values() if isinstance(v, (int, float)) and math.isfinite(v)]
     rho_met = best_rho is not None and abs(best_rho) >= RHO_GOAL and bool(finite) and abs(best_rho) > max(finite)
@@ -86,10 +93,13 @@ def cell_summary(raw: dict) -> dict:
     cosine_rho = rows.get("NDAE cosine | alone", {}).get("severity_spearman")
     timings = [r.get("timings", {}) for r in runs]
     mean = lambda key: sum(t.get(key, 0.0) for t in timings) / max(len(timings), 1)
-    return {"preset": raw["preset"], "disease": raw.get("disease", "als"), "seeds": len(runs),
+    image = raw.get("image_deviation_steps") or 0
+    return {"preset": raw["preset"] + (f"+image{image}" if image else ""), "disease": raw.get("disease", "als"),
+            "seeds": len(runs),
             "patients": runs[0]["subjects"]["patients"] if runs else None, "dae_steps": runs[0].get("dae_steps") if runs else None,
             "dae_training_s": mean("dae_training_s"), "encoding_s": mean("encoding_s"), "total_s": mean("total_s"),
-            "best_score": best_name, "best_rho": best_rho, "best_rho_sd": best.get("severity_spearman_seeds_sd"),
+            "best_score": best_name, "best_rho_kind": "risk" if best_key == "risk_severity_spearman" else "score",
+            "best_rho": best_rho, "best_rho_sd": best.get(f"{best_key}_seeds_sd") if best_key else None,
             "baseline_rho": baselines, "rho_met": rho_met,
             "ndae_multi_risk_rho": rows.get("NDAE deviation scores | alone", {}).get("risk_severity_spearman"),
             "top_with_covariates": top_name, "top_expected_c": top.get("expected_c"),
@@ -116,8 +126,9 @@ def render(cells: list[dict]) -> str:
     lines += [
         f"Each cell is one `benchmarks.bench_survival` run ({first['seeds']} cohort seed(s), {first['patients']} "
         f"patients each, DAE {first['dae_steps']} steps); its whole section is in `benchmarks/results/directions/`. "
-        "ρ: Spearman with the true severity (a single score's own, mean over cohort seeds; for the voxel-wise and "
-        "regional normative models, with many features, the ρ of their out-of-fold Cox risk). Paired differences: "
+        "ρ: Spearman with the true severity, mean over cohort seeds: a single score's own; for a model of many "
+        "features (marked 'risk': all NDAE scores, the image-space regions, the voxel-wise and regional normative "
+        "models) the ρ of its out-of-fold Cox risk. `+imageN`: with the image-space NDAE features (N DDIM steps). Paired differences: "
         "covariates + the NDAE model with the highest expected C, against covariates alone and against covariates + "
         "the voxel-wise baseline, 95 % t-interval over cohort seeds. Cosine HR: per SD of the patients' cosine, "
         "per run (cohort seed).", "",
@@ -127,7 +138,7 @@ def render(cells: list[dict]) -> str:
     ]
     for c in cells:
         b = c["baseline_rho"]
-        name = (c["best_score"] or "–").split(" | ")[0]
+        name = (c["best_score"] or "–").split(" | ")[0] + (" (risk)" if c.get("best_rho_kind") == "risk" else "")
         lines.append(
             f"| `{c['preset']}` | {c['disease']} | {_f(c['dae_training_s'], 0)} | {name} {_f(c['best_rho'], 2)} "
             f"({_f(c['best_rho_sd'], 2)}) | {_f(b.get(BASELINE_RHO[0][0]), 2)} | {_f(b.get(BASELINE_RHO[1][0]), 2)} | "

@@ -49,6 +49,15 @@ def test_a_point_missed_by_a_little_is_not_met(change, point):
     assert all(summary[other] for other in ("rho_met", "gain_met", "cosine_met") if other != point)
 
 
+def test_a_multi_feature_ndae_model_counts_by_its_risk_and_the_image_variant_is_named():
+    raw = raw_cell(rho=-0.2)
+    raw["truth_summary"].append({"model": "NDAE image-space deviation | alone", "risk_severity_spearman": 0.65})
+    raw["image_deviation_steps"] = 30
+    summary = cell_summary(raw)
+    assert summary["best_score"] == "NDAE image-space deviation | alone" and summary["best_rho_kind"] == "risk"
+    assert summary["rho_met"] and summary["preset"] == "tiny+image30"
+
+
 def test_the_section_states_what_the_cells_show(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "tiny_als.json").write_text(json.dumps(raw_cell()))

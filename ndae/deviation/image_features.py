@@ -16,6 +16,7 @@ the `tiny` DAE's round trip is far from the image (8.6 dB PSNR after 200 trainin
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ def image_deviation_features(run_dir: str | Path, manifest: str | Path, cache_di
     from ndae.data.dataset import load_slice_dataset
     from ndae.deviation.maps import deviation_map
     from ndae.model import decode, encode, invert, load_checkpoint, prepare_images
+    from ndae.normative.model import OutOfRangeWarning
 
     if int(steps) < 1:
         raise NdaeError(f"image deviation features: steps must be at least 1, got {steps}")
@@ -92,7 +94,9 @@ def image_deviation_features(run_dir: str | Path, manifest: str | Path, cache_di
     with torch.no_grad():
         z_sem = encode(model, x)
         x_T = invert(model, x, z_sem, ages, steps)
-        z_normative = torch.as_tensor(normative.predict(covariates)[0], dtype=torch.float32)
+        with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            z_normative = torch.as_tensor(normative.predict(covariates)[0], dtype=torch.float32)
         maps = deviation_map(lambda z, noise: decode(model, z, noise, ages, steps), z_sem, z_normative, x_T)
     size = data.images.shape[2:]
     maps = F.interpolate(torch.as_tensor(maps, dtype=torch.float32), size=size, mode="bilinear",
