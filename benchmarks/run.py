@@ -21,12 +21,10 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "survival_ventricle", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
+ORDER = ["survival", "directions", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
 # Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
-RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]],
-        "survival": [[], ["--preset", "tiny-ventricle", "--steps", "1000", "--threads", "2",
-                          "--work", "/tmp/ndae-bench-survival-ventricle",
-                          "--out", str(RESULTS_DIR / "survival_ventricle.md")]]}
+# (Other DAE presets' survival runs are cells of bench_directions, on the same cohorts.)
+RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]]}
 
 
 def available() -> list[str]:
