@@ -81,6 +81,11 @@ def test_run_directory_follows_the_contract(pooled_run):
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     report = (run / "report.md").read_text()
     assert "C-index" in report and "None: every site answered" in report
+    # each hazard ratio with its Wald 95 % interval, exp(coef ± 1.96 se)
+    for name, coef in summary["survival"]["coef"].items():
+        se = summary["survival"]["se"][name]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+        assert row.rstrip(" |").endswith(f"{np.exp(coef - 1.96 * se):.3f}–{np.exp(coef + 1.96 * se):.3f}"), row
     deviations = pd.read_csv(run / "deviations.csv")
     assert len(deviations) == 18 and deviations["subject"].is_unique and "cosine" in deviations
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -71,9 +71,11 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
               "## Survival", "",
               f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
               f"site on {', '.join(survival['covariates'])} (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",
-              "| covariate | coef | se | hazard ratio |", "|---|---|---|---|"]
+              "| covariate | coef | se | hazard ratio | 95% CI |", "|---|---|---|---|---|"]
     for name, coef in survival["coef"].items():
-        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(survival['se'].get(name), 4)} | {_fmt(float(np.exp(coef)), 3)} |")
+        se = survival["se"].get(name)
+        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(se, 4)} | {_fmt(float(np.exp(coef)), 3)} | "
+                     f"{_hazard_interval(coef, se)} |")
     lines += ["", f"- C-index (Harrell, within site, training data): **{_fmt(survival['c_index_within_site'])}**"]
     pooled = survival.get("c_index_pooled")
     if pooled:
@@ -142,6 +144,13 @@ def added_value_reading(estimate: dict, features: str, covariates: str, where: s
                 f"worse with the imaging than with the covariates alone{where}.")
     return (f"adding {features} to {covariates} changes Harrell's C by {interval}: the CI includes 0, so what the "
             f"imaging adds is not distinguishable from nothing at this sample size{where}.")
+
+
+def _hazard_interval(coef, se) -> str:
+    """exp(coef ± 1.96 se): the Wald interval of the hazard ratio (– without a finite se)."""
+    if not isinstance(se, (int, float)) or not np.isfinite(se) or not np.isfinite(coef):
+        return "–"
+    return f"{np.exp(coef - 1.96 * se):.3f}–{np.exp(coef + 1.96 * se):.3f}"
 
 
 def _count(value) -> str:
