@@ -8,9 +8,11 @@ from ndae.cli import main
 from ndae.presets import PRESETS
 
 
-def test_evaluate_config_help_names_every_preset(capsys):
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_config_help_names_every_preset(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens ("tiny-" / "ventricle")
     with pytest.raises(SystemExit):
-        main(["evaluate", "--help"])
+        main([command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     for name in PRESETS:
         assert f"{name}," in help_text or f"{name} (" in help_text, name

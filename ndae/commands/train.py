@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ndae.presets import PRESETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,9 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "RUN/dae/loss_curve.png and RUN/dae/reconstruction.png.",
     )
     parser.add_argument("--manifest", required=True, help="manifest.csv (subject, site, image, age, sex, group)")
-    parser.add_argument("--config", default="tiny", help="preset: tiny (CPU, 4 slices at 48x40), tiny-ventricle "
-                        "(CPU, lateral-ventricle slice at 64x56: the latent carries more anatomy) or paper (GPU) "
-                        "(default: tiny)")
+    parser.add_argument("--config", default="tiny", help=f"preset: {', '.join(PRESETS)} (tiny: CPU, 4 slices at "
+                        "48x40; tiny-age: its decoder conditioned on age; tiny-native: the slices at 96x80; "
+                        "tiny-ventricle: the lateral-ventricle slice at 64x56; paper, paper3d: GPU; default: tiny)")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
