@@ -33,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CELLS = RESULTS / "directions"
 DEFAULT_PRESETS = ("tiny", "tiny-age", "tiny-native", "tiny+image30")
 DEFAULT_DISEASES = ("als", "cortex-only")
+DEFAULT_STEPS = 200
 
 
 def parse_variant(variant: str) -> tuple[str, int]:
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diseases", nargs="+", default=list(DEFAULT_DISEASES))
     parser.add_argument("--cohort-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--patients-per-anatomy", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=200, help="DAE training steps (every preset)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help="DAE training steps (every preset; cells with other steps are named PRESET@STEPS)")
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.presets:
                 preset, image_steps = parse_variant(variant)
                 started = time.perf_counter()
-                out = cells_dir / f"{variant}_{disease}.md"
+                steps = "" if args.steps == DEFAULT_STEPS else f"@{args.steps}"
+                out = cells_dir / f"{variant}{steps}_{disease}.md"
                 cell = ["--preset", preset, "--image-deviation-steps", str(image_steps), "--disease", disease, "--cohort-seeds", *map(str, args.cohort_seeds),
                         "--patients-per-anatomy", str(args.patients_per_anatomy), "--steps", str(args.steps),
                         "--draws", str(args.draws), "--folds", str(args.folds), "--threads", str(args.threads),

@@ -94,7 +94,9 @@ def cell_summary(raw: dict) -> dict:
     timings = [r.get("timings", {}) for r in runs]
     mean = lambda key: sum(t.get(key, 0.0) for t in timings) / max(len(timings), 1)
     image = raw.get("image_deviation_steps") or 0
-    return {"preset": raw["preset"] + (f"+image{image}" if image else ""), "disease": raw.get("disease", "als"),
+    steps = runs[0].get("dae_steps") if runs else None
+    label = raw["preset"] + (f"+image{image}" if image else "") + ("" if steps in (None, 200) else f"@{steps}")
+    return {"preset": label, "disease": raw.get("disease", "als"),
             "seeds": len(runs),
             "patients": runs[0]["subjects"]["patients"] if runs else None, "dae_steps": runs[0].get("dae_steps") if runs else None,
             "dae_training_s": mean("dae_training_s"), "encoding_s": mean("encoding_s"), "total_s": mean("total_s"),
@@ -125,7 +127,7 @@ def render(cells: list[dict]) -> str:
     first = cells[0]
     lines += [
         f"Each cell is one `benchmarks.bench_survival` run ({first['seeds']} cohort seed(s), {first['patients']} "
-        f"patients each, DAE {first['dae_steps']} steps); its whole section is in `benchmarks/results/directions/`. "
+        f"patients each, DAE {first['dae_steps']} steps unless the preset says `@steps`); its whole section is in `benchmarks/results/directions/`. "
         "ρ: Spearman with the true severity, mean over cohort seeds: a single score's own; for a model of many "
         "features (marked 'risk': all NDAE scores, the image-space regions, the voxel-wise and regional normative "
         "models) the ρ of its out-of-fold Cox risk. `+imageN`: with the image-space NDAE features (N DDIM steps). Paired differences: "
