@@ -25,11 +25,11 @@ VOXELWISE_COV = "voxel-wise normative z | with covariates"
 # NDAE candidates for goal 1: (model, which ρ): a single score's own, a multi-feature model's
 # out-of-fold risk's (as for the multi-feature baselines)
 NDAE_RHO = (("NDAE cosine | alone", "severity_spearman"), ("NDAE Mahalanobis | alone", "severity_spearman"),
-            ("NDAE image |z| | alone", "severity_spearman"),
+            ("NDAE image mean abs z | alone", "severity_spearman"),
             ("NDAE deviation scores | alone", "risk_severity_spearman"),
             ("NDAE image-space deviation | alone", "risk_severity_spearman"))
 NDAE_WITH_COV = ("NDAE cosine | with covariates", "NDAE Mahalanobis | with covariates",
-                 "NDAE deviation scores | with covariates", "NDAE image |z| | with covariates",
+                 "NDAE deviation scores | with covariates", "NDAE image mean abs z | with covariates",
                  "NDAE image-space deviation | with covariates")
 # baselines' ρ: a single score's own ρ, a multi-feature model's out-of-fold risk's ρ
 BASELINE_RHO = (("voxel-wise normative z precentral | alone", "severity_spearman"),

@@ -19,7 +19,7 @@ from ndae.evaluation.toy import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
           "voxel-wise normative z", "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
-IMAGE_MODELS = ("NDAE image-space deviation", "NDAE image |z|")  # with --image-deviation-steps
+IMAGE_MODELS = ("NDAE image-space deviation", "NDAE image mean abs z")  # with --image-deviation-steps
 
 
 def add_cohort_truth(truth_path: Path) -> None:

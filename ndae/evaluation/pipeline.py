@@ -98,7 +98,7 @@ def image_space_scores(out: Path, manifest_path: Path, cache_dir: Path, normativ
     frame["image_mean_abs_z"] = np.abs(z).mean(axis=1)
     # every subject's (held-out controls too), as deviations.csv holds the latent scores
     atomic_write_text(out / "image_deviations.csv", frame.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
-    features = {"NDAE image-space deviation": names, "NDAE image |z|": ["image_mean_abs_z"]}
+    features = {"NDAE image-space deviation": names, "NDAE image mean abs z": ["image_mean_abs_z"]}
     calibration = {"NDAE image-space z": calibration_pair(z[controls], z[held_out], controls.sum(), held_out.sum())}
     return frame, features, calibration
 
