@@ -29,10 +29,10 @@ def _sha(path):
 @pytest.fixture(scope="module")
 def cohorts(ixi_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("disease-settings")
-    healthy = _healthy_manifest(ixi_dir, root / "healthy", 6)
+    healthy = _healthy_manifest(ixi_dir, root / "healthy", 4)
     made = {}
     for name in ("als", "cortex-only", "mild"):
-        config = CohortConfig(sites=2, seed=SEED, patients=3, figure=False, disease=disease_setting(name),
+        config = CohortConfig(sites=2, seed=SEED, patients=2, figure=False, disease=disease_setting(name),
                               disease_name=name)
         generate_cohort(healthy, root / name, config)
         made[name] = root / name
