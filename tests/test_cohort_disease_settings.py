@@ -69,7 +69,9 @@ def test_each_setting_changes_what_its_name_says(cohorts):
     # focal thinning hardly moves the label volume, the global shrinkage does (measured)
     drop = lambda t: t["precentral_to_white_matter_disease"] - t["precentral_to_white_matter_source"]
     assert (drop(cortex) < -0.02).all()
-    np.testing.assert_allclose(drop(cortex), drop(als), rtol=0.2)
+    # at least half the default's (the default's tract drop darkens the white matter this ratio is
+    # taken against, so the two need not be equal)
+    assert (drop(cortex).abs() >= 0.5 * drop(als).abs()).all()
     # the tract is left alone in cortex-only
     tract = lambda t: (t["internal_capsule_to_white_matter_disease"] - t["internal_capsule_to_white_matter_source"]).abs()
     assert tract(cortex).mean() < 0.5 * tract(als).mean()
