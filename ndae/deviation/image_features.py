@@ -65,12 +65,11 @@ def image_deviation_features(run_dir: str | Path, manifest: str | Path, cache_di
                              steps: int, device: str | None = None) -> pd.DataFrame:
     """`subject` + one column per atlas region: the mean image-space deviation of every subject of
     the manifest, from the run's DAE (`run_dir/dae/checkpoint.pt`) and its normative model of z_sem."""
-    import torch
-    import torch.nn.functional as F
-
+    from ndae.data.cache import load_prepared
     from ndae.data.dataset import load_slice_dataset
-    from ndae.deviation.maps import deviation_map
-    from ndae.model import decode, encode, invert, load_checkpoint, prepare_images
+    from ndae.deviation.image_maps import normative_maps
+    from ndae.model import load_checkpoint
+    from ndae.model.run import resolve_device
     from ndae.normative.model import OutOfRangeWarning
 
     if int(steps) < 1:
@@ -78,29 +77,15 @@ def image_deviation_features(run_dir: str | Path, manifest: str | Path, cache_di
     checkpoint = Path(run_dir) / "dae" / "checkpoint.pt"
     if not checkpoint.exists():
         raise NdaeError(f"{checkpoint}: no trained DAE in this run")
-    from ndae.model.run import resolve_device
-
     state = load_checkpoint(checkpoint, resolve_device(device))
     model, config = state.ema.model, state.config
     data = load_slice_dataset(manifest, cache_dir, progress=False)
     channels = list(config.model.slice_channels or range(data.images.shape[1]))
-    from ndae.data.cache import load_prepared
-
     # every prepared subject has the same slice positions (they are part of the cache's config)
     z_mm = load_prepared(cache_dir, str(data.subjects[0])).slice_z_mm[channels]
-    x = prepare_images(data.images, config)
-    ages = np.asarray(data.ages, np.float32) if config.model.age_conditioned else None
-    covariates = data.manifest[["subject", "site", "age", "sex", "group"]].reset_index(drop=True)
-    with torch.no_grad():
-        z_sem = encode(model, x)
-        x_T = invert(model, x, z_sem, ages, steps)
-        with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
-            warnings.simplefilter("ignore", OutOfRangeWarning)
-            z_normative = torch.as_tensor(normative.predict(covariates)[0], dtype=torch.float32)
-        maps = deviation_map(lambda z, noise: decode(model, z, noise, ages, steps), z_sem, z_normative, x_T)
-    size = data.images.shape[2:]
-    maps = F.interpolate(torch.as_tensor(maps, dtype=torch.float32), size=size, mode="bilinear",
-                         align_corners=False).numpy()
+    with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        maps = normative_maps(model, config, data, normative, int(steps))
     brain = data.images[:, channels] > -1.0
     table = region_means(maps, brain, atlas_on_slices(z_mm))
     table.insert(0, "subject", [str(s) for s in data.subjects])

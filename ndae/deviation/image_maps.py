@@ -37,14 +37,32 @@ def slices_to_volume(slices: np.ndarray, z_mm, grid=None) -> np.ndarray:
     return volume
 
 
+def normative_maps(model, config, data, normative, steps: int) -> np.ndarray:
+    """reconstruction − normative decode (`deviation_map`) of every subject of `data` (a SliceDataset),
+    with `steps` DDIM steps for the inversion and each decode, at the prepared-slice size
+    ([n, C, 96, 80] on the 2 mm grid)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ndae.model import decode, encode, invert, prepare_images
+
+    x = prepare_images(data.images, config)
+    ages = np.asarray(data.ages, np.float32) if config.model.age_conditioned else None
+    with torch.no_grad():
+        z_sem = encode(model, x)
+        x_T = invert(model, x, z_sem, ages, steps)
+        covariates = data.manifest[["subject", "site", "age", "sex", "group"]].reset_index(drop=True)
+        z_normative = torch.as_tensor(normative.predict(covariates)[0], dtype=torch.float32)
+        maps = deviation_map(lambda z, noise: decode(model, z, noise, ages, steps), z_sem, z_normative, x_T)
+    return F.interpolate(torch.as_tensor(maps, dtype=torch.float32), size=data.images.shape[2:], mode="bilinear",
+                         align_corners=False).numpy()
+
+
 def write_deviation_maps(run: str | Path, manifest: str | Path, out: str | Path | None = None, *,
                          group: str = "als", max_subjects: int | None = None, cache_dir: str | Path | None = None,
                          steps: int | None = None, native: bool = True, progress: bool = True) -> pd.DataFrame:
     """Deviation maps (PNG + NIfTI) of the manifest's `group` subjects and `deviation_regions.csv`."""
-    import torch
-    import torch.nn.functional as F
-
-    from ndae.model import decode, encode, invert, load_checkpoint, prepare_images
+    from ndae.model import load_checkpoint
     from ndae.normative.model import NormativeModel
 
     run = Path(run)
@@ -62,18 +80,7 @@ def write_deviation_maps(run: str | Path, manifest: str | Path, out: str | Path 
     if len(data) == 0:
         raise NdaeError(f"{manifest}: no subjects of group '{group}' to map")
 
-    x = prepare_images(data.images, config)
-    steps = steps or config.diffusion.sample_steps
-    ages = np.asarray(data.ages, np.float32) if config.model.age_conditioned else None
-    with torch.no_grad():
-        z_sem = encode(model, x)
-        x_T = invert(model, x, z_sem, ages, steps)
-        covariates = data.manifest[["subject", "site", "age", "sex", "group"]]
-        z_normative = torch.as_tensor(normative.predict(covariates)[0], dtype=torch.float32)
-        maps = deviation_map(lambda z, noise: decode(model, z, noise, ages, steps), z_sem, z_normative, x_T)
-    # Back to the prepared-slice size ([n, C, 96, 80] on the 2 mm grid).
-    maps = F.interpolate(torch.as_tensor(maps, dtype=torch.float32), size=data.images.shape[2:], mode="bilinear",
-                         align_corners=False).numpy()
+    maps = normative_maps(model, config, data, normative, steps or config.diffusion.sample_steps)
 
     grid = output_grid()
     # The DAE may use only some of the prepared slices (config.model.slice_channels).
