@@ -40,6 +40,9 @@ def test_flwr_run_simulation_end_to_end(tmp_path, monkeypatch):
     assert "| risk_summary |  | site2 | error:" in report  # a ClientApp that raised is named, the run went on
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds[0]["phase"] == "dae" and rounds[0]["sites"] == ["site1", "site2"]
+    # the voxel-wise baseline's query reached Flower's ClientApp at both sites (its handler is registered)
+    voxelwise = next(r for r in rounds if r["phase"] == "voxelwise")
+    assert voxelwise["sites"] == ["site1", "site2"] and voxelwise["n_controls"] == 8
     assert (run_dir / "dae" / "checkpoint.pt").exists() and (run_dir / "survival" / "cox.json").exists()
     # Everything the SuperLink started is gone (it ran under this test's private FLWR_HOME).
     assert not _processes_named(str(tmp_path)) or all(

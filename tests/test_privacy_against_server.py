@@ -282,10 +282,11 @@ def _deviations_context(cohort, tmp_path, node_config, **request):
     context = _context(config.to_run_config(), {**POLICY, "privacy-dir": str(tmp_path / "ledger"),
                                                 "manifest": str(_manifest(cohort, "site1")), **node_config})
 
-    def deviations(share_rows: bool):
+    def deviations(share_rows: bool, **extra):
         content = RecordDict({"dae": dae_to_record(ema.model, ema), "normative": normative_to_config(normative),
                               "config": ConfigRecord({"dae-config": json.dumps(cfg.to_dict()),
-                                                      "features": ["cosine", "mahalanobis"], "share-rows": share_rows})})
+                                                      "features": ["cosine", "mahalanobis"], "share-rows": share_rows}),
+                              **extra})
         return handle_deviations(Message(content, dst_node_id=1, message_type="query.deviations"), context)
 
     return context, deviations
@@ -380,3 +381,46 @@ def test_the_batch_a_server_asks_for_cannot_go_below_the_sites_floor(cohort, tmp
     run_federation(grid, config, log=lambda _: None)
     (entry,) = [e for e in read_ledger(tmp_path / "ledgers" / "site1.jsonl") if e["mechanism"] == "dp-sgd"]
     assert entry["sample_rate"] == pytest.approx(1 / 2)  # 5 controls, B = 4: ceil(5/4) = 2 batches, not 5
+
+
+# ---- the non-private extras (age probe yardstick, voxel-wise baseline) stay out of private runs ------
+def test_a_private_run_sends_no_initial_encoder_statistics_and_no_voxelwise_moments(private_run):
+    summary, grid, run = private_run
+    assert all(set(c.keys()) == {"stats", "privacy"} for c in _replies(grid, "query.normative_stats"))
+    assert not _replies(grid, "query.voxelwise_stats")
+    assert "private run" in summary["voxelwise"]["not_computed"]
+    assert "r" in summary["latent_probe"]["trained"] or "not_computed" in summary["latent_probe"]["trained"]
+    assert "private run" in summary["latent_probe"]["init"]["not_computed"]
+    report = (run / "report.md").read_text()
+    assert "## Beside the voxel-wise normative baseline" in report and "Not computed: a private run" in report
+
+
+def test_a_hostile_server_gets_no_extra_statistics_from_a_private_site(cohort, tmp_path):
+    """It sends the initial-weights request anyway (the site answers only the noised release of the
+    trained weights), asks for voxel-wise moments, and sends a voxel-wise model with the deviations
+    query: each extra is refused or ignored, and the ledger holds only the one moments release."""
+    from ndae.federation.records import INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, VOXELWISE_KEY, dae_to_record
+    from ndae.federation.server.phases import dae_config_for
+    from ndae.federation.site.handlers import handle_normative_stats, handle_voxelwise_stats
+    from ndae.federation.site.task import load_site
+    from ndae.model import EMA, build_model
+    from ndae.normative import DesignSpec
+
+    context, deviations = _deviations_context(cohort, tmp_path, {}, survival_mode="federated")
+    config = _config(cohort, "hostile")
+    site = load_site(_manifest(cohort, "site1"), config.cache_dir)
+    cfg = dae_config_for(config, site.data.images.shape[1])
+    ema = EMA(build_model(cfg, seed=1), cfg.train.ema_decay, cfg.train.ema_warmup)
+    content = RecordDict({"dae": dae_to_record(ema.model, ema), INITIAL_WEIGHTS_KEY: dae_to_record(ema.model, ema),
+                          "config": ConfigRecord({"dae-config": json.dumps(cfg.to_dict()),
+                                                  "design": json.dumps(DesignSpec().to_dict())})})
+    reply = handle_normative_stats(Message(content, dst_node_id=1, message_type="query.normative_stats"), context)
+    assert INITIAL_STATS_KEY not in reply.content and "stats" in reply.content
+    with pytest.raises(PolicyViolation, match="voxel-wise baseline in a private run"):
+        handle_voxelwise_stats(Message(RecordDict({"config": ConfigRecord({"stride": 2})}), dst_node_id=1,
+                                       message_type="query.voxelwise_stats"), context)
+    entries = read_ledger(tmp_path / "ledger" / "site1.jsonl")
+    assert [e["mechanism"] for e in entries].count("gaussian-moments") == 1, [e["mechanism"] for e in entries]
+    with pytest.raises(PolicyViolation, match="voxel-wise baseline in a private run"):
+        deviations(share_rows=False, **{VOXELWISE_KEY: ConfigRecord({"stride": 2})})
+    assert read_ledger(tmp_path / "ledger" / "site1.jsonl") == entries  # nothing released by the refusals

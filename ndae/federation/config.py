@@ -17,7 +17,7 @@ from ndae.errors import NdaeError
 STRATEGIES = ("fedavg", "fedadam", "fedprox")
 SURVIVAL_MODES = ("auto", "pooled", "federated")  # auto: federated in a private run, else pooled
 DP_MODES = ("hooks", "functorch", "ghost")
-PHASES = ("site_info", "train", "normative_stats", "deviations", "cox_terms", "risk_summary")
+PHASES = ("site_info", "train", "normative_stats", "voxelwise_stats", "deviations", "cox_terms", "risk_summary")
 
 
 @dataclass
@@ -39,6 +39,11 @@ class FederationConfig:
     round_timeout: float = 900.0  # seconds the server waits for the sites' replies in one round
     survival_mode: str = "auto"
     survival_features: str = "cosine,mahalanobis"  # deviation scores in the Cox model (+ age, sex)
+    # The voxel-wise normative baseline beside the NDAE scores (what the DAE must beat); non-private
+    # runs only: its per-voxel moments are exact sums, not a DP release. Voxels: every `stride`-th.
+    voxelwise_baseline: bool = True
+    voxelwise_stride: int = 2
+    voxelwise_regions: str = ""  # atlas regions in its Cox model, comma-separated ("" = every named region)
     seed: int = 0
     resume: bool = True  # continue from RUN/dae/checkpoint.pt when it exists
     device: str = "auto"
@@ -78,6 +83,15 @@ class FederationConfig:
             raise NdaeError(f"run config 'audit-canaries' must be >= 0, got {self.audit_canaries}")
         if self.rounds < 0 or self.local_epochs < 1:
             raise NdaeError(f"run config: rounds ({self.rounds}) must be >= 0 and local-epochs ({self.local_epochs}) >= 1")
+        if self.voxelwise_region_names:
+            from ndae.baselines.voxelwise import ATLAS_REGIONS
+
+            known = [name for name, _ in ATLAS_REGIONS.values()]
+            unknown = [r for r in self.voxelwise_region_names if r not in known]
+            if unknown:
+                raise NdaeError(f"run config 'voxelwise-regions': unknown region(s) {unknown}; known: {known}")
+        if self.voxelwise_stride < 1:
+            raise NdaeError(f"run config 'voxelwise-stride' must be >= 1, got {self.voxelwise_stride}")
         if self.min_sites < 1:
             raise NdaeError(f"run config 'min-sites' must be >= 1, got {self.min_sites}")
         if self.fault_phase and self.fault_phase not in PHASES:
@@ -106,6 +120,10 @@ class FederationConfig:
         if self.survival_mode != "auto":
             return self.survival_mode
         return "federated" if self.privacy else "pooled"
+
+    @property
+    def voxelwise_region_names(self) -> list[str]:
+        return [r.strip() for r in self.voxelwise_regions.split(",") if r.strip()]
 
     @property
     def features(self) -> list[str]:

@@ -18,6 +18,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from ndae.errors import NdaeError
 
 MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
+# The normative query of a non-private run also carries the initial weights, and a site's reply
+# the controls' statistics under them: the age probe's yardstick (ndae.federation.server.latent_probe).
+INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY = "dae-initial", "stats-initial"
+VOXELWISE_KEY = "voxelwise"  # the fitted voxel-wise baseline, in a non-private run's deviations query
 
 
 # ---- DAE weights -------------------------------------------------------------------------------
@@ -107,6 +111,37 @@ def config_to_normative(record: ConfigRecord):
                 raise NdaeError(f"normative model message has no {name!r}")
             (Path(folder) / name).write_bytes(record[name])
         return NormativeModel.load(folder)
+
+
+def voxelwise_to_config(baseline) -> ConfigRecord:
+    """A fitted voxel-wise baseline (`ndae.baselines.voxelwise`): its normative model's files, the
+    voxel sampling stride and which voxels count in the region means (decided from the summed
+    statistics, so every site scores with the same ones)."""
+    import io
+
+    record = normative_to_config(baseline.model_)
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(baseline.informative_, bool), allow_pickle=False)
+    record["informative.npy"] = buffer.getvalue()
+    record["stride"] = int(baseline.stride)
+    return record
+
+
+def config_to_voxelwise(record: ConfigRecord):
+    import io
+
+    from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
+
+    if "informative.npy" not in record or "stride" not in record:
+        raise NdaeError("voxel-wise baseline message has no 'informative.npy' or 'stride'")
+    baseline = VoxelwiseNormativeBaseline(stride=int(record["stride"]))
+    model = config_to_normative(record)
+    informative = np.load(io.BytesIO(record["informative.npy"]), allow_pickle=False)
+    if model.n_features != len(baseline.voxels) or informative.shape != (len(baseline.voxels),):
+        raise NdaeError(f"voxel-wise baseline message models {model.n_features} voxels; the atlas at stride "
+                        f"{baseline.stride} has {len(baseline.voxels)}")
+    baseline.model_, baseline.informative_ = model, informative.astype(bool)
+    return baseline
 
 
 def to_json_bytes(obj) -> str:

@@ -5,7 +5,10 @@
    controls; the global model (+ EMA) is checkpointed after every round and a restarted server
    resumes from the last checkpoint (`resume`).
 2. normative: sites send the controls' sufficient statistics of z_sem; the server sums them
-   (in site order), fits the normative model and saves it.
+   (in site order), fits the normative model and saves it, and probes z_sem for age from the
+   same statistics (`latent_probe`).
+2b. the voxel-wise normative baseline (`voxelwise_phase`, non-private runs): per-voxel sums of
+   the controls, fitted at the server and scored at the sites beside the NDAE scores.
 3. deviations and survival (`survival_phase`): pooled rows or federated Newton rounds, the
    covariates-only model beside the full one, and one risk summary scoring both.
 4. report: `report.md`, `survival/`, `metrics.jsonl`, `status.json` (`report`, `run_files`).
@@ -89,7 +92,12 @@ class Federation:
         stats, normative = self.phase_normative(ema)
         self.timings["normative_s"] = time.time() - t
         t = time.time()
-        survival = self.phase_survival(ema, normative)
+        from ndae.federation.server.voxelwise_phase import fit_voxelwise
+
+        voxelwise, self.voxelwise_info = fit_voxelwise(self)
+        self.timings["voxelwise_s"] = time.time() - t
+        t = time.time()
+        survival = self.phase_survival(ema, normative, voxelwise)
         self.timings["survival_s"] = time.time() - t
         self.timings["total_s"] = time.time() - started
         from ndae.federation.server.report import write_report
@@ -97,6 +105,7 @@ class Federation:
         summary = {"sites": self.state.info, "missing": self.state.missing, "timings": self.timings,
                    "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names),
                                  "warnings": self.moments_warnings},
+                   "latent_probe": self.latent_probe, "voxelwise": self.voxelwise_info,
                    "survival": survival, "participation": self.state.participation}
         if self.config.privacy:
             summary["privacy"] = self.privacy_heads
@@ -206,8 +215,12 @@ class Federation:
         from ndae.normative import DesignSpec, NormativeModel, SufficientStats
 
         design = DesignSpec()
+        from ndae.federation.server.latent_probe import INITIAL_WEIGHTS_KEY, initial_weights, latent_probe
+
         content = RecordDict({"dae": ema_weights_record(ema), "config": ConfigRecord({
             "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict())})})
+        if not self.config.privacy:  # the age probe's yardstick, in the same reply
+            content[INITIAL_WEIGHTS_KEY] = initial_weights(self.dae_config)
         result = self.messenger.query("normative_stats", content)
         stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
         self.moments_warnings: list[str] = []
@@ -221,6 +234,8 @@ class Federation:
             stats = postprocess_noisy_stats(stats)
         normative = NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
         normative.save(self.run_dir / "normative")
+        self.latent_probe = latent_probe(result.replies, self.config.privacy)
+        self.log("[normative] age probe of z_sem: " + _probe_line(self.latent_probe))
         atomic_save_npz(self.run_dir / "normative" / "sufficient_stats.npz", **stats.to_arrays())
         self.files.append_metrics({"phase": "normative", "sites": sorted(result.replies), "missing": result.missing,
                                    "n_controls": float(stats.n),
@@ -228,8 +243,8 @@ class Federation:
         return stats, normative
 
     # ---- phase 3: deviations and survival -------------------------------------------------------
-    def phase_survival(self, ema, normative) -> dict[str, Any]:
-        return SurvivalPhase(self).run(ema, normative)
+    def phase_survival(self, ema, normative, voxelwise=None) -> dict[str, Any]:
+        return SurvivalPhase(self).run(ema, normative, voxelwise)
 
     # ---- privacy ledgers -------------------------------------------------------------------
     def _record_privacy(self, replies: dict[str, RecordDict]) -> None:
@@ -238,6 +253,13 @@ class Federation:
             from ndae.federation.server.privacy import record_replies
 
             record_replies(self.run_dir, self.privacy_heads, replies, self.state.missing, self.log)
+
+
+def _probe_line(probe: dict) -> str:
+    def one(name: str) -> str:
+        p = probe.get(name, {})
+        return f"{name} r {p['r']:.2f}" if "r" in p else f"{name} not computed ({p.get('not_computed', '')})"
+    return ", ".join(one(name) for name in ("trained", "init"))
 
 
 def run_federation(grid, run_config: dict | FederationConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

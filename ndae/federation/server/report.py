@@ -10,7 +10,7 @@ import numpy as np
 
 from ndae.io import atomic_write_text
 
-__all__ = ["added_value_lines", "added_value_reading", "write_failure_report", "write_report"]
+__all__ = ["added_value_lines", "added_value_reading", "latent_probe_lines", "voxelwise_lines", "write_failure_report", "write_report"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -67,6 +67,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     lines += ["", f"Normative model: {summary['normative']['n_controls']:.0f} controls{noisy} from "
               f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
     lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
+    lines += latent_probe_lines(summary.get("latent_probe"))
     lines += ["",
               "## Survival", "",
               f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
@@ -83,6 +84,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
                      f"optimism-corrected {_fmt(pooled.get('corrected'))} (95% interval on left-out patients over "
                      f"{pooled.get('n_boot')} bootstrap refits: {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
     lines += added_value_lines(survival)
+    lines += voxelwise_lines(survival.get("voxelwise"), summary.get("voxelwise"), survival)
     if survival.get("km", {}).get("group_sizes"):
         lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
     elif config.privacy:
@@ -96,6 +98,81 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     path = Path(run_dir) / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def voxelwise_lines(result: dict | None, info: dict | None, survival: dict) -> list[str]:
+    """The voxel-wise normative baseline beside the NDAE model: its Cox model, and the paired
+    differences in C (baseline vs covariates only, NDAE vs baseline) on the same pairs."""
+    lines = ["", "## Beside the voxel-wise normative baseline", ""]
+    if not result:
+        why = (info or {}).get("not_computed", "not run")
+        return lines + [f"Not computed: {why}."]
+    if "not_computed" in result:
+        return lines + [f"Not computed: {result['not_computed']}."]
+    ndae = ", ".join(survival.get("features", []))
+    lines += [f"The voxel-wise normative model (what a site without a DAE can run: each voxel's intensity given age, "
+              f"sex and site, fitted from the sites' summed per-voxel statistics; {info['voxels_modelled']} voxels at "
+              f"stride {info['stride']} on {info['n_controls']:.0f} controls) gives each patient the mean voxel z per "
+              f"atlas region; a Cox model on {', '.join(result['covariates'])} (stratified by site; "
+              "`survival/voxelwise/`).", "",
+              "| comparison (first vs second) | estimate | C of the first | C of the second | difference (95% CI) | CI from |",
+              "|---|---|---|---|---|---|"]
+    labels = {"vs_covariates": "voxel-wise vs covariates only", "ndae_vs_voxelwise": f"NDAE ({ndae}) vs voxel-wise"}
+    readings = []
+    for kind in ("cross_validated", "within_site"):
+        for name, label in labels.items():
+            e = result.get(kind, {}).get(name)
+            if e is None:
+                continue
+            if "not_computed" in e:
+                why = e["not_computed"].split(". ")[0][:160]
+                lines.append(f"| {label} | {kind.replace('_', '-')} | not computed: {why} | | | |")
+                continue
+            lines.append(f"| {label} | {e['kind']} | {_fmt(e['c_model'])} | {_fmt(e['c_reference'])} | "
+                         f"{_fmt(e['difference'])} ({_fmt(e['lower'])} to {_fmt(e['upper'])}) | {e['ci']} |")
+            if kind == next(k for k in ("cross_validated", "within_site") if k in result):
+                readings.append((label, e))
+    for label, e in readings:
+        lines += ["", f"- {label}: " + _comparison_reading(e)]
+    lines += ["", "| voxel-wise covariate | coef | se | hazard ratio | 95% CI |", "|---|---|---|---|---|"]
+    for name, coef in result["coef"].items():
+        se = result["se"].get(name)
+        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(se, 4)} | {_fmt(float(np.exp(coef)), 3)} | "
+                     f"{_hazard_interval(coef, se)} |")
+    return lines
+
+
+def _comparison_reading(e: dict) -> str:
+    d, lower, upper = e["difference"], e["lower"], e["upper"]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (d, lower, upper)):
+        return "no CI could be computed."
+    interval = f"{d:+.3f} (95% CI {lower:+.3f} to {upper:+.3f})"
+    if lower > 0:
+        return f"the first model ranks patients better, {interval}."
+    if upper < 0:
+        return f"the first model ranks patients worse, {interval}."
+    return f"{interval}: the CI includes 0, no difference distinguishable at this sample size."
+
+
+def latent_probe_lines(probe: dict | None) -> list[str]:
+    """Does z_sem carry age? The trained encoder's probe beside the initial encoder's (`latent_probe`)."""
+    if not probe:
+        return []
+    lines = ["", "## Does z_sem carry meaning? (age probe)", "", f"{probe['method']}; the yardstick is the same "
+             "encoder at the weights federated training started from (random convolutional features already "
+             "predict some age).", "", "| encoder | r (predicted vs true age) | RMSE (y) | RMSE of the mean age (y) | "
+             "controls |", "|---|---|---|---|---|"]
+    for name, label in (("trained", "trained (global EMA)"), ("init", "initial weights")):
+        p = probe.get(name, {})
+        if "r" in p:
+            lines.append(f"| {label} | {_fmt(p['r'])} | {_fmt(p['rmse'], 1)} | {_fmt(p['mean_rmse'], 1)} | "
+                         f"{p['n_controls']:.0f} |")
+        else:
+            lines.append(f"| {label} | not computed: {p.get('not_computed', '')} | | | |")
+    if "trained_beats_init" in probe:
+        lines += ["", f"Trained minus initial r: {probe['trained']['r'] - probe['init']['r']:+.3f} (above 0: training "
+                  "taught z_sem about age beyond what the initial weights' features carry; `docs/dae.md`)."]
+    return lines
 
 
 def added_value_lines(survival: dict) -> list[str]:
@@ -150,7 +227,12 @@ def _hazard_interval(coef, se) -> str:
     """exp(coef ± 1.96 se): the Wald interval of the hazard ratio (– without a finite se)."""
     if not isinstance(se, (int, float)) or not np.isfinite(se) or not np.isfinite(coef):
         return "–"
-    return f"{np.exp(coef - 1.96 * se):.3f}–{np.exp(coef + 1.96 * se):.3f}"
+    return f"{_ratio(np.exp(coef - 1.96 * se))}–{_ratio(np.exp(coef + 1.96 * se))}"
+
+
+def _ratio(value: float) -> str:
+    """Three decimals, or three significant digits beyond 1000 (an unbounded CI of an overfit model)."""
+    return f"{value:.3f}" if value < 1000 else f"{value:.3g}"
 
 
 def _count(value) -> str:

@@ -28,12 +28,18 @@ class SurvivalPhase:
         self.config, self.messenger, self.log = federation.config, federation.messenger, federation.log
         self.run_dir, self.dae_config, self.files = federation.run_dir, federation.dae_config, federation.files
 
-    def run(self, ema, normative) -> dict[str, Any]:
+    def run(self, ema, normative, voxelwise=None) -> dict[str, Any]:
+        """`voxelwise`: the fitted voxel-wise baseline (or None): the sites score their patients
+        against it too, and its Cox model is compared with the NDAE's (`voxelwise_phase`)."""
         config, features = self.config, self.config.features
         pooled = config.survival_mode == "pooled"
         content = RecordDict({"dae": ema_weights_record(ema), "normative": normative_to_config(normative),
                               "config": ConfigRecord({"dae-config": json.dumps(self.dae_config.to_dict()),
                                                       "features": features, "share-rows": pooled})})
+        if voxelwise is not None:
+            from ndae.federation.records import VOXELWISE_KEY, voxelwise_to_config
+
+            content[VOXELWISE_KEY] = voxelwise_to_config(voxelwise)
         result = self.messenger.query("deviations", content)
         # Private sites send counts only where their policy declares them public, moments never.
         counts = {s: {k: int(v) for k, v in c["counts"].items()} for s, c in result.replies.items() if "counts" in c}
@@ -45,8 +51,11 @@ class SurvivalPhase:
         out = self.run_dir / "survival"
         table = None  # the pooled rows (pooled mode only)
         if pooled:
+            from ndae.federation.server.voxelwise_phase import voxel_columns
+
+            numeric = [*features, *(voxel_columns(voxelwise) if voxelwise is not None else [])]
             table = server_survival.pooled_table(
-                [record_to_frame(result.replies[s]["rows"]) for s in sites_with_patients], features, self.run_dir)
+                [record_to_frame(result.replies[s]["rows"]) for s in sites_with_patients], numeric, self.run_dir)
             cox = server_survival.fit_pooled_cox(table, covariates)
             server_survival.save_pooled_cox(out, cox, covariates)
             beta = cox.params_.reindex(covariates).to_numpy()
@@ -77,6 +86,12 @@ class SurvivalPhase:
                       for site, c in summary.replies.items()}
             survival["added_value"]["within_site"] = server_survival.within_site_added_value(paired)
             survival["c_index_within_site_covariates_only"] = survival["added_value"]["within_site"]["c_reference"]
+        if voxelwise is not None:
+            from ndae.federation.server.voxelwise_phase import compare_with_voxelwise
+
+            survival["voxelwise"] = compare_with_voxelwise(
+                self, survival, table, beta, covariates, reference,
+                survival.get("sites_in_cox", sites_with_patients), voxelwise)
         if pooled:
             survival.update(server_survival.pooled_survival_extras(table, beta, covariates, out))
             if reference is not None:

@@ -25,6 +25,7 @@ class SiteData:
     name: str
     manifest_path: Path
     data: Any  # ndae.data.dataset.SliceDataset (images, masks, ages, sexes, subjects, ...)
+    prepared_dir: Path | None = None  # the site's cache of prepared subjects (the 3-D volumes)
 
     @property
     def controls(self) -> np.ndarray:
@@ -104,7 +105,7 @@ def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: s
         names = sorted({str(s) for s in np.asarray(data.sites)})
         if len(names) != 1:
             raise NdaeError(f"{path}: a site's manifest must name exactly one site, found {names}")
-        _SITE_CACHE[key] = SiteData(names[0], path, data)
+        _SITE_CACHE[key] = SiteData(names[0], path, data, Path(prepared_dir))
     return _SITE_CACHE[key]
 
 

@@ -14,7 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from ndae.federation.site import task as site_task
 from ndae.federation.config import FederationConfig
 from ndae.federation.site.policy import SitePolicy
-from ndae.federation.records import arrays_to_record, config_to_normative, frame_to_record, record_to_frame
+from ndae.federation.records import (
+    INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, VOXELWISE_KEY, arrays_to_record, config_to_normative, frame_to_record, record_to_frame,
+)
 
 STATE_KEY = "survival-table"
 QUERIES_KEY = "queries"
@@ -99,9 +101,33 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
                                                 json.loads(settings["design"]), privacy, device=config.device)
         return Message(RecordDict({"stats": arrays_to_record(stats),
                                    "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
-    stats = site_task.normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
-                                           json.loads(settings["design"]), device=config.device)
-    return Message(RecordDict({"stats": arrays_to_record(stats)}), reply_to=message)
+    reply = {}
+    for weights_key, stats_key in (("dae", "stats"), (INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY)):
+        if weights_key in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
+            stats = site_task.normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
+                                                   json.loads(settings["design"]), device=config.device)
+            reply[stats_key] = arrays_to_record(stats)
+    return Message(RecordDict(reply), reply_to=message)
+
+
+def _refuse_voxelwise_in_private_run(config: FederationConfig, site_name: str) -> None:
+    """Per-voxel moments and the features scored against them are not noised: no private release."""
+    if config.privacy:
+        from ndae.federation.site.policy import PolicyViolation
+
+        raise PolicyViolation(f"site {site_name!r} refuses the voxel-wise baseline in a private run: its per-voxel "
+                              "moments are exact sums, not a differentially private release")
+
+
+def handle_voxelwise_stats(message: Message, context: Context) -> Message:
+    """The controls' per-voxel sufficient statistics for the voxel-wise baseline (non-private runs)."""
+    config, policy, site = _site(context)
+    site_task.check_fault(config, site.name, "voxelwise_stats")
+    _refuse_voxelwise_in_private_run(config, site.name)
+    from ndae.federation.site.voxelwise import voxelwise_statistics
+
+    stride = int(message.content["config"]["stride"])
+    return Message(RecordDict({"stats": arrays_to_record(voxelwise_statistics(site, stride))}), reply_to=message)
 
 
 def handle_deviations(message: Message, context: Context) -> Message:
@@ -116,12 +142,23 @@ def handle_deviations(message: Message, context: Context) -> Message:
         raise PolicyViolation(
             f"site {site.name!r} refuses to share patients' deviation scores: its policy does not allow pooled "
             "scores in this run (node config allow-pooled-scores / survival-modes); use survival-mode federated")
+    if VOXELWISE_KEY in message.content:  # refused before any data is read
+        _refuse_voxelwise_in_private_run(config, site.name)
     features = [str(f) for f in settings["features"]]
     normative = config_to_normative(message.content["normative"])
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
+    voxel_columns: list[str] = []
+    if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
+        from ndae.federation.records import config_to_voxelwise
+        from ndae.federation.site.voxelwise import patient_voxelwise_features
+
+        voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
+        voxel_columns = [c for c in voxel.columns if c != "subject"]
+        table = table.merge(voxel, on="subject", how="left", validate="one_to_one")
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
-    context.state[FEATURES_KEY] = ConfigRecord({"features": features})  # what Cox queries may name
+    # what Cox queries may name: the run's scores (and the baseline's, when the server sent it)
+    context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
     if not config.privacy:
         moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
         reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
@@ -287,6 +324,7 @@ HANDLERS = {
     "query.site_info": handle_site_info,
     "train": handle_train,
     "query.normative_stats": handle_normative_stats,
+    "query.voxelwise_stats": handle_voxelwise_stats,
     "query.deviations": handle_deviations,
     "query.cox_terms": handle_cox_terms,
     "query.risk_summary": handle_risk_summary,
