@@ -35,8 +35,8 @@ def _manifests(cohort):
     return [cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES]
 
 
-# 16 events: two regions keep the voxel-wise Cox model within 3 events per covariate
-VOXELWISE = {"voxelwise_baseline": True, "voxelwise_regions": "precentral,ventricles"}
+# 16 events: one region keeps the voxel-wise Cox model (age, sex, precentral) at >= 5 events per covariate
+VOXELWISE = {"voxelwise_baseline": True, "voxelwise_regions": "precentral"}
 
 
 def _run(cohort, name, **overrides):
@@ -256,3 +256,35 @@ def test_fedadam_and_fedprox_complete_and_differ_from_fedavg(cohort, strategy):
     other = load_checkpoint(run_dir / "dae" / "checkpoint.pt").model.state_dict()
     assert fedavg.keys() == other.keys()
     assert any(not torch.equal(fedavg[k], other[k]) for k in fedavg)
+
+
+def test_a_voxelwise_baseline_that_cannot_be_fitted_leaves_the_ndae_run_complete(cohort, test_hooks):
+    """The baseline is a yardstick: a site failing its query (here with min-sites = 3) is reported,
+    and the NDAE model, its survival results and the report are all there."""
+    summary, run = _run(cohort, "voxelwise-fault", rounds=0, min_sites=3, fault_site="site2",
+                        fault_phase="voxelwise_stats", survival_mode="pooled", **VOXELWISE)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert "fewer than min-sites" in summary["voxelwise"]["not_computed"]
+    assert "voxelwise" not in summary["survival"] and summary["survival"]["coef"]
+    report = (run / "report.md").read_text()
+    assert "| voxelwise_stats |  | site2 | error:" in report and "Not computed: phase voxelwise_stats" in report
+
+
+def test_a_malformed_voxelwise_model_is_a_clear_error_and_a_non_finite_score_is_refused():
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from ndae.federation.records import arrays_to_record, config_to_voxelwise
+    from ndae.federation.site.handlers import FEATURES_KEY, _beta_and_covariates
+
+    for record in ({"stride": "two", "informative.npy": b"", "model.npz": b"", "model.json": b""},
+                   {"stride": 2, "informative.npy": b"junk", "model.npz": b"junk", "model.json": b"{}"}):
+        with pytest.raises(NdaeError, match="voxel-wise baseline message is malformed"):
+            config_to_voxelwise(ConfigRecord(record))
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    context.state[FEATURES_KEY] = ConfigRecord({"features": ["z_voxel_precentral"]})
+    table = pd.DataFrame({"z_voxel_precentral": [0.1, np.nan, 0.3], "age": [50.0, 60.0, 70.0]})
+    message = Message(RecordDict({"beta": arrays_to_record({"beta": np.array([0.5, 0.0])}),
+                                  "config": ConfigRecord({"covariates": ["z_voxel_precentral", "age"]})}),
+                      dst_node_id=1, message_type="query.cox_terms")
+    with pytest.raises(NdaeError, match="not finite at this site"):
+        _beta_and_covariates(message, context, table)

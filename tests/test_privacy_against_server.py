@@ -389,7 +389,7 @@ def test_a_private_run_sends_no_initial_encoder_statistics_and_no_voxelwise_mome
     assert all(set(c.keys()) == {"stats", "privacy"} for c in _replies(grid, "query.normative_stats"))
     assert not _replies(grid, "query.voxelwise_stats")
     assert "private run" in summary["voxelwise"]["not_computed"]
-    assert "r" in summary["latent_probe"]["trained"] or "not_computed" in summary["latent_probe"]["trained"]
+    assert "private run" in summary["latent_probe"]["trained"]["not_computed"]
     assert "private run" in summary["latent_probe"]["init"]["not_computed"]
     report = (run / "report.md").read_text()
     assert "## Beside the voxel-wise normative baseline" in report and "Not computed: a private run" in report

@@ -134,9 +134,13 @@ def config_to_voxelwise(record: ConfigRecord):
 
     if "informative.npy" not in record or "stride" not in record:
         raise NdaeError("voxel-wise baseline message has no 'informative.npy' or 'stride'")
-    baseline = VoxelwiseNormativeBaseline(stride=int(record["stride"]))
-    model = config_to_normative(record)
-    informative = np.load(io.BytesIO(record["informative.npy"]), allow_pickle=False)
+    try:
+        baseline = VoxelwiseNormativeBaseline(stride=int(record["stride"]))
+        model = config_to_normative(record)
+        informative = np.load(io.BytesIO(record["informative.npy"]), allow_pickle=False)
+    except (NdaeError, TypeError, ValueError, OSError, KeyError) as error:
+        raise NdaeError(f"voxel-wise baseline message is malformed ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
     if model.n_features != len(baseline.voxels) or informative.shape != (len(baseline.voxels),):
         raise NdaeError(f"voxel-wise baseline message models {model.n_features} voxels; the atlas at stride "
                         f"{baseline.stride} has {len(baseline.voxels)}")

@@ -6,7 +6,8 @@ normative statistics of z_sem (sent anyway for the normative model), and they ho
 probe needs: age is an exact linear combination of the design columns (intercept + age basis), so
 Σage, Σage², Σage·z follow from XᵀX and XᵀY, and ΣZ, ZᵀZ are there too. The probe is therefore
 computed at the server with no further message, and in a private run on the noised statistics
-(post-processing: no privacy spent):
+(post-processing; but clipped design rows no longer read back as age, so a private run's report
+does not show it, `ndae.federation.server.latent_probe`):
 
 - each site in turn is held out; on the other sites' summed statistics each z_sem dimension is
   standardised and a ridge regression fitted, its penalty chosen by generalised cross-validation
@@ -90,6 +91,14 @@ def site_out_age_probe(stats_by_site: Mapping[str, SufficientStats]) -> dict[str
     n_total = sum(float(stats_by_site[s].n) for s in sites)
     if n_total < MIN_CONTROLS:
         return {"not_computed": f"{n_total:.0f} controls, fewer than {MIN_CONTROLS}: r would be noise"}
+    for s in sites:  # a probe of NaNs or of statistics from different latents is no probe
+        st = stats_by_site[s]
+        arrays = (st.xtx, st.xty, st.sum_y, st.yty)
+        if not all(np.all(np.isfinite(np.asarray(a, float))) for a in arrays) or not np.isfinite(st.n):
+            return {"not_computed": f"site {s}'s statistics are not finite"}
+        if st.n_features != stats_by_site[sites[0]].n_features:
+            return {"not_computed": f"site {s}'s statistics have {st.n_features} latent dimensions, "
+                                    f"{sites[0]}'s {stats_by_site[sites[0]].n_features}"}
     c = _age_weights(stats_by_site[sites[0]])
     sums = {s: _sums(stats_by_site[s], c) for s in sites}
     totals = {"n": 0.0, "p": 0.0, "pp": 0.0, "pa": 0.0, "a": 0.0, "aa": 0.0, "floor": 0.0}

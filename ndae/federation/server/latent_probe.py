@@ -3,17 +3,18 @@
 normative statistics (`ndae.normative.age_probe`: leave-one-site-out ridge, exact from the sums).
 
 The trained encoder's probe reuses the statistics the normative phase received, so it costs
-nothing more and, in a private run, no privacy (post-processing of the noised sums). The
-yardstick, the initial encoder, needs the controls' statistics under the initial weights too: in
-a non-private run the normative query carries those weights (`initial_weights`) and each site
-answers with both statistics in one reply; a private site never computes them (they would be
-another release of its controls), so there the report says the yardstick was not computed.
+nothing more. The yardstick, the initial encoder, needs the controls' statistics under the
+initial weights too: the normative query carries those weights (`initial_weights`) and each site
+answers with both statistics in one reply. Non-private runs only: a private site never computes
+the second (another release), and its noised statistics of clipped design rows do not give an
+honest age probe, so a private run's report says why neither was computed.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from ndae.federation.records import INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, ema_weights_record, record_to_arrays
@@ -29,24 +30,37 @@ def initial_weights(dae_config) -> ArrayRecord:
     return ema_weights_record(EMA(initial, dae_config.train.ema_decay, dae_config.train.ema_warmup))
 
 
-def _probe(replies: Mapping[str, RecordDict], key: str) -> dict[str, Any]:
+def _probe(replies: Mapping[str, RecordDict], key: str, sites: list[str]) -> dict[str, Any]:
+    """The probe on `sites`' statistics under `key`; a malformed or non-finite reply is a reason,
+    never a failed run (the probe only describes the latent)."""
+    from ndae.errors import NdaeError
     from ndae.normative import SufficientStats
     from ndae.normative.age_probe import site_out_age_probe
 
-    return site_out_age_probe({s: SufficientStats.from_arrays(record_to_arrays(c[key]))
-                               for s, c in replies.items() if key in c})
+    try:
+        stats = {s: SufficientStats.from_arrays(record_to_arrays(replies[s][key])) for s in sites}
+        return site_out_age_probe(stats)
+    except (NdaeError, KeyError, ValueError, np.linalg.LinAlgError) as error:
+        return {"not_computed": f"the sites' statistics do not support it ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:160] if str(error) else ''})"}
 
 
 def latent_probe(replies: Mapping[str, RecordDict], private: bool) -> dict[str, Any]:
-    """{"trained": probe, "init": probe or {"not_computed": why}, "trained_beats_init"?}."""
+    """{"trained": probe, "init": probe, "trained_beats_init"?}; each probe may be {"not_computed": why}."""
     result: dict[str, Any] = {"method": "leave-one-site-out ridge of age on standardised z_sem (alpha by GCV), "
-                                        "from the sites' normative statistics",
-                              "trained": _probe(replies, "stats")}
+                                        "from the sites' normative statistics"}
     if private:
-        result["init"] = {"not_computed": "a private run: the initial encoder's statistics would be another "
-                                          "release of each site's controls"}
+        # Clipped design rows do not read back as age (at the default clip an age of 18 reads as
+        # ~30), and one site's noised sums can give n < 0 or an indefinite ZᵀZ: no honest probe.
+        why = ("a private run: the sites' statistics are noised and their design rows clipped, so the age they "
+               "encode is not the age (measured: 18 y reads as ~30 y at the default clip)")
+        result["trained"] = {"not_computed": why}
+        result["init"] = {"not_computed": why + "; the initial encoder's statistics would be another release"}
         return result
-    result["init"] = _probe(replies, INITIAL_STATS_KEY)
-    if "r" in result["trained"] and "r" in result["init"]:
+    both = sorted(s for s, c in replies.items() if "stats" in c and INITIAL_STATS_KEY in c)  # the same controls
+    result["trained"] = _probe(replies, "stats", both)
+    result["init"] = _probe(replies, INITIAL_STATS_KEY, both)
+    if "r" in result["trained"] and "r" in result["init"] and all(
+            np.isfinite(result[k]["r"]) for k in ("trained", "init")):
         result["trained_beats_init"] = bool(result["trained"]["r"] > result["init"]["r"])
     return result

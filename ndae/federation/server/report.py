@@ -118,7 +118,7 @@ def voxelwise_lines(result: dict | None, info: dict | None, survival: dict) -> l
               "| comparison (first vs second) | estimate | C of the first | C of the second | difference (95% CI) | CI from |",
               "|---|---|---|---|---|---|"]
     labels = {"vs_covariates": "voxel-wise vs covariates only", "ndae_vs_voxelwise": f"NDAE ({ndae}) vs voxel-wise"}
-    readings = []
+    readings: dict[str, tuple[str, str, dict]] = {}  # per comparison: the out-of-sample estimate where there is one
     for kind in ("cross_validated", "within_site"):
         for name, label in labels.items():
             e = result.get(kind, {}).get(name)
@@ -130,10 +130,12 @@ def voxelwise_lines(result: dict | None, info: dict | None, survival: dict) -> l
                 continue
             lines.append(f"| {label} | {e['kind']} | {_fmt(e['c_model'])} | {_fmt(e['c_reference'])} | "
                          f"{_fmt(e['difference'])} ({_fmt(e['lower'])} to {_fmt(e['upper'])}) | {e['ci']} |")
-            if kind == next(k for k in ("cross_validated", "within_site") if k in result):
-                readings.append((label, e))
-    for label, e in readings:
-        lines += ["", f"- {label}: " + _comparison_reading(e)]
+            readings.setdefault(name, (label, kind, e))
+    for label, kind, e in readings.values():
+        lines += ["", f"- {label} ({e['kind']}): " + _comparison_reading(e)]
+    if any(kind == "within_site" for _, kind, _ in readings.values()):
+        lines += ["", "In-sample readings are optimistic for the model with more coefficients (here the voxel-wise "
+                  f"model's {len(result['features'])} regions): no patient row left a site to cross-validate."]
     lines += ["", "| voxel-wise covariate | coef | se | hazard ratio | 95% CI |", "|---|---|---|---|---|"]
     for name, coef in result["coef"].items():
         se = result["se"].get(name)
@@ -170,8 +172,8 @@ def latent_probe_lines(probe: dict | None) -> list[str]:
         else:
             lines.append(f"| {label} | not computed: {p.get('not_computed', '')} | | | |")
     if "trained_beats_init" in probe:
-        lines += ["", f"Trained minus initial r: {probe['trained']['r'] - probe['init']['r']:+.3f} (above 0: training "
-                  "taught z_sem about age beyond what the initial weights' features carry; `docs/dae.md`)."]
+        lines += ["", f"Trained minus initial r: {probe['trained']['r'] - probe['init']['r']:+.3f} (one held-out split "
+                  "per site, no interval; how to read a probe: `docs/dae.md`)."]
     return lines
 
 

@@ -41,6 +41,9 @@ class SurvivalPhase:
 
             content[VOXELWISE_KEY] = voxelwise_to_config(voxelwise)
         result = self.messenger.query("deviations", content)
+        # a site that could not score its patients against the voxel-wise baseline says why
+        self.voxelwise_failures = {s: str(c["voxelwise-error"]["reason"]) for s, c in result.replies.items()
+                                   if "voxelwise-error" in c}
         # Private sites send counts only where their policy declares them public, moments never.
         counts = {s: {k: int(v) for k, v in c["counts"].items()} for s, c in result.replies.items() if "counts" in c}
         moments = {s: record_to_arrays(c["moments"]) for s, c in result.replies.items() if "moments" in c}

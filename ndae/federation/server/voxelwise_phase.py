@@ -16,8 +16,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from flwr.app import ConfigRecord, RecordDict
 
+from ndae.errors import NdaeError
 from ndae.federation.records import record_to_arrays
 from ndae.federation.server import survival as server_survival
 from ndae.federation.server.errors import FederationError
@@ -39,15 +42,20 @@ def fit_voxelwise(federation) -> tuple[Any, dict[str, Any]]:
         return None, {"not_computed": "a private run: per-voxel moments are exact sums, not a differentially "
                                       "private release, so no site is asked for them"}
     started = time.time()
-    result = federation.messenger.query("voxelwise_stats", RecordDict({"config": ConfigRecord(
-        {"stride": int(config.voxelwise_stride)})}))
-    if not result.replies:
-        return None, {"not_computed": "no site sent voxel-wise statistics"}
-    stats = sum(SufficientStats.from_arrays(record_to_arrays(result.replies[s]["stats"])) for s in sorted(result.replies))
+    # The baseline is a yardstick: whatever goes wrong with it (too few sites answer, a malformed
+    # reply, too few controls) is reported, and the NDAE run goes on without it.
     try:
+        result = federation.messenger.query("voxelwise_stats", RecordDict({"config": ConfigRecord(
+            {"stride": int(config.voxelwise_stride)})}))
+        if not result.replies:
+            return None, {"not_computed": "no site sent voxel-wise statistics"}
+        stats = sum(SufficientStats.from_arrays(record_to_arrays(result.replies[s]["stats"]))
+                    for s in sorted(result.replies))
         baseline = VoxelwiseNormativeBaseline(stride=config.voxelwise_stride).fit_stats(stats)
-    except BaselineUnavailable as error:
-        return None, {"not_computed": str(error)}
+    except (BaselineUnavailable, NdaeError, FederationError, KeyError, ValueError) as error:
+        why = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        federation.log(f"[voxel-wise baseline] not computed: {why}")
+        return None, {"not_computed": why}
     info = {"voxels_modelled": int(len(baseline.voxels)), "stride": int(config.voxelwise_stride),
             "n_controls": float(stats.n), "sites": sorted(result.replies), "regions": voxel_columns(baseline)}
     federation.files.append_metrics({"phase": "voxelwise", "sites": sorted(result.replies), "missing": result.missing,
@@ -73,7 +81,9 @@ def voxel_columns(baseline, regions: list[str] | None = None) -> list[str]:
 
 # An unpenalised Cox model needs events to spare: below this many events per covariate the fit
 # runs into separation (coefficients to infinity, which the sites' bound on beta then refuses).
-MIN_EVENTS_PER_COVARIATE = 3
+# Below ~5 events per variable unpenalised Cox estimates lose their coverage (Vittinghoff &
+# McCulloch 2007); the demo (about 200 events, 11 covariates) has 18.
+MIN_EVENTS_PER_COVARIATE = 5
 
 
 def compare_with_voxelwise(phase, survival: dict, table, beta, covariates: list[str],
@@ -84,23 +94,34 @@ def compare_with_voxelwise(phase, survival: dict, table, beta, covariates: list[
     voxel_covariates = [*reference_covariates, *features]
     out = phase.run_dir / "survival" / "voxelwise"
     result: dict[str, Any] = {"covariates": voxel_covariates, "features": features}
-    events = survival.get("events") if survival.get("events") is not None else _events(survival)
+    unscored = {site: why for site, why in phase.voxelwise_failures.items() if site in sites}
+    if unscored:
+        result["not_computed"] = "site(s) could not score their patients: " + "; ".join(
+            f"{site}: {why}" for site, why in sorted(unscored.items()))
+        return result
+    events = _events(survival, sites)
     if events is not None and events < MIN_EVENTS_PER_COVARIATE * len(voxel_covariates):
         result["not_computed"] = (f"{events} events for {len(voxel_covariates)} covariates: an unpenalised Cox model "
                                   f"needs at least {MIN_EVENTS_PER_COVARIATE} events per covariate (fewer regions: "
                                   "run config voxelwise-regions)")
         return result
+    from lifelines.exceptions import ConvergenceError
+
     try:
         return _fit_and_compare(phase, result, table, beta, covariates, reference, sites, out)
-    except FederationError as error:  # e.g. a site refused a diverging beta: the NDAE results stand
+    except (FederationError, NdaeError, ConvergenceError, np.linalg.LinAlgError) as error:
+        # e.g. a site refused a diverging beta, collinear regions: the NDAE results stand
         result["not_computed"] = f"the Cox model on the region z-scores did not fit: {str(error).splitlines()[0][:200]}"
         phase.log(f"[voxel-wise baseline] {result['not_computed']}")
         return result
 
 
-def _events(survival: dict) -> int | None:
+def _events(survival: dict, sites: list[str]) -> int | None:
+    """Events at the sites in the Cox fit (None when one of them withheld its counts)."""
     counts = survival.get("counts") or {}
-    return int(sum(c["events"] for c in counts.values())) if counts else None
+    if not all(site in counts for site in sites):
+        return None
+    return int(sum(counts[site]["events"] for site in sites))
 
 
 def _fit_and_compare(phase, result: dict, table, beta, covariates: list[str], reference: tuple | None,
@@ -117,6 +138,7 @@ def _fit_and_compare(phase, result: dict, table, beta, covariates: list[str], re
         server_survival.save_federated_cox(out, fitter, voxel_covariates)
         se = fitter.standard_errors_.tolist()
         result["newton_message_rounds"] = int(fitter.n_rounds_)
+        sites = sorted(fitter.sites_)  # a site dropped during the fit is not asked to compare
     result["coef"] = dict(zip(voxel_covariates, voxel_beta.tolist()))
     result["se"] = dict(zip(voxel_covariates, se))
     # Paired, on the same within-site pairs: baseline vs covariates only, NDAE vs baseline.

@@ -126,7 +126,7 @@ def handle_voxelwise_stats(message: Message, context: Context) -> Message:
     _refuse_voxelwise_in_private_run(config, site.name)
     from ndae.federation.site.voxelwise import voxelwise_statistics
 
-    stride = int(message.content["config"]["stride"])
+    stride = config.voxelwise_stride  # the run's request, as every site reads it; not a per-message value
     return Message(RecordDict({"stats": arrays_to_record(voxelwise_statistics(site, stride))}), reply_to=message)
 
 
@@ -149,13 +149,18 @@ def handle_deviations(message: Message, context: Context) -> Message:
     table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
                                              normative, features, device=config.device)
     voxel_columns: list[str] = []
+    voxelwise_error = ""
     if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
+        from ndae.errors import NdaeError
         from ndae.federation.records import config_to_voxelwise
         from ndae.federation.site.voxelwise import patient_voxelwise_features
 
-        voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
-        voxel_columns = [c for c in voxel.columns if c != "subject"]
-        table = table.merge(voxel, on="subject", how="left", validate="one_to_one")
+        try:  # the baseline is a yardstick: if it fails here, the site still answers with its NDAE scores
+            voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
+            voxel_columns = [c for c in voxel.columns if c != "subject"]
+            table = table.merge(voxel, on="subject", how="left", validate="one_to_one")
+        except (NdaeError, OSError, ValueError, KeyError) as error:
+            voxelwise_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
     # what Cox queries may name: the run's scores (and the baseline's, when the server sent it)
     context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
@@ -163,6 +168,8 @@ def handle_deviations(message: Message, context: Context) -> Message:
         moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
         reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
                  "moments": arrays_to_record(moments)}
+        if voxelwise_error:
+            reply["voxelwise-error"] = ConfigRecord({"reason": voxelwise_error})
         if share_rows:
             reply["rows"] = frame_to_record(table)
         return Message(RecordDict(reply), reply_to=message)
@@ -220,6 +227,9 @@ def _beta_and_covariates(message: Message, context: Context, table, beta_key: st
     if beta.shape != (len(covariates),) or not np.isfinite(beta).all():
         raise NdaeError(f"survival query: beta must be {len(covariates)} finite numbers")
     spread = table[covariates].to_numpy(float).std(axis=0) if len(table) else np.zeros(len(covariates))
+    if not np.all(np.isfinite(spread)):  # a non-finite score would make the bound below pass silently
+        raise NdaeError(f"survival query: covariates {[c for c, v in zip(covariates, spread) if not np.isfinite(v)]} "
+                        "are not finite at this site")
     if np.any(np.abs(beta) * spread > MAX_STANDARDISED_BETA):
         raise NdaeError(f"survival query: |beta x sd| must stay within {MAX_STANDARDISED_BETA:g} for every covariate")
     return beta, covariates
