@@ -250,7 +250,11 @@ def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys)
     from ndae.cli import main
     from ndae.privacy.canaries import canary_record_path, read_canary_record
 
-    summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true"})
+    # One bounded score in the Cox model: with 12 patients, the noised normative model's Mahalanobis
+    # distances can separate the events (the Newton fit then diverges and the sites refuse its beta);
+    # measured once in CI. Survival is not what this test is about.
+    summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true"},
+                        survival_features="cosine")
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     for site in SITES:
         canaries = read_canary_record(canary_record_path(run / "privacy", site))
