@@ -251,8 +251,8 @@ def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys)
     from ndae.privacy.canaries import canary_record_path, read_canary_record
 
     # One bounded score in the Cox model: with 12 patients, the noised normative model's Mahalanobis
-    # distances can separate the events (the Newton fit then diverges and the sites refuse its beta);
-    # measured once in CI. Survival is not what this test is about.
+    # distances can order the events perfectly (a monotone likelihood: the run then fails naming the
+    # score, test_survival_federated_cox.py); measured once in CI. Survival is not what this test is about.
     summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true"},
                         survival_features="cosine")
     assert json.loads((run / "status.json").read_text())["status"] == "completed"

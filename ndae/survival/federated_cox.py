@@ -26,6 +26,13 @@ from ndae.survival.cox import hazard_ratio_table
 
 SiteTerms = dict[str, np.ndarray]
 
+# Information along a Newton step below this fraction of its value at beta = 0 means a monotone
+# likelihood (separation). Measured on 60 perfectly ordered events: the ratio falls ~3x per Newton
+# step and passes 1e-3 at |beta·sd| ≈ 25, long before the sites' bound (|beta·sd| ≤ 100) and the
+# overflow (~200); a finite fit keeps it near 0.1-1 (a binary covariate needs a hazard ratio of
+# ~e^8 to reach it: that is separation in all but name).
+MONOTONE_INFORMATION_RATIO = 1e-3
+
 
 def site_partial_likelihood_terms(
     df_site: pd.DataFrame,
@@ -192,6 +199,7 @@ class FederatedCoxFitter:
         if self.events_ == 0 or not np.any(total["hessian"]):  # no event: the likelihood is flat
             raise NdaeError("federated Cox: no events at any site")
         objective, gradient, hessian = self._penalised(total, beta)
+        information_at_zero = -total["hessian"]
         self.n_rounds_ = 1
         converged = False
         for _ in range(self.max_steps):
@@ -206,9 +214,14 @@ class FederatedCoxFitter:
                 total_candidate = self._collect(candidate)
                 self.n_rounds_ += 1
                 new_objective, new_gradient, new_hessian = self._penalised(total_candidate, candidate)
-                if (np.isfinite(new_objective) and new_objective >= objective - 1e-12 * abs(objective)) or step < 1e-6:
+                if np.isfinite(new_objective) and new_objective >= objective - 1e-12 * abs(objective):
                     break
+                if step < 1e-6:
+                    raise NdaeError(f"federated Cox: no step from beta = {np.round(beta, 6).tolist()} along the Newton "
+                                    f"direction keeps the likelihood finite and rising (covariates {self.covariates})")
                 step /= 2
+            moved = step * delta
+            self._refuse_monotone_likelihood(moved, new_hessian, information_at_zero)
             beta, total = candidate, total_candidate
             objective, gradient, hessian = new_objective, new_gradient, new_hessian
             if np.linalg.norm(step * delta) < self.tolerance:
@@ -236,6 +249,25 @@ class FederatedCoxFitter:
         return df[self.covariates].to_numpy(dtype=float) @ self.params_.to_numpy()
 
     # -- internals ---------------------------------------------------------------------------
+    def _refuse_monotone_likelihood(self, moved: np.ndarray, hessian: np.ndarray, information_at_zero: np.ndarray) -> None:
+        """Stop at the first sign of a monotone likelihood (a covariate, or a combination, orders
+        the events perfectly, so the MLE is at infinity): the information along the step has all
+        but vanished compared with its value at beta = 0. Otherwise Newton walks on to huge beta,
+        each step one more message round to every site, until exp() overflows or the sites refuse
+        the coefficients. The ratio is scale-free, so no site need share a standard deviation; a
+        finite fit keeps it far above the threshold. A ridge penalty keeps the likelihood strictly concave: nothing to detect."""
+        if self.penalizer > 0 or not np.any(moved):
+            return
+        start = float(moved @ information_at_zero @ moved)
+        now = float(moved @ -hessian @ moved)
+        if start > 0 and now < MONOTONE_INFORMATION_RATIO * start:
+            weight = np.abs(moved) * np.sqrt(np.clip(np.diag(information_at_zero), 0, None))
+            named = [c for c, w in zip(self.covariates, weight) if w >= 0.3 * weight.max()]
+            raise NdaeError(
+                f"federated Cox: monotone likelihood — {named} order the events (almost) perfectly, so the "
+                f"coefficients grow without bound and no finite Cox model exists for covariates {self.covariates}; "
+                "fit fewer scores (survival-features), more patients, or a penalised model")
+
     def _as_site(self, site: Any, name: str, duration_col: str, event_col: str) -> Any:
         if isinstance(site, pd.DataFrame):
             return DataFrameSite(site, self.covariates, duration_col, event_col, name=name)
