@@ -274,7 +274,8 @@ def test_a_malformed_voxelwise_model_is_a_clear_error_and_a_non_finite_score_is_
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
     from ndae.federation.records import arrays_to_record, config_to_voxelwise
-    from ndae.federation.site.handlers import FEATURES_KEY, _beta_and_covariates
+    from ndae.federation.site.context import FEATURES_KEY
+    from ndae.federation.site.survival_queries import beta_and_covariates
 
     for record in ({"stride": "two", "informative.npy": b"", "model.npz": b"", "model.json": b""},
                    {"stride": 2, "informative.npy": b"junk", "model.npz": b"junk", "model.json": b"{}"}):
@@ -287,4 +288,4 @@ def test_a_malformed_voxelwise_model_is_a_clear_error_and_a_non_finite_score_is_
                                   "config": ConfigRecord({"covariates": ["z_voxel_precentral", "age"]})}),
                       dst_node_id=1, message_type="query.cox_terms")
     with pytest.raises(NdaeError, match="not finite at this site"):
-        _beta_and_covariates(message, context, table)
+        beta_and_covariates(message, context, table)

@@ -139,7 +139,7 @@ def site_context(tmp_path_factory):
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import _set_task_identity
     from ndae.federation.records import frame_to_record
-    from ndae.federation.site.handlers import FEATURES_KEY, STATE_KEY
+    from ndae.federation.site.context import FEATURES_KEY, STATE_KEY
     from ndae.federation.synthetic import make_synthetic_cohort
 
     _set_task_identity()  # messages built outside a ServerApp process need one
@@ -170,7 +170,7 @@ def site_context(tmp_path_factory):
 
 def _ask(context, beta, covariates, reference=None):
     from ndae.federation.server.newton import beta_message
-    from ndae.federation.site.handlers import handle_risk_summary
+    from ndae.federation.site.survival_queries import handle_risk_summary
 
     message = Message(beta_message(np.asarray(beta, float), covariates, reference), dst_node_id=1,
                       message_type="query.risk_summary")
@@ -178,7 +178,7 @@ def _ask(context, beta, covariates, reference=None):
 
 
 def test_the_risk_summary_sends_aggregates_of_both_models_only(site_context):
-    from ndae.federation.site.handlers import QUERIES_KEY
+    from ndae.federation.site.context import QUERIES_KEY
 
     from ndae.privacy.ledger import read_ledger
 
@@ -209,7 +209,7 @@ def test_the_risk_summary_sends_aggregates_of_both_models_only(site_context):
     ((np.array([1.0, 0.0]), ["age"]), "finite numbers"),
 ])
 def test_a_reference_model_is_checked_like_the_model_before_anything_is_counted(site_context, reference, why):
-    from ndae.federation.site.handlers import QUERIES_KEY
+    from ndae.federation.site.context import QUERIES_KEY
 
     make, _ = site_context
     context, ledger = make()

@@ -299,7 +299,7 @@ def test_a_server_asking_for_rows_the_run_config_did_not_request_is_refused(coho
 
 
 def test_cox_queries_stop_at_the_sites_limit_and_a_new_deviations_phase_does_not_reset_it(cohort, tmp_path):
-    from ndae.federation.site.handlers import handle_cox_terms
+    from ndae.federation.site.survival_queries import handle_cox_terms
     from ndae.federation.records import arrays_to_record
 
     context, deviations = _deviations_context(cohort, tmp_path, {"max-cox-queries": 3}, survival_mode="federated")
@@ -359,7 +359,8 @@ def test_the_report_warns_when_a_sites_noise_swamps_its_moments(private_run):
     (["cosine", "age"], [0.0, 1e4], r"\|beta x sd\|"),  # a huge beta singles out the oldest patient
 ])
 def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(cohort, tmp_path, covariates, beta, why):
-    from ndae.federation.site.handlers import QUERIES_KEY, handle_cox_terms, handle_risk_summary
+    from ndae.federation.site.context import QUERIES_KEY
+    from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
     from ndae.federation.records import arrays_to_record
 
     context, deviations = _deviations_context(cohort, tmp_path, {}, survival_mode="federated")
