@@ -281,6 +281,9 @@ def test_a_malformed_voxelwise_model_is_a_clear_error_and_a_non_finite_score_is_
                    {"stride": 2, "informative.npy": b"junk", "model.npz": b"junk", "model.json": b"{}"}):
         with pytest.raises(NdaeError, match="voxel-wise baseline message is malformed"):
             config_to_voxelwise(ConfigRecord(record))
+    from ndae.federation.inprocess import _set_task_identity
+
+    _set_task_identity()  # a Message built outside a ServerApp process needs one (alone, no run has set it)
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     context.state[FEATURES_KEY] = ConfigRecord({"features": ["z_voxel_precentral"]})
     table = pd.DataFrame({"z_voxel_precentral": [0.1, np.nan, 0.3], "age": [50.0, 60.0, 70.0]})
