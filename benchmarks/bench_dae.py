@@ -10,6 +10,8 @@ seeds. Also training and encoding images/s. Writes `benchmarks/results/<section>
 
     python -m benchmarks.bench_dae [--preset tiny-ventricle] [--steps 1000] [--replicate-seeds 1 2]
         [--z-sem-dim 16 --section dae_z16] [--batch-size B] [--channels 1] [--threads 1]
+        [--device cuda] [--slices F]           # a GPU machine without the imaging stack (gpu_run.sh)
+    python -m benchmarks.bench_dae --save-slices F   # the demo's slices and ventricle areas in one file
 """
 
 from __future__ import annotations
@@ -42,6 +44,33 @@ def load_slices(manifest: str | None, cache: str):
     from ndae.data.demo import demo_manifest_path
 
     return load_slice_dataset(manifest or demo_manifest_path(), cache)
+
+
+def save_slices(path: Path, manifest: str | None, cache: str | None) -> None:
+    """The demo's slices, brain masks, ages and lateral-ventricle areas in one compressed file, so a
+    machine without the imaging stack (a lent GPU: no nibabel, no ANTs) runs this benchmark with
+    --slices and nothing else from the data pipeline."""
+    import io
+
+    from ndae.io import atomic_write_bytes
+
+    data = load_slices(manifest, cache)
+    control = np.asarray(data.groups) == "control"
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=data.images, masks=data.masks, ages=np.asarray(data.ages, float),
+                        subjects=np.asarray(data.subjects, str), groups=np.asarray(data.groups, str),
+                        control_ventricle_areas=ventricle_areas(manifest, cache, data.subjects[control], None))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class SavedSlices:
+    """What `run` reads of a SliceDataset, from a `save_slices` file."""
+
+    def __init__(self, path: Path):
+        with np.load(path, allow_pickle=False) as saved:
+            self.images, self.masks, self.ages = saved["images"], saved["masks"], saved["ages"]
+            self.subjects, self.groups = saved["subjects"], saved["groups"]
+            self.control_ventricle_areas = saved["control_ventricle_areas"]
 
 
 def stratified_split(ages: np.ndarray, every: int = 5, offset: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -94,19 +123,22 @@ HIGH_NOISE_T = (500, 700)
 @torch.no_grad()
 def epsilon_mse(model, x: torch.Tensor, z_sem: torch.Tensor, timesteps=(100, 300), repeats: int = 3) -> torch.Tensor:
     """Per-subject ε-MSE at the given noise levels, fixed noise draws."""
-    generator = torch.Generator().manual_seed(5)
+    generator = torch.Generator().manual_seed(5)  # CPU draws: the same noise on any device
+    device = next(model.parameters()).device
+    x, z_sem = x.to(device), z_sem.to(device)
     total = torch.zeros(len(x))
     for t in timesteps:
         for _ in range(repeats):
-            noise = torch.randn(x.shape, generator=generator)
-            tt = torch.full((len(x),), t)
-            total += ((model(model.diffusion.q_sample(x, tt, noise), tt, z_sem=z_sem) - noise) ** 2).flatten(1).mean(1)
+            noise = torch.randn(x.shape, generator=generator).to(device)
+            tt = torch.full((len(x),), t, device=device)
+            error = (model(model.diffusion.q_sample(x, tt, noise), tt, z_sem=z_sem) - noise) ** 2
+            total += error.flatten(1).mean(1).cpu()
     return total / (len(timesteps) * repeats)
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    data = load_slices(args.manifest, args.cache)
+    data = SavedSlices(args.slices) if args.slices else load_slices(args.manifest, args.cache)
     control = np.asarray(data.groups) == "control"
     images, masks, ages = data.images[control], data.masks[control], np.asarray(data.ages, float)[control]
     train_idx, held_idx = stratified_split(ages)
@@ -121,7 +153,7 @@ def run(args) -> dict:
     if config.model.slice_channels is not None:  # brain mask of the slices the DAE sees
         masks = (images[:, list(config.model.slice_channels)] > -1.0).any(axis=1, keepdims=True)
     generator = set_seed(args.seed)
-    model = build_model(config, seed=args.seed)
+    model = build_model(config, seed=args.seed, device=args.device)
     ema = EMA(model, config.train.ema_decay, config.train.ema_warmup)
     optimizer = make_optimizer(model, config)
     x_train = prepare_images(images[train_idx], config)
@@ -150,14 +182,15 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     z_held = encode(net, held)
     encode_ips = len(held) / (time.perf_counter() - t0)
-    result = {"preset": args.preset, "steps": len(losses), "batch_size": config.train.batch_size,
+    result = {"preset": args.preset, "device": str(args.device), "steps": len(losses), "batch_size": config.train.batch_size,
               "train_seconds": train_seconds, "train_images_per_s": train_ips, "encode_images_per_s": encode_ips,
               "parameters": net.num_parameters(), "loss_first10": float(np.mean(losses[:10])),
               "loss_last50": float(np.mean(losses[-50:])), "n_train": len(train_idx), "n_held": len(held_idx),
               "image_size": list(config.model.image_size), "in_channels": config.model.in_channels,
               "slice_channels": None if config.model.slice_channels is None else list(config.model.slice_channels),
               "probe_curve": probe_curve, "seed": args.seed, "z_sem_dim": config.model.z_sem_dim,
-              "loss_weight_cap": config.diffusion.loss_weight_cap}
+              "loss_weight_cap": config.diffusion.loss_weight_cap,
+              **({"device_name": torch.cuda.get_device_name(0)} if str(args.device).startswith("cuda") else {})}
 
     for steps in args.inversion_steps:
         t0 = time.perf_counter()
@@ -205,7 +238,7 @@ def run(args) -> dict:
     result["age_probe_trained"] = ridge_probe(z_all_trained, ages)
     random_probes = []
     for seed in range(args.random_inits):
-        random_net = build_model(config, seed=1000 + seed)
+        random_net = build_model(config, seed=1000 + seed, device=args.device)
         random_probes.append(ridge_probe(encode(random_net, x_all).numpy(), ages))
     result["age_probe_random"] = {k: float(np.mean([p[k] for p in random_probes])) for k in random_probes[0]}
     if args.paper_throughput:
@@ -218,11 +251,16 @@ def run(args) -> dict:
     # random features a property of training or of seed 0?
     # Paired with the same seed's untrained encoder: random inits differ a lot (r 0.52-0.66 here),
     # so "trained beats random" must be judged against the weights training started from.
-    areas = ventricle_areas(args.manifest, args.cache, data.subjects[control], config.model.slice_channels)
+    if args.slices:  # saved over all slices: only valid for a preset that sees them all
+        if config.model.slice_channels is not None:
+            raise SystemExit("--slices holds the ventricle areas over all slices: use a preset without slice_channels")
+        areas = data.control_ventricle_areas
+    else:
+        areas = ventricle_areas(args.manifest, args.cache, data.subjects[control], config.model.slice_channels)
 
     def paired(seed: int, z_trained: np.ndarray) -> dict:
         """Age and ventricle-area probes of a trained encoder and of the init it started from."""
-        z_init = encode(build_model(config, seed=seed), x_all).numpy()
+        z_init = encode(build_model(config, seed=seed, device=args.device), x_all).numpy()
         age, age0 = ridge_probe(z_trained, ages), ridge_probe(z_init, ages)
         return {"seed": seed, "r": age["r"], "mae": age["mae"], "init_r": age0["r"], "init_mae": age0["mae"],
                 "ventricles_r": ridge_probe(z_trained, areas)["r"], "init_ventricles_r": ridge_probe(z_init, areas)["r"]}
@@ -231,7 +269,7 @@ def run(args) -> dict:
     result["age_probe_replicates"] = [paired(args.seed, z_all_trained)]
     for seed in args.replicate_seeds:
         generator = set_seed(seed)
-        replicate = build_model(config, seed=seed)
+        replicate = build_model(config, seed=seed, device=args.device)
         replicate_ema = EMA(replicate, config.train.ema_decay, config.train.ema_warmup)
         train_steps(replicate, replicate_ema, make_optimizer(replicate, config),
                     batch_iterator(x_train, None, config.train.batch_size, generator, config.train.flip_augment),
@@ -239,6 +277,12 @@ def run(args) -> dict:
         result["age_probe_replicates"].append(paired(seed, encode(replicate_ema.model, x_all).numpy()))
         print(f"replicate seed {seed}: {result['age_probe_replicates'][-1]}", flush=True)
     return result
+
+
+def device_text(result: dict, threads: int) -> str:
+    if result.get("device", "cpu").startswith("cuda"):
+        return f"GPU ({result.get('device_name', result['device'])})"
+    return f"CPU, {threads} thread(s), shared machine"
 
 
 def write_report(result: dict, threads: int, out: str | None = None, section: str = "dae") -> Path:
@@ -254,7 +298,7 @@ def write_report(result: dict, threads: int, out: str | None = None, section: st
     replicate_vent = ", ".join(f"{p['init_ventricles_r']:.2f} → {p['ventricles_r']:.2f}" for p in replicates
                                if "ventricles_r" in p)
     lines = [
-        f"CPU, {threads} thread(s), shared machine; preset `{result['preset']}` "
+        f"{device_text(result, threads)}; preset `{result['preset']}` "
         f"({result['parameters']['total']:,} parameters, {result.get('z_sem_dim', 64)}-d z_sem; {slices}: "
         f"{result['in_channels']} channel(s) at "
         f"{result['image_size'][0]}×{result['image_size'][1]}), trained {result['steps']} steps × "
@@ -320,7 +364,8 @@ def write_report(result: dict, threads: int, out: str | None = None, section: st
         "training fold, 5-fold CV × 10 repeats (± = sd over repeats) (`ndae.model.probe`). Ventricle-area probe: the "
         "same probe with the lateral-ventricle area (DLMUSE labels 51/52 on the DAE's slices, from the prepared "
         "label maps) as target. 'Own init' is the encoder at the weights its training run started from (same "
-        "seed). The encoder was trained without labels on the training split. Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is shown.", "",
+        "seed). The encoder was trained without labels on the training split." + (" Quality of the `paper` preset (and 3-D) needs a GPU: none was lent to this run, so only its CPU throughput is "
+               "shown." if "paper_cpu" in result else ""), "",
     ]
     title = "Diffusion autoencoder (`benchmarks/bench_dae.py`)"
     if result.get("z_sem_dim", 64) != 64:
@@ -335,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", default=None, help="manifest (default: the shipped IXI demo)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache (default: the manifest's)")
+    parser.add_argument("--slices", type=Path, default=None, help="read the data from a --save-slices file instead")
+    parser.add_argument("--save-slices", type=Path, default=None, help="write the demo's slices to this file and stop")
     parser.add_argument("--preset", default="tiny-ventricle")
     parser.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=100_000)
@@ -345,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="slice channels the DAE sees (overrides the preset's slice_channels; 1 = lateral ventricles)")
     parser.add_argument("--probe-every", type=int, default=250, help="age-probe the EMA encoder every N steps (0: off)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the paper preset's quality needs a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-inits", type=int, default=5)
     parser.add_argument("--replicate-seeds", type=int, nargs="*", default=[1, 2],
@@ -358,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite results/<section>.md from its saved numbers (results/<section>.json)")
     args = parser.parse_args(argv)
+    if args.save_slices:
+        save_slices(args.save_slices, args.manifest, args.cache)
+        return 0
     saved = RESULTS_DIR / f"{args.section}.json"
     if args.render_only:
         result = json.loads(saved.read_text())

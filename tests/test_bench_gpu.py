@@ -1,0 +1,35 @@
+"""The GPU benchmark's code path, on the CPU: a lent GPU machine gives one short try, so the script
+must already run end to end (cells, saved JSON, the section with its computed ratios) before it
+gets there. The numbers here are CPU numbers and are not checked, only that they are there."""
+
+import json
+
+import pytest
+
+from benchmarks import bench_gpu
+
+
+def test_bench_gpu_refuses_without_a_gpu_unless_asked(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        bench_gpu.main(["--presets", "tiny", "--json", str(tmp_path / "g.json"), "--results-dir", str(tmp_path)])
+    assert not (tmp_path / "g.json").exists()  # refused before writing
+
+
+def test_bench_gpu_smoke_writes_both_precisions_and_the_ratio(tmp_path):
+    saved = tmp_path / "gpu.json"
+    assert bench_gpu.main(["--presets", "tiny", "--steps", "1", "--warmup", "1", "--invert-images", "2",
+                           "--invert-steps", "2", "--allow-cpu", "--json", str(saved),
+                           "--results-dir", str(tmp_path)]) == 0
+    cells = json.loads(saved.read_text())["cells"]
+    assert [c["amp"] for c in cells] == [True, False]
+    for cell in cells:
+        assert cell["train_images_per_s"] > 0 and cell["invert_images_per_s"] > 0 and cell["x_T_finite"]
+    section = (tmp_path / "gpu.md").read_text()
+    assert section.count("| `tiny` |") == 2 and "AMP trains" in section
+    # The section can be rebuilt from the saved numbers alone.
+    (tmp_path / "gpu.md").unlink()
+    assert bench_gpu.main(["--render-only", "--json", str(saved), "--results-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "gpu.md").read_text() == section
