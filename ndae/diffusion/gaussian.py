@@ -4,10 +4,20 @@ Independent of the network, as in diffae (phizaz/diffae): every function takes `
 a callable that predicts the noise, so the same code serves the 2-D and 3-D networks, the EMA
 copy, and a conditioning closure over `z_sem`.
 
-DDIM grid: S timesteps t_0 < ... < t_{S-1} evenly spread over [0, T-1], plus a level "-1" with
-ᾱ = 1 that is the clean image. Sampling walks S-1 → -1; inversion walks -1 → S-1 with the same
-update, evaluating ε at the next level's timestep (the usual DDIM-inversion approximation), so
-decode(invert(x_0)) ≈ x_0 when the steps are small.
+DDIM grid: S timesteps t_0 = 0 < ... < t_{S-1} = T-1 evenly spread, plus a level "-1" with
+ᾱ = 1 that is the clean image. Sampling walks S-1 → -1 (S network evaluations). Inversion follows
+Diff-AE's `ddim_reverse_sample_loop` (phizaz/diffae, diffusion/base.py): the clean image is taken as
+the level-0 state (t = 0, ᾱ_0 = 1 − β_0) and each step evaluates ε at the *current* level's
+timestep before moving up, so it walks 0 → S-1 in S-1 evaluations.
+
+x̂₀ clipping (Diff-AE's `clip_denoised=True`, on by default, both directions): x̂₀ predicted from ε
+is clamped to the data range [-1, 1] and ε is then *recomputed* from the clamped x̂₀
+(`_predict_eps_from_xstart`) before the DDIM update. With the linear schedule ᾱ_999 = 4e-5, an ε
+error is multiplied by up to 1/√ᾱ ≈ 157 in x̂₀: clamping x̂₀ but keeping the network's ε (what this
+module did before) still carries that error into the next state, and not clipping the inversion
+let it grow along the walk (issue 26: a `tiny` round trip at 10 steps went from 5.6 to 22.9 dB).
+Clipping makes the round trip inexact for a network whose x̂₀ leaves [-1, 1], which is why the
+exact-inverse property holds only with `clip=False` (kept for that check).
 """
 
 from __future__ import annotations
@@ -77,19 +87,36 @@ class GaussianDiffusion:
         return 1.0 if level < 0 else float(self.alphas_cumprod[grid[level]])
 
     @staticmethod
-    def _step(x: torch.Tensor, epsilon: torch.Tensor, a_from: float, a_to: float, clip: bool) -> torch.Tensor:
-        x0 = (x - (1.0 - a_from) ** 0.5 * epsilon) / a_from ** 0.5
+    def _x0_and_epsilon(x: torch.Tensor, epsilon: torch.Tensor, a: float,
+                        clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """x̂₀ of the state x at level ᾱ = a; with `clip`, x̂₀ clamped to [-1, 1] and ε recomputed
+        from it (Diff-AE's p_mean_variance + _predict_eps_from_xstart). At ᾱ = 1 x̂₀ is x itself."""
+        if a >= 1.0:
+            return x, epsilon
+        x0 = (x - (1.0 - a) ** 0.5 * epsilon) / a ** 0.5
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
+            epsilon = (x - a ** 0.5 * x0) / (1.0 - a) ** 0.5
+        return x0, epsilon
+
+    @classmethod
+    def _step(cls, x: torch.Tensor, epsilon: torch.Tensor, a_from: float, a_to: float, clip: bool) -> torch.Tensor:
+        """One deterministic DDIM (η = 0) move of x from level ᾱ = a_from to ᾱ = a_to."""
+        x0, epsilon = cls._x0_and_epsilon(x, epsilon, a_from, clip)
         return a_to ** 0.5 * x0 + (1.0 - a_to) ** 0.5 * epsilon
+
+    def predict_x0(self, epsilon_fn: EpsilonFn, x_t: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
+        """The network's denoised estimate x̂₀ of a state x_t at timestep t (one evaluation)."""
+        epsilon = epsilon_fn(x_t, self._t(t, x_t)).float()
+        return self._x0_and_epsilon(x_t.float(), epsilon, float(self.alphas_cumprod[int(t)]), clip)[0]
 
     def _t(self, value: int, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), value, dtype=torch.long, device=x.device)
 
     @torch.no_grad()
     def ddim_sample(self, epsilon_fn: EpsilonFn, x_T: torch.Tensor, steps: int = 50,
-                    clip_denoised: bool = False) -> torch.Tensor:
-        """Deterministic DDIM (η = 0) from x_T to x_0."""
+                    clip_denoised: bool = True) -> torch.Tensor:
+        """Deterministic DDIM (η = 0) from x_T (level S-1) to x_0."""
         grid = self.ddim_timesteps(steps)
         x = x_T.float()
         for level in range(len(grid) - 1, -1, -1):
@@ -99,11 +126,14 @@ class GaussianDiffusion:
         return x
 
     @torch.no_grad()
-    def ddim_invert(self, epsilon_fn: EpsilonFn, x_start: torch.Tensor, steps: int = 50) -> torch.Tensor:
-        """Deterministic DDIM inversion x_0 → x_T (the stochastic code of Diff-AE)."""
+    def ddim_invert(self, epsilon_fn: EpsilonFn, x_start: torch.Tensor, steps: int = 50,
+                    clip_denoised: bool = True) -> torch.Tensor:
+        """Deterministic DDIM inversion x_0 → x_T (the stochastic code of Diff-AE), as Diff-AE's
+        `ddim_reverse_sample`: x_0 is the level-0 state, ε is evaluated at the current level."""
         grid = self.ddim_timesteps(steps)
         x = x_start.float()
-        for level in range(len(grid)):
+        for level in range(len(grid) - 1):
             epsilon = epsilon_fn(x, self._t(grid[level], x)).float()
-            x = self._step(x, epsilon, self._level_alpha(grid, level - 1), self._level_alpha(grid, level), False)
+            x = self._step(x, epsilon, self._level_alpha(grid, level), self._level_alpha(grid, level + 1),
+                           clip_denoised)
         return x

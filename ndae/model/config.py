@@ -43,7 +43,9 @@ class DiffusionConfig:
     # use z_sem (measured: +0.9 dB reconstruction, 2x larger z_sem-swap effect; docs/dae.md). None: plain MSE.
     loss_weight_cap: float | None = 10.0
     sample_steps: int = 50  # DDIM steps for decoding and for inversion to x_T
-    clip_denoised: bool = False  # clipping x̂_0 breaks exact invertibility; off by default
+    # Diff-AE's sampler: x̂₀ clamped to [-1, 1] and ε recomputed from it, in decoding and inversion
+    # (ndae.diffusion.gaussian). False only reproduces the pre-issue-26 unclipped walk.
+    clip_denoised: bool = True
 
 
 @dataclass

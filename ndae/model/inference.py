@@ -49,7 +49,7 @@ def invert(model: nn.Module, images: ArrayLike, z_sem: ArrayLike | None = None, 
 
     def run(xb, zb, ab):
         fn = core.epsilon_fn(zb.to(device), None if ab is None else ab.to(device))
-        return core.diffusion.ddim_invert(fn, xb.to(device), steps)
+        return core.diffusion.ddim_invert(fn, xb.to(device), steps, core.config.diffusion.clip_denoised)
 
     return _batched(run, x.shape[0], batch_size, x, z, _ages(ages, x.shape[0]))
 
