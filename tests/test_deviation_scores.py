@@ -1,4 +1,4 @@
-"""Deviation scores: standardised cosine, z summaries, federatable Mahalanobis, the CSV table."""
+"""Deviation scores: the paper's cosine (and the centred variant), z summaries, federatable Mahalanobis, the CSV table."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sklearn.covariance import oas
 
 from ndae.deviation.scores import (
     SCORE_COLUMNS,
+    centred_cosine,
     cosine_similarity,
     deviation_table,
     normative_cosine,
@@ -51,37 +52,63 @@ def fitted():
     return model, (controls, Y_controls), (patients, Y_patients)
 
 
-def test_cosine_needs_standardisation_and_separates_patients(fitted):
+def test_paper_cosine_by_hand_for_a_known_model():
+    """Two latent dimensions with known means and sds: the paper's cosine is the cosine of z_sem and
+    the normative expected z_sem, each divided by the controls' sd, the shared mean kept."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    frame = pd.DataFrame({"subject": [f"c{i}" for i in range(n)], "age": rng.uniform(30, 70, n),
+                          "sex": rng.choice(["M", "F"], n), "site": "A"})
+    # dimension 0: mean 10, sd 1, no covariate effect; dimension 1: mean 0 at age 50, +1 per 10 years
+    age_effect = (frame["age"].to_numpy() - 50) / 10
+    Y = np.column_stack([10 + rng.normal(0, 1, n), age_effect + rng.normal(0, 0.5, n)])
+    model = NormativeModel(site_effects=False, prior_precision=1e-9).fit(frame, Y)
+    probe = pd.DataFrame({"subject": ["p"], "age": [65.0], "sex": ["M"], "site": ["A"]})
+    expected = model.predict(probe)[0][0]
+    np.testing.assert_allclose(expected, [10.0, 1.5], atol=0.2)  # the model is the one we built
+    z = np.array([[10.0, -1.5]])  # at 65 the latent of a 35-year-old
+    sd = model.control_sd
+    a, b = z[0] / sd, expected / sd
+    by_hand = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert normative_cosine(model, probe, z)[0] == pytest.approx(by_hand, abs=1e-12)
+    table = deviation_table(["p"], probe, z, model)
+    assert table["cosine"].iloc[0] == pytest.approx(by_hand, abs=1e-12)
+    # the old, centred variant is another number, kept under its own name
+    centred = centred_cosine(model, probe, z)[0]
+    assert table["cosine_centred"].iloc[0] == pytest.approx(centred, abs=1e-12)
+    assert abs(centred - by_hand) > 0.5
+
+
+def test_centred_cosine_moves_with_age_and_the_paper_cosine_does_not(fitted):
+    """Issue 26's measured cause: centring leaves the expectation only its covariate effect, so for
+    healthy subjects the centred cosine grows with |age − mean age| (how well the subject's
+    deviation lines up with the age direction). The paper's cosine asks how far the latent turns
+    from its own expectation, which healthy subjects of every age do alike."""
+    from scipy.stats import spearmanr
+
+    model, (controls, Y_c), _ = fitted
+    distance = np.abs(controls["age"].to_numpy() - 52)
+    centred = spearmanr(centred_cosine(model, controls, Y_c), distance)[0]
+    paper = spearmanr(normative_cosine(model, controls, Y_c), distance)[0]
+    assert centred > 0.5, centred
+    assert abs(paper) < 0.2, paper
+
+
+def test_paper_cosine_separates_patients_and_ignores_units(fitted):
     model, (controls, Y_c), (patients, Y_p) = fitted
-    expected_c, _ = model.predict(controls)
-    expected_p, _ = model.predict(patients)
-    raw_c = cosine_similarity(Y_c, expected_c)
-    raw_p = cosine_similarity(Y_p, expected_p)
-    assert raw_c.min() > 0.99 and raw_p.min() > 0.99  # raw latents: no dynamic range at all
     cos_c = normative_cosine(model, controls, Y_c)
     cos_p = normative_cosine(model, patients, Y_p)
-    assert cos_c.mean() > cos_p.mean() + 0.2
     assert (cos_c[:, None] > cos_p[None, :]).mean() > 0.75  # AUC, controls vs patients
-
-
-def test_standardised_cosine_tracks_age_and_ignores_the_shared_mean(fitted):
-    """As in the latent study: own-age normative latent vs one 30 years away."""
-    model, (controls, Y_c), _ = fitted
+    # own-age expectation vs one 30 years away: the own one is closer for most controls
     older = controls.assign(age=np.where(controls["age"] < 52, controls["age"] + 30, controls["age"] - 30))
-    own = normative_cosine(model, controls, Y_c)
-    away = cosine_similarity(model.standardise(Y_c), model.predict_standardised(older)[0])
-    assert own.mean() > 0.3 > 0 > away.mean()
-    raw_away = cosine_similarity(Y_c, model.predict(older)[0])
-    assert raw_away.min() > 0.99  # the raw cosine cannot tell the two apart on its scale
-    # moving the latent's shared mean changes raw cosines, not the standardised score
+    assert (cos_c > normative_cosine(model, older, Y_c)).mean() > 0.8
+    # the sd division: a dimension in other units (×1000) changes nothing
     rng = np.random.default_rng(0)
     train, Y_train = latent_cohort(400, rng)
-    shifted = NormativeModel().fit(train, Y_train + 200.0)
-    np.testing.assert_allclose(normative_cosine(shifted, controls, Y_c + 200.0), own, atol=1e-6)
-    raw_shifted = cosine_similarity(Y_c + 200.0, shifted.predict(controls)[0])
-    expected_c, _ = model.predict(controls)
-    raw = cosine_similarity(Y_c, expected_c)
-    assert (1 - raw_shifted).mean() < 0.2 * (1 - raw).mean()  # raw 'deviation' shrinks ~25×
+    units = np.ones(D)
+    units[0] = 1000.0
+    rescaled = NormativeModel().fit(train, Y_train * units)
+    np.testing.assert_allclose(normative_cosine(rescaled, controls, Y_c * units), cos_c, rtol=1e-9, atol=1e-12)
 
 
 def test_mahalanobis_is_larger_for_shifted_subjects(fitted):

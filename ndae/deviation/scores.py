@@ -1,10 +1,17 @@
 """Deviation scores of a subject's z_sem from the normative model (one row per subject).
 
 - `cosine`: the NDAE paper's score, the cosine similarity between the subject's latent and the
-  normative expected latent for their covariates, both standardised with the healthy controls'
-  mean and sd (from the model's sufficient statistics). Raw z_sem sits on a large shared mean,
-  so without standardising every pair of subjects has cosine ≈ 1 (docs/dae.md).
+  normative expected latent for their covariates (the healthy latent expected at their age, sex
+  and site), both divided by the controls' per-dimension sd (from the model's sufficient
+  statistics) so no dimension dominates by its units, but NOT centred: the shared mean stays in
+  both vectors, as in the paper. Values sit close to 1; what ranks subjects is how far the
+  subject's latent turns away from its expectation, relative to the size of the typical latent.
   Higher = more typical.
+- `cosine_centred`: the variant this project computed as "cosine" before issue 26, both vectors
+  centred on the controls' mean first. Centring removes the shared mean from the expectation too,
+  so what is left of it is the covariate effect alone (≈ 0 at the controls' mean age): the score
+  asks whether the subject's deviation points along the age direction, and moved with
+  |age − mean age| rather than with the disease (issue 26). Kept, under its own name, to show that.
 - per-dimension z-scores (predictive mean and variance of the model) and their summaries:
   `mean_abs_z`, `max_abs_z`, `count_abs_z_gt_2`.
 - `mahalanobis`: √(eᵀ Σ⁻¹ e) of the standardised residual e = std(z_sem) − std(expected).
@@ -33,7 +40,7 @@ from scipy.linalg import cho_factor, cho_solve
 from ndae.errors import NdaeError
 from ndae.normative.model import NormativeModel
 
-SCORE_COLUMNS = ("cosine", "mean_abs_z", "max_abs_z", "count_abs_z_gt_2", "mahalanobis")
+SCORE_COLUMNS = ("cosine", "cosine_centred", "mean_abs_z", "max_abs_z", "count_abs_z_gt_2", "mahalanobis")
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,8 +51,20 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, np.sum(a * b, axis=1) / norms, 0.0)
 
 
+def scaled(model: NormativeModel, Y: np.ndarray) -> np.ndarray:
+    """Latents divided by the controls' per-dimension sd, not centred (after the model's DP clip)."""
+    return model.clip_latent(Y) / model.control_sd
+
+
 def normative_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
-    """Cosine between standardised z_sem and the standardised normative expected latent."""
+    """The paper's cosine: z_sem against the normative expected z_sem for the subject's covariates,
+    both divided by the controls' sd, the shared mean kept."""
+    expected, _ = model.predict(covariates)
+    return cosine_similarity(scaled(model, z_sem), expected / model.control_sd)
+
+
+def centred_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
+    """The pre-issue-26 variant: both vectors centred on the controls' mean, then scaled."""
     expected, _ = model.predict_standardised(covariates)
     return cosine_similarity(model.standardise(z_sem), expected)
 
@@ -130,7 +149,9 @@ def deviation_table(
     residual = model.standardise(Y) - expected
     z = residual / np.sqrt(variance)
     table = pd.DataFrame({"subject": subjects})
-    table["cosine"] = cosine_similarity(model.standardise(Y), expected)
+    # expected + mean/sd is the normative latent in sd units with its mean kept (= predict()/sd)
+    table["cosine"] = cosine_similarity(scaled(model, Y), expected + model.control_mean / model.control_sd)
+    table["cosine_centred"] = cosine_similarity(model.standardise(Y), expected)
     table = pd.concat([table, z_summaries(z)], axis=1)
     table["mahalanobis"] = _mahalanobis(model, residual, model._site_index(covariates) >= 0)
     if include_z:
