@@ -38,7 +38,7 @@ def atlas_on_slices(slice_z_mm) -> np.ndarray:
     return np.round(extract_axial_slices(atlas, output_grid(), slice_z_mm)).astype(np.int16)
 
 
-def region_means(maps: np.ndarray, brain: np.ndarray, atlas_slices: np.ndarray) -> pd.DataFrame:
+def region_means(maps: np.ndarray, brain: np.ndarray, atlas_slices: np.ndarray, prefix: str = PREFIX) -> pd.DataFrame:
     """Mean of each subject's map over every atlas region (within the subject's brain) that has at
     least MIN_PIXELS pixels on the slices. `maps`, `brain`: [n, C, H, W]; `atlas_slices`: [C, H, W]."""
     from ndae.baselines.voxelwise import REGION_NAMES
@@ -55,7 +55,7 @@ def region_means(maps: np.ndarray, brain: np.ndarray, atlas_slices: np.ndarray) 
         weight = brain & inside[None]
         count = weight.reshape(len(maps), -1).sum(1)
         total = (maps * weight).reshape(len(maps), -1).sum(1)
-        columns[f"{PREFIX}{name}"] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        columns[f"{prefix}{name}"] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
     if not columns:
         raise NdaeError("image deviation features: the DAE's slices cut no atlas region")
     return pd.DataFrame(columns)
