@@ -15,7 +15,8 @@ source anatomy, expected C over `--draws` fresh survival draws from the cohort's
 model, risk concordance with the true linear predictor, ρ with the true severity and AUROC vs
 held-out controls for single scores, and paired differences in expected C to the covariates-only
 model and to the voxel-wise normative baseline (`ndae.baselines.voxelwise`; fitted here on the
-cohort's controls where the run has none), with 95 % intervals over runs.
+cohort's controls where the run has none), on the raw images and on their within-brain high-pass
+(so that a gain that is only spatial filtering shows), with 95 % intervals over runs.
 
 Per-fold Cox table: the per-fold rows come from `ndae evaluate` (`survival/cv_per_fold.csv`, one row
 per model, variant and fold, the same folds for every model of a run); `aggregate` summarises them
@@ -45,14 +46,27 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.statements import compare, half_width, paired_difference, truth_reading
-from benchmarks.truth_eval import (VOXELWISE, cohort_truth, evaluate_models, jsonable, summarise, table_lines,
-                                   voxelwise_scores)
+from benchmarks.truth_eval import (VOXELWISE, VOXELWISE_HIGHPASS, cohort_truth, evaluate_models, jsonable, summarise,
+                                   table_lines, voxelwise_scores)
 from ndae.cohort.disease import DEFAULT_DISEASE, disease_setting
 from ndae.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALONE, WITH = "alone", "with covariates"
 ORACLE = "oracle (true risk)"
+# the voxel-wise baselines: (model name, feature column prefix); the raw one's name is a prefix
+# of the high-pass one's, so models are told apart by `_voxelwise_family`, never by startswith
+VOXELWISE_PREFIXES = ((VOXELWISE, "z_voxel_"), (VOXELWISE_HIGHPASS, "z_highpass_voxel_"))
+
+
+def _voxelwise_family(model: str) -> str | None:
+    """VOXELWISE or VOXELWISE_HIGHPASS for the models of that baseline (with its precentral single
+    score), None for any other model."""
+    name = model.rsplit(" | ", 1)[0]
+    for family in (VOXELWISE_HIGHPASS, VOXELWISE):
+        if name in (family, f"{family} precentral"):
+            return family
+    return None
 
 
 def healthy_from_prepared(prepared_dir: Path, demographics: Path, out: Path) -> Path:
@@ -193,17 +207,19 @@ def pipeline_truth_keys(result: dict) -> dict:
 
 def run_models(per_fold: pd.DataFrame, patients: pd.DataFrame) -> dict[str, list[str]]:
     """`{model | variant: feature columns}` of the run, read from its per-fold rows (the columns
-    `ndae evaluate` fitted), plus the voxel-wise baseline where the run has none."""
+    `ndae evaluate` fitted), plus each voxel-wise baseline (raw, high-pass) where the run has none,
+    and each one's precentral single score."""
     models = {}
     for (model, variant), group in per_fold.groupby(["model", "variant"], sort=False):
         columns = [c for c in str(group["features"].iloc[0]).split(", ") if c]
         if columns and all(c in patients.columns for c in columns):
             models[f"{model} | {variant}"] = columns
-    voxel = sorted(c for c in patients.columns if c.startswith("z_voxel_"))
-    if voxel and not any(k.startswith(VOXELWISE) for k in models):
-        models[f"{VOXELWISE} | {ALONE}"] = voxel
-    if "z_voxel_precentral" in patients.columns:
-        models[f"{VOXELWISE} precentral | {ALONE}"] = ["z_voxel_precentral"]
+    for family, prefix in VOXELWISE_PREFIXES:
+        voxel = sorted(c for c in patients.columns if c.startswith(prefix))
+        if voxel and not any(k.rsplit(" | ", 1)[0] == family for k in models):
+            models[f"{family} | {ALONE}"] = voxel
+        if f"{prefix}precentral" in patients.columns:
+            models[f"{family} precentral | {ALONE}"] = [f"{prefix}precentral"]
     covariates = models.get(f"covariates | {ALONE}")
     if not covariates:
         # the run fitted none (e.g. a site indicator constant among the patients): age + sex + the
@@ -223,9 +239,10 @@ def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed
     """The truth-aware metrics (benchmarks/truth_eval.py) of every model of one run, from the run's
     patients.csv and the cohort's truth, independent of which of them `ndae evaluate` reports.
     Held-out controls: the ones the run kept out of every fit (evaluation.json
-    `held_out_controls`), with their NDAE scores from its deviations.csv. The voxel-wise baseline
-    is fitted here on the run's training controls (prepared images of the run's cache) for those
-    controls' scores, and for the patients' where the run has no voxel-wise features."""
+    `held_out_controls`), with their NDAE scores from its deviations.csv. The voxel-wise baselines
+    (raw and high-pass) are fitted here on the run's training controls (prepared images of the
+    run's cache) for those controls' scores, and for the patients' where the run has no such features."""
+    from ndae.baselines.voxelwise import HIGHPASS_SIGMA
     from ndae.data.manifest import read_manifest
 
     patients = pd.read_csv(out / "patients.csv", dtype={"subject": str}).sort_values("subject").reset_index(drop=True)
@@ -234,10 +251,14 @@ def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed
     held = [str(s) for s in (evaluation.get("held_out_controls") or {}).get("subjects", [])]
     controls = manifest.loc[(manifest["group"].astype(str) == "control") & ~manifest["subject"].astype(str).isin(held),
                             "subject"].astype(str)
-    voxel, held_out, info = voxelwise_scores(cohort, Path(args.work) / f"cache-{cohort.name}", controls,
-                                             patients["subject"], seed=seed, held_out=held or None)
-    if not any(c.startswith("z_voxel_") for c in patients.columns):
-        patients = patients.merge(voxel, on="subject", how="left")
+    infos, held_out = {}, None
+    for (family, prefix), sigma in zip(VOXELWISE_PREFIXES, (None, HIGHPASS_SIGMA)):
+        voxel, held_voxel, infos[family] = voxelwise_scores(cohort, Path(args.work) / f"cache-{cohort.name}", controls,
+                                                            patients["subject"], seed=seed, held_out=held or None,
+                                                            highpass_sigma=sigma)
+        if not any(c.startswith(prefix) for c in patients.columns):
+            patients = patients.merge(voxel, on="subject", how="left")
+        held_out = held_voxel if held_out is None else held_out.merge(held_voxel, on="subject", how="outer")
     if held:
         for name in ("deviations.csv", "image_deviations.csv"):  # the second only with image-space features
             if not (out / name).exists():
@@ -248,10 +269,11 @@ def truth_evaluation(args, cohort: Path, out: Path, per_fold: pd.DataFrame, seed
                                       on="subject", how="outer")
     models = run_models(per_fold, patients)
     truth, cohort_json = cohort_truth(cohort, patients["subject"])
-    references = tuple(k for k in (f"covariates | {ALONE}", f"{VOXELWISE} | {ALONE}", f"{VOXELWISE} | {WITH}") if k in models)
+    references = tuple(k for k in (f"covariates | {ALONE}", f"{VOXELWISE} | {ALONE}", f"{VOXELWISE} | {WITH}",
+                                   f"{VOXELWISE_HIGHPASS} | {ALONE}", f"{VOXELWISE_HIGHPASS} | {WITH}") if k in models)
     result = evaluate_models(patients, models, truth, cohort_json, folds=args.folds, seed=seed, draws=args.draws,
                              penalizer=args.truth_penalizer, references=references, held_out=held_out)
-    result["voxelwise"] = info
+    result["voxelwise"], result["voxelwise_highpass"] = infos[VOXELWISE], infos[VOXELWISE_HIGHPASS]
     result["held_out_controls"] = len(held)
     return result
 
@@ -329,7 +351,8 @@ def render(raw: dict) -> str:
     lines += [
         "", "Models: NDAE = deviation of the DAE's z_sem from the normative model (cosine, Mahalanobis, all "
         "scores); regional normative z = PCNtoolkit-style z-scores of label-map volumes/intensities; voxel-wise normative "
-        "z = per-voxel normative model of the MNI-grid images (age, sex, site), mean z per atlas region; autoencoder = "
+        "z = per-voxel normative model of the MNI-grid images (age, sex, site), mean z per atlas region (high-pass: "
+        "the same on each image minus its within-brain Gaussian blur); autoencoder = "
         "conv. AE reconstruction error + latent Mahalanobis; z_sem PCA = no normative model; brain-age gap from "
         "z_sem. The oracle row is a Cox model on the true linear predictor. " + _covariates_text(raw["table"]), "",
         "NDAE cosine, HR per SD of the patients' cosine: "
@@ -348,12 +371,15 @@ def render(raw: dict) -> str:
     return "\n".join(lines)
 
 
-def _reference_of(model: str) -> tuple[str, str | None]:
+def _reference_of(model: str) -> tuple[str, str | None, str | None]:
     """The rows a model's difference columns compare with: covariates alone; the voxel-wise
-    baseline of the same variant (none for the voxel-wise rows themselves)."""
-    variant = model.split(" | ")[-1]
-    voxel = None if model.startswith(VOXELWISE) else f"{VOXELWISE} | {WITH if variant == WITH else ALONE}"
-    return f"covariates | {ALONE}", voxel
+    baseline of the same variant, and the high-pass voxel-wise baseline of the same variant (none
+    for the rows of that baseline itself; the raw and high-pass rows are compared with each other)."""
+    variant = WITH if model.split(" | ")[-1] == WITH else ALONE
+    family = _voxelwise_family(model)
+    voxel = None if family == VOXELWISE else f"{VOXELWISE} | {variant}"
+    highpass = None if family == VOXELWISE_HIGHPASS else f"{VOXELWISE_HIGHPASS} | {variant}"
+    return f"covariates | {ALONE}", voxel, highpass
 
 
 def truth_section(raw: dict) -> list[str]:
@@ -365,6 +391,7 @@ def truth_section(raw: dict) -> list[str]:
     patients = sorted({r["truth"]["patients"] for r in raw["runs"]})
     anatomies = sorted({r["truth"]["source_anatomies"] for r in raw["runs"]})
     voxel = first.get("voxelwise", {})
+    highpass = first.get("voxelwise_highpass")
     lines = [
         "### Truth-aware metrics", "",
         f"Per model, mean over {len(raw['runs'])} run(s) ({len({r['cohort_seed'] for r in raw['runs']})} cohort seed(s)); "
@@ -379,14 +406,21 @@ def truth_section(raw: dict) -> list[str]:
         f"`ndae.baselines.voxelwise` fitted on {voxel.get('training_controls')} training controls "
         f"({voxel.get('voxels_modelled')} voxels, stride {voxel.get('stride')}); its held-out controls for the AUROC: "
         f"{voxel.get('held_out')}" + ("" if first.get("held_out_controls") else
-                                      "; NDAE scores have no AUROC here: the run held no controls out") + ".", "",
+                                      "; NDAE scores have no AUROC here: the run held no controls out") + ". "
+        + (f"High-pass voxel-wise baseline: the same, on each image minus its within-brain Gaussian blur (σ "
+           f"{highpass.get('highpass_sigma'):g} voxels), so that a gain that is only spatial filtering shows."
+           if highpass and highpass.get("highpass_sigma") else
+           "(These runs predate the high-pass voxel-wise baseline: its columns show –.)"), "",
         *table_lines(rows, _reference_of, _label), "",
         "Reading (computed): " + truth_reading(
             [r for r in rows if r["model"].endswith(ALONE)],
-            {f"covariates | {ALONE}": "covariates alone", f"{VOXELWISE} | {ALONE}": "the voxel-wise baseline alone"}, _label)
+            {f"covariates | {ALONE}": "covariates alone", f"{VOXELWISE} | {ALONE}": "the voxel-wise baseline alone",
+             f"{VOXELWISE_HIGHPASS} | {ALONE}": "the high-pass voxel-wise baseline alone"}, _label)
         + " " + truth_reading([r for r in rows if r["model"].endswith(WITH)],
                               {f"covariates | {ALONE}": "covariates alone",
-                               f"{VOXELWISE} | {WITH}": "the voxel-wise baseline with covariates"}, _label), "",
+                               f"{VOXELWISE} | {WITH}": "the voxel-wise baseline with covariates",
+                               f"{VOXELWISE_HIGHPASS} | {WITH}": "the high-pass voxel-wise baseline with covariates"},
+                              _label), "",
     ]
     refused = {r["model"]: r["refused"] for r in rows if r.get("refused")}
     if refused:

@@ -10,7 +10,8 @@ metrics of issue 15.2, all from `ndae.evaluation.truth_metrics`:
 - `risk_concordance` of the out-of-fold risk with the true linear predictor;
 - single-score models: `severity_spearman` and the AUROC of patients vs held-out controls (where
   the caller has controls the score's normative model did not see);
-- paired differences to reference models (the covariates-only model, the voxel-wise baseline):
+- paired differences to reference models (the covariates-only model, the voxel-wise baseline on
+  the raw images and on their within-brain high-pass, `voxelwise_scores(highpass_sigma=...)`):
   over the draws (`paired_difference`) and on the observed C by resampling source anatomies
   (`paired_bootstrap_c`, against the first reference only: it is the slow part).
 
@@ -34,6 +35,7 @@ from ndae.errors import NdaeError
 
 COVARIATES = ["age", "sex_female"]  # + site indicators, added by `covariate_columns`
 VOXELWISE = "voxel-wise normative z"
+VOXELWISE_HIGHPASS = "voxel-wise normative z (high-pass)"  # NB: starts with VOXELWISE
 
 
 class BenchmarkInputError(NdaeError):
@@ -74,13 +76,16 @@ def with_site_indicators(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients, held_out_folds: int = 5,
-                     seed: int = 0, held_out=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                     seed: int = 0, held_out=None, highpass_sigma: float | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The voxel-wise normative baseline of one cohort (`ndae.baselines.voxelwise`), from the
     prepared MNI-grid images in `cache_dir` (one folder, or {subject: folder}): fitted on `training_controls` (subjects) only, the
     patients scored by that fit. `held_out`: controls no fit saw (e.g. the ones `ndae evaluate` held
     out), scored by that fit; without them every training control is scored out of sample by K-fold
     cross-fitting (fitted on the other folds). Either way the AUROC compares patients with controls
-    the scoring model did not see. Returns (patients' features, held-out controls' features, info)."""
+    the scoring model did not see. `highpass_sigma` (voxels): the high-pass variant, on each image's
+    within-brain high-pass (`z_highpass_voxel_<region>` columns); None: the raw images.
+    Returns (patients' features, held-out controls' features, info)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
@@ -104,7 +109,7 @@ def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = VoxelwiseNormativeBaseline().fit(controls, image)
+        model = VoxelwiseNormativeBaseline(highpass_sigma=highpass_sigma).fit(controls, image)
         patient_features = model.features(patients, image)
         held = []
         if held_out:
@@ -115,9 +120,11 @@ def voxelwise_scores(cohort: Path, cache_dir: Path, training_controls, patients,
         splitter = (StratifiedKFold if per_site.min() >= held_out_folds else KFold)(
             n_splits=max(held_out_folds, 2), shuffle=True, random_state=seed)
         for train, test in (splitter.split(controls, controls["site"]) if held_out_folds else ()):
-            fold = VoxelwiseNormativeBaseline().fit(controls.iloc[train].reset_index(drop=True), image)
+            fold = VoxelwiseNormativeBaseline(highpass_sigma=highpass_sigma).fit(
+                controls.iloc[train].reset_index(drop=True), image)
             held.append(fold.features(controls.iloc[test].reset_index(drop=True), image))
     info = {"training_controls": int(len(controls)), "voxels_modelled": int(len(model.voxels)), "stride": model.stride,
+            "highpass_sigma": highpass_sigma,
             "held_out": (f"the {len(held_out)} controls the run held out of every fit" if held_out else
                          f"{held_out_folds}-fold cross-fit over the training controls")}
     return patient_features, pd.concat(held, ignore_index=True), info
@@ -299,14 +306,20 @@ def _difference_cell(row: dict, reference: str | None) -> str:
 
 def table_lines(rows: list[dict], reference_of, label=lambda name: name) -> list[str]:
     """The truth-aware table in Markdown. `reference_of(model) -> (covariates reference, voxel-wise
-    reference)`: the model names its difference columns compare with (None: no column)."""
+    reference[, high-pass voxel-wise reference])`: the model names its difference columns compare
+    with (None: no column entry). With a third reference the table has the "Δ vs high-pass
+    voxel-wise" column (a row without that difference, e.g. from results saved before it: "–")."""
+    references = {row["model"]: tuple(reference_of(row["model"])) for row in rows}
+    highpass = any(len(r) > 2 for r in references.values())
     lines = ["| model | observed Harrell's C | Uno's C | expected C (sd per draw) | risk concordance | ρ severity "
-             "| AUROC vs held-out controls | Δ expected C vs covariates [95 % CI] | Δ vs voxel-wise [95 % CI] |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC vs held-out controls | Δ expected C vs covariates [95 % CI] | Δ vs voxel-wise [95 % CI] |"
+             + (" Δ vs high-pass voxel-wise [95 % CI] |" if highpass else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if highpass else "")]
     for row in rows:
-        covariates, voxelwise = reference_of(row["model"])
+        covariates, voxelwise, *rest = references[row["model"]]
         lines.append(
             f"| {label(row['model'])} | {_fmt(row['harrell_c'])} | {_fmt(row['uno_c'])} | {_fmt(row['expected_c'])} "
             f"({_fmt(row['sd_per_draw'])}) | {_fmt(row['risk_concordance'])} | {_fmt(row['severity_spearman'], 2)} | "
-            f"{_fmt(row['auroc_vs_held_out_controls'])} | {_difference_cell(row, covariates)} | {_difference_cell(row, voxelwise)} |")
+            f"{_fmt(row['auroc_vs_held_out_controls'])} | {_difference_cell(row, covariates)} | {_difference_cell(row, voxelwise)} |"
+            + (f" {_difference_cell(row, rest[0] if rest else None)} |" if highpass else ""))
     return lines

@@ -70,3 +70,42 @@ def test_rows_out_of_truth_order_are_refused():
     table, truth, cohort_json = cohort(0, n_sources=10)
     with pytest.raises(BenchmarkInputError, match="subject order"):
         evaluate_models(table.iloc[::-1].reset_index(drop=True), {"score": ["score"]}, truth, cohort_json, draws=0)
+
+
+def test_both_voxel_wise_baselines_are_models_and_references_and_old_results_render():
+    import json
+    from pathlib import Path
+
+    from benchmarks.bench_survival import RESULTS, _reference_of, render, run_models
+    from benchmarks.truth_eval import VOXELWISE, VOXELWISE_HIGHPASS, table_lines
+
+    # the run fitted the high-pass baseline but not the raw one: the raw one is still added from
+    # its columns (its name is a prefix of the high-pass one's), and each gets its precentral score
+    patients = pd.DataFrame({"subject": ["p0", "p1"], "age": [60.0, 70.0], "sex_female": [0.0, 1.0],
+                             "z_voxel_precentral": [0.1, 0.2], "z_voxel_whole_brain": [0.0, 0.1],
+                             "z_highpass_voxel_precentral": [0.3, 0.4], "z_highpass_voxel_whole_brain": [0.1, 0.2]})
+    per_fold = pd.DataFrame({"model": ["covariates", VOXELWISE_HIGHPASS], "variant": ["alone", "alone"],
+                             "features": ["age, sex_female", "z_highpass_voxel_precentral, z_highpass_voxel_whole_brain"]})
+    models = run_models(per_fold, patients)
+    assert models[f"{VOXELWISE} | alone"] == ["z_voxel_precentral", "z_voxel_whole_brain"]
+    assert models[f"{VOXELWISE} precentral | alone"] == ["z_voxel_precentral"]
+    assert models[f"{VOXELWISE_HIGHPASS} precentral | alone"] == ["z_highpass_voxel_precentral"]
+    assert models[f"{VOXELWISE_HIGHPASS} | with covariates"] == ["age", "sex_female", "z_highpass_voxel_precentral",
+                                                                  "z_highpass_voxel_whole_brain"]
+    # every model is compared with both baselines of its variant, a baseline's own rows with the other one only
+    assert _reference_of("NDAE cosine | with covariates") == (
+        "covariates | alone", f"{VOXELWISE} | with covariates", f"{VOXELWISE_HIGHPASS} | with covariates")
+    assert _reference_of(f"{VOXELWISE} precentral | alone") == ("covariates | alone", None, f"{VOXELWISE_HIGHPASS} | alone")
+    assert _reference_of(f"{VOXELWISE_HIGHPASS} | alone") == ("covariates | alone", f"{VOXELWISE} | alone", None)
+    # a row saved before the high-pass baseline: "–" in its column; a two-reference caller keeps the old table
+    row = {"model": "NDAE cosine | alone", "harrell_c": 0.6, "uno_c": 0.6, "expected_c": 0.6, "sd_per_draw": 0.02,
+           "risk_concordance": 0.7, "severity_spearman": 0.5, "auroc_vs_held_out_controls": None,
+           "versus": {f"{VOXELWISE} | alone": {"d": 0.01, "low": -0.01, "high": 0.03}}}
+    header, _, line = table_lines([row], _reference_of)
+    assert header.endswith("| Δ vs voxel-wise [95 % CI] | Δ vs high-pass voxel-wise [95 % CI] |")
+    assert line.endswith("| – | +0.010 [-0.010, +0.030] | – |")
+    old_layout = table_lines([row], lambda model: ("covariates | alone", None))
+    assert old_layout[0].endswith("| Δ vs voxel-wise [95 % CI] |") and old_layout[2].endswith("| – | – |")
+    saved = RESULTS / "survival.json"  # the shipped results (saved before the high-pass baseline, or after)
+    if saved.exists():
+        assert "Δ vs high-pass voxel-wise" in render(json.loads(Path(saved).read_text()))

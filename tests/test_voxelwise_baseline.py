@@ -11,6 +11,7 @@ from ndae.baselines.voxelwise import (
     ATLAS_REGIONS,
     SUMMARIES,
     VoxelwiseNormativeBaseline,
+    highpass,
     load_atlas,
     majority_vote,
     muse_to_regions,
@@ -50,20 +51,24 @@ def _images(covariates, rng, atlas, severity=None):
     return images
 
 
-def test_per_site_sums_give_the_pooled_fit():
+@pytest.mark.parametrize("highpass_sigma", [None, 4.0])
+def test_per_site_sums_give_the_pooled_fit(highpass_sigma):
+    # the high-pass uses each subject's own image only, so its statistics sum exactly too
     rng = np.random.default_rng(0)
     atlas = _small_atlas()
     controls = _subjects(60, rng)
     images = _images(controls, rng, atlas)
-    pooled = VoxelwiseNormativeBaseline(atlas=atlas, stride=1).fit(controls, images)
-    federated = VoxelwiseNormativeBaseline(atlas=atlas, stride=1)
+    pooled = VoxelwiseNormativeBaseline(atlas=atlas, stride=1, highpass_sigma=highpass_sigma).fit(controls, images)
+    federated = VoxelwiseNormativeBaseline(atlas=atlas, stride=1, highpass_sigma=highpass_sigma)
     stats = [federated.statistics(controls[controls.site == s], images[(controls.site == s).to_numpy()])
              for s in ("a", "b", "c")]
     federated.fit_stats(sum(stats[1:], stats[0]))
     a, b = pooled.features(controls, images), federated.features(controls, images)
     np.testing.assert_allclose(a.drop(columns="subject").to_numpy(), b.drop(columns="subject").to_numpy(), atol=1e-8)
     # a fit that ignored site would leave the site offsets in the controls' z
-    z = a.set_index("subject")["z_voxel_precentral"]
+    prefix = "z_voxel_" if highpass_sigma is None else "z_highpass_voxel_"
+    assert list(a.columns) == ["subject", *[prefix + name for name in ("precentral", "white_matter", "whole_brain")]]
+    z = a.set_index("subject")[prefix + "precentral"]
     assert z.groupby(controls.set_index("subject")["site"]).mean().abs().max() < 0.05
 
 
@@ -132,3 +137,67 @@ def test_voxels_constant_among_the_controls_do_not_swamp_their_region():
     assert np.isfinite(z.to_numpy(float)).all()
     assert np.abs(z.to_numpy(float)).max() < 20, z
     assert model.informative_.sum() < len(model.voxels)  # the constant voxels were recognised
+
+
+def _cortex_atlas():
+    """A 20-voxel white-matter cube (9) with a 4-voxel precentral cube (1) inside it: a region
+    with brain around it, as in a real brain."""
+    atlas = np.zeros(GRID, np.int8)
+    atlas[30:50, 40:60, 30:50] = 9
+    atlas[38:42, 48:52, 38:42] = 1
+    return atlas
+
+
+def test_the_highpass_removes_a_smooth_intensity_field_and_keeps_a_focal_effect():
+    rng = np.random.default_rng(4)
+    atlas = _cortex_atlas()
+    controls, patients = _subjects(40, rng), _subjects(30, rng)
+    patients["subject"] = [f"p{i:03d}" for i in range(30)]
+    control_images = _images(controls, rng, atlas)
+    severity = rng.uniform(0, 1, 30)
+    patient_images = _images(patients, rng, atlas, severity)
+    # a smooth field (scanner bias): an offset and a gentle gradient over the whole grid
+    x, y, _ = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in GRID), indexing="ij")
+    field = (0.3 + 0.005 * (x - 40) + 0.003 * (y - 50)).astype(np.float32)
+    biased = patient_images + field[None]
+    shift = {}
+    for sigma in (None, 4.0):
+        model = VoxelwiseNormativeBaseline(atlas=atlas, stride=1, n_iterations=20, highpass_sigma=sigma).fit(
+            controls, control_images)
+        clean, moved = (model.features(patients, im).set_index("subject") for im in (patient_images, biased))
+        shift[sigma] = (moved - clean).abs().mean()
+        precentral = clean[model.feature_prefix + "precentral"]
+        # the focal effect (precentral lower than the white matter around it) is found by both
+        assert spearmanr(precentral, severity).statistic < -0.8, sigma
+        assert precentral.mean() < -1.0, sigma
+    raw, high = shift[None], shift[4.0]
+    assert raw["z_voxel_precentral"] > 1.5 and raw["z_voxel_white_matter"] > 1.5, raw
+    assert high["z_highpass_voxel_precentral"] < 0.1 and high["z_highpass_voxel_white_matter"] < 0.3, high
+
+
+def test_the_highpass_blur_uses_brain_voxels_only():
+    rng = np.random.default_rng(5)
+    atlas = _cortex_atlas()
+    brain = atlas > 0
+    image = np.full(GRID, -1.0, np.float32)
+    image[brain] = 0.4  # a constant brain: its within-brain blur is the constant, its high-pass 0
+    image[30:50, 40:60, 30:33] = -1.0  # this subject's brain is smaller than the atlas: background inside it
+    inside = brain & (image > -1)
+    assert np.abs(highpass(image, brain, 4.0)[inside]).max() < 1e-5
+    # anything outside the atlas (skull, noise, another image's brain) changes nothing inside it
+    other = image.copy()
+    other[~brain] = rng.uniform(-1, 1, int((~brain).sum()))
+    np.testing.assert_array_equal(highpass(other, brain, 4.0)[brain], highpass(image, brain, 4.0)[brain])
+    # a plain blur would have pulled the brain's edge towards the background
+    from scipy.ndimage import gaussian_filter
+
+    assert np.abs((image - gaussian_filter(image, 4.0))[inside]).max() > 0.1
+    # the baseline's high-pass (on the box around the atlas's brain) is the whole grid's, at its voxels
+    covariates = _subjects(2, rng)
+    model = VoxelwiseNormativeBaseline(atlas=atlas, stride=2, highpass_sigma=4.0)
+    images = np.stack([image, other])
+    stats = model.statistics(covariates, images)
+    expected = sum(highpass(im, brain, 4.0).reshape(-1)[model.voxels].astype(np.float64) for im in images)
+    np.testing.assert_allclose(stats.sum_y, expected, atol=1e-5)
+    with pytest.raises(NdaeError, match="highpass_sigma"):
+        VoxelwiseNormativeBaseline(atlas=atlas, highpass_sigma=0.0)

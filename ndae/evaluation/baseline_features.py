@@ -1,7 +1,9 @@
 """Step 4 of `ndae evaluate`: the baselines' features for every subject.
 
 Regional normative z-scores of MUSE-style measures, a voxel-wise normative model of the MNI-grid
-images summarised over the shipped population atlas, an image autoencoder, PCA of z_sem and the
+images summarised over the shipped population atlas (on the raw images, "voxel-wise normative z",
+and on their within-brain high-pass, "voxel-wise normative z (high-pass)", so that a gain that is
+only spatial filtering shows), an image autoencoder, PCA of z_sem and the
 brain-age gap (`ndae.baselines`), each fitted on the training controls only (the held-out
 controls, `ndae.evaluation.held_out`, are scored like patients). A baseline the data cannot
 support (e.g. no label maps) is skipped with its reason, and the others go on. Each normative
@@ -69,32 +71,44 @@ def baseline_features(subjects: list[str], z_sem: np.ndarray, rows: pd.DataFrame
         skipped["regional normative z"] = str(error)
     result.timings["baseline_regional_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    try:
-        from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
+    from ndae.baselines.voxelwise import HIGHPASS_SIGMA
 
-        def image(subject: str) -> np.ndarray:
-            return load_prepared(cache_dir, subject).image
+    atlas = None  # read once, shared by both variants
+    for name, sigma, timing in (("voxel-wise normative z", None, "baseline_voxelwise_s"),
+                                ("voxel-wise normative z (high-pass)", HIGHPASS_SIGMA, "baseline_voxelwise_highpass_s")):
+        t0 = time.perf_counter()
+        try:
+            from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline, load_atlas
 
-        voxelwise = VoxelwiseNormativeBaseline(min_controls=options.min_controls).fit(
-            covariates[controls].reset_index(drop=True), image)
-        frame = voxelwise.features(covariates, image)
-        frames.append(frame)
-        features["voxel-wise normative z"] = [c for c in frame.columns if c != "subject"]
-        info["voxel-wise normative z"] = {"voxels_modelled": int(len(voxelwise.voxels)), "stride": voxelwise.stride,
-                                          "regions": features["voxel-wise normative z"]}
-        voxel_z = {}
-        for name, mask in (("training", controls), ("held_out", held_out)):
-            picked = covariates[mask].reset_index(drop=True)
-            voxel_z[name] = (np.concatenate([z[:, voxelwise.informative_].reshape(-1)  # as in the region means
-                                             for _, z in voxelwise.z_maps(picked, image)])
-                             if len(picked) else np.array([]))
-        result.calibration["voxel-wise normative z"] = calibration_pair(voxel_z["training"], voxel_z["held_out"],
-                                                                        controls.sum(), held_out.sum())
-        result.fitted_on["voxel-wise normative z"] = training_subjects
-    except BaselineUnavailable as error:
-        skipped["voxel-wise normative z"] = str(error)
-    result.timings["baseline_voxelwise_s"] = time.perf_counter() - t0
+            def image(subject: str) -> np.ndarray:
+                return load_prepared(cache_dir, subject).image
+
+            atlas = load_atlas() if atlas is None else atlas
+            voxelwise = VoxelwiseNormativeBaseline(atlas=atlas, min_controls=options.min_controls,
+                                                   highpass_sigma=sigma).fit(
+                covariates[controls].reset_index(drop=True), image)
+            frame = voxelwise.features(covariates, image)
+            frames.append(frame)
+            features[name] = [c for c in frame.columns if c != "subject"]
+            info[name] = {"voxels_modelled": int(len(voxelwise.voxels)), "stride": voxelwise.stride,
+                          "regions": features[name]}
+            if sigma is not None:
+                from ndae.data.template import output_grid
+
+                spacing = float(np.abs(output_grid().affine[0, 0]))  # 2 mm
+                info[name].update(highpass_sigma_voxels=float(sigma), highpass_sigma_mm=spacing * float(sigma))
+            voxel_z = {}
+            for part, mask in (("training", controls), ("held_out", held_out)):
+                picked = covariates[mask].reset_index(drop=True)
+                voxel_z[part] = (np.concatenate([z[:, voxelwise.informative_].reshape(-1)  # as in the region means
+                                                 for _, z in voxelwise.z_maps(picked, image)])
+                                 if len(picked) else np.array([]))
+            result.calibration[name] = calibration_pair(voxel_z["training"], voxel_z["held_out"],
+                                                        controls.sum(), held_out.sum())
+            result.fitted_on[name] = training_subjects
+        except BaselineUnavailable as error:
+            skipped[name] = str(error)
+        result.timings[timing] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     try:
