@@ -17,8 +17,9 @@ from ndae.evaluation.inputs import check_manifest, read_truth
 from ndae.evaluation.pipeline import EvaluationOptions
 from ndae.evaluation.toy import write_toy_cohort
 
-MODELS = ("covariates", "NDAE cosine", "NDAE Mahalanobis", "NDAE deviation scores", "regional normative z",
-          "voxel-wise normative z", "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
+MODELS = ("covariates", "NDAE cosine", "NDAE centred cosine", "NDAE Mahalanobis", "NDAE deviation scores",
+          "NDAE prior residual", "NDAE prior residual (own z_sem)", "regional normative z",
+          "voxel-wise normative z", "voxel-wise normative z (high-pass)", "autoencoder", "z_sem PCA", "brain-age gap", "oracle (true risk)")
 IMAGE_MODELS = ("NDAE image-space deviation", "NDAE image mean abs z")  # with --image-deviation-steps
 
 
@@ -170,6 +171,15 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     assert {"z_image_precentral", "image_mean_abs_z"} <= set(patients.columns)
     assert (out / "normative_image" / "model.json").exists()
     assert "NDAE image-space z" in result["calibration"] and result["timings"]["image_deviations_s"] > 0
+    # regional deviations from the diffusion prior: every subject's, both conditionings, a model each
+    prior = pd.read_csv(out / "prior_deviations.csv")
+    assert sorted(prior["subject"]) == sorted(manifest_table["subject"])
+    assert {"z_prior_precentral", "z_prior_own_precentral", "z_prior_ventricles"} <= set(prior.columns)
+    assert {"z_prior_precentral", "z_prior_own_precentral", "cosine_centred"} <= set(patients.columns)
+    assert (out / "normative_prior" / "model.json").exists() and (out / "prior_residuals.csv").exists()
+    swap = result["prior_residuals"]
+    assert swap["levels"] == [100, 250, 400] and swap["relative_change"] >= 0
+    assert "z_sem use (swap test)" in report and report.splitlines()[2].startswith("**Verdict.**")
     assert set(result["normative_fits"]) >= {"NDAE latent normative model", "regional normative z",
                                              "voxel-wise normative z", "autoencoder"}
     for name, fitted in result["normative_fits"].items():

@@ -10,10 +10,12 @@ from ndae.presets import PRESETS
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="DAE → normative model → deviations → survival, plus six baselines, on any manifest",
+        help="DAE → normative model → deviations → survival, plus seven baselines, on any manifest",
         description="Train the DAE on the manifest's controls, encode everyone, fit the normative model, score "
         "deviations, and cross-validate Cox models (Harrell's and Uno's C, the same folds for every model) for the "
-        "NDAE scores and six baselines (covariates; regional normative z-scores; voxel-wise normative z; a "
+        "NDAE scores (z_sem: the paper's cosine, z, Mahalanobis; image space: regional deviations from the diffusion "
+        "prior) and seven baselines (covariates; regional normative z-scores; voxel-wise normative z, raw and "
+        "high-passed; a "
         "convolutional autoencoder; PCA of z_sem; brain-age gap), folds grouped by source anatomy. A fraction of the "
         "controls is held out of every fit (AUROC, calibration). Writes OUT/report.md, OUT/evaluation.json, "
         "OUT/km_cosine.png, OUT/c_index.png and the run files. With --truth (a CSV with subject, risk; optional "
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also the image-space NDAE features (the deviation map of the normative decode, mean z "
                         "per atlas region) with this many DDIM steps per inversion and decode (default 0: off; "
                         "50 on the tiny DAE; costs 3 x STEPS network passes per subject)")
+    parser.add_argument("--no-prior-residuals", action="store_true",
+                        help="skip the regional deviations from the diffusion prior (x − x̂₀ of the denoiser "
+                        "conditioned on the normative z_sem, per atlas region; 18 network passes per subject)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     from ndae.run_folder import add_rerun_flags
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, steps=args.steps, inversion_steps=args.inversion_steps, folds=args.folds, seed=args.seed,
         penalizer=args.penalizer, autoencoder_steps=args.autoencoder_steps, cache_dir=args.cache, device=args.device,
         progress=not args.quiet, draws=args.draws, held_out_controls=args.held_out_controls,
-        image_deviation_steps=args.image_deviation_steps,
+        image_deviation_steps=args.image_deviation_steps, prior_residuals=not args.no_prior_residuals,
     )
     from ndae.run_folder import claim_output
 

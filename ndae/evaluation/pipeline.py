@@ -48,7 +48,8 @@ from ndae.evaluation.inputs import check_manifest, cohort_survival_model, read_t
 from ndae.evaluation.truth_aware import row_key, truth_aware_metrics
 from ndae.io import atomic_write_json, atomic_write_text, finite_or_null
 
-NDAE_SCORES = ("cosine", "mean_abs_z", "max_abs_z", "mahalanobis")
+NDAE_SCORES = ("cosine", "mean_abs_z", "max_abs_z", "mahalanobis")  # "NDAE deviation scores"
+LATENT_SCORES = (*NDAE_SCORES, "cosine_centred")  # every z_sem score in patients.csv
 
 
 @dataclass
@@ -72,6 +73,26 @@ class EvaluationOptions:
     # > 0: also the image-space NDAE features (ndae.deviation.image_features) with this many DDIM
     # steps for the inversion and each decode; 0: off (they cost 3 × steps U-Net passes a subject)
     image_deviation_steps: int = 0
+    # the regional normative deviations from the diffusion prior (ndae.deviation.prior_residuals):
+    # 6 U-Net passes per subject and level (3 levels × 2 draws × own, normative, swapped z_sem)
+    prior_residuals: bool = True
+
+
+def standardised_regions(raw: pd.DataFrame, covariates: pd.DataFrame, controls: np.ndarray, prefix: str,
+                         z_prefix: str, model_dir: Path):
+    """z-scores of region features (columns `prefix<region>` of `raw`, rows matched to `covariates`)
+    from a normative model (age, sex, site) of the training controls' values: `(names, z)`."""
+    from ndae.normative.model import NormativeModel, OutOfRangeWarning
+
+    raw = raw.set_index("subject").loc[covariates["subject"].astype(str)].reset_index()
+    regions = [c for c in raw.columns if c.startswith(prefix)]
+    values = raw[regions].to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        model = NormativeModel().fit(covariates[controls].reset_index(drop=True), values[controls], regions)
+        z = model.z_scores(covariates.reset_index(drop=True), values)
+    model.save(model_dir)
+    return [f"{z_prefix}{c[len(prefix):]}" for c in regions], z
 
 
 def image_space_scores(out: Path, manifest_path: Path, cache_dir: Path, normative, covariates: pd.DataFrame,
@@ -80,19 +101,10 @@ def image_space_scores(out: Path, manifest_path: Path, cache_dir: Path, normativ
     normative model of the region means fitted on the training controls: a frame `subject` +
     `z_image_<region>` + `image_mean_abs_z`, its models, and the held-out controls' calibration."""
     from ndae.deviation.image_features import PREFIX, image_deviation_features
-    from ndae.normative.model import NormativeModel, OutOfRangeWarning
 
     raw = image_deviation_features(out, manifest_path, cache_dir, normative, options.image_deviation_steps,
                                    device=options.device)
-    raw = raw.set_index("subject").loc[covariates["subject"].astype(str)].reset_index()
-    regions = [c for c in raw.columns if c.startswith(PREFIX)]
-    values = raw[regions].to_numpy(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OutOfRangeWarning)
-        model = NormativeModel().fit(covariates[controls].reset_index(drop=True), values[controls], regions)
-        z = model.z_scores(covariates.reset_index(drop=True), values)
-    model.save(out / "normative_image")
-    names = [f"z_image_{c[len(PREFIX):]}" for c in regions]
+    names, z = standardised_regions(raw, covariates, controls, PREFIX, "z_image_", out / "normative_image")
     frame = pd.DataFrame(z, columns=names)
     frame.insert(0, "subject", covariates["subject"].astype(str).to_numpy())
     frame["image_mean_abs_z"] = np.abs(z).mean(axis=1)
@@ -101,6 +113,34 @@ def image_space_scores(out: Path, manifest_path: Path, cache_dir: Path, normativ
     features = {"NDAE image-space deviation": names, "NDAE image mean abs z": ["image_mean_abs_z"]}
     calibration = {"NDAE image-space z": calibration_pair(z[controls], z[held_out], controls.sum(), held_out.sum())}
     return frame, features, calibration
+
+
+PRIOR_MODELS = {"normative": "NDAE prior residual", "own": "NDAE prior residual (own z_sem)"}
+
+
+def prior_residual_scores(out: Path, manifest_path: Path, cache_dir: Path, normative, covariates: pd.DataFrame,
+                          controls: np.ndarray, held_out: np.ndarray, options: EvaluationOptions):
+    """The regional normative deviations from the diffusion prior (`ndae.deviation.prior_residuals`)
+    of every subject, each region's residual z-scored against the training controls' (a normative
+    model of its own, `normative_prior/` and `normative_prior_own/`): a frame `subject` +
+    `z_prior_<region>` + `z_prior_own_<region>`, its two models, the calibration and the swap test.
+    The raw region means (before the z-scores) are kept in `prior_residuals.csv`."""
+    from ndae.deviation.prior_residuals import NORMATIVE, OWN, PREFIX, prior_residual_features
+
+    raw, swap = prior_residual_features(out, manifest_path, cache_dir, normative, device=options.device,
+                                        subjects=covariates["subject"])
+    atomic_write_text(out / "prior_residuals.csv", raw.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    frame = pd.DataFrame({"subject": covariates["subject"].astype(str).to_numpy()})
+    features, calibration = {}, {}
+    for kind, folder in ((NORMATIVE, "normative_prior"), (OWN, "normative_prior_own")):
+        names, z = standardised_regions(raw[["subject", *[c for c in raw.columns if c.startswith(PREFIX[kind])
+                                                             and (kind == OWN or not c.startswith(PREFIX[OWN]))]]],
+                                        covariates, controls, PREFIX[kind], f"z_{PREFIX[kind]}", out / folder)
+        frame = pd.concat([frame, pd.DataFrame(z, columns=names)], axis=1)
+        features[PRIOR_MODELS[kind]] = names
+        calibration[f"{PRIOR_MODELS[kind]} z"] = calibration_pair(z[controls], z[held_out], controls.sum(), held_out.sum())
+    atomic_write_text(out / "prior_deviations.csv", frame.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    return frame, features, calibration, swap
 
 
 def _log(options: EvaluationOptions, message: str) -> None:
@@ -185,6 +225,16 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         image_frames.append(frame)
         calibration.update(image_calibration)
         timings["image_deviations_s"] = time.perf_counter() - t0
+    prior_swap = None
+    if options.prior_residuals:
+        _log(options, "regional deviations from the diffusion prior")
+        t0 = time.perf_counter()
+        frame, prior_features, prior_calibration, prior_swap = prior_residual_scores(
+            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options)
+        image_frames.append(frame)
+        image_features.update(prior_features)
+        calibration.update(prior_calibration)
+        timings["prior_residuals_s"] = time.perf_counter() - t0
 
     # 4. the clinical covariates, the NDAE scores and the baselines: each a frame `subject` +
     # features (over every subject), each model a list of feature columns
@@ -192,6 +242,7 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     clinical, clinical_columns = covariate_features(rows[rows["group"] == "als"].reset_index(drop=True),
                                                     min_site_size=options.folds)
     features: dict[str, list[str]] = {"covariates": clinical_columns, "NDAE cosine": ["cosine"],
+                                      "NDAE centred cosine": ["cosine_centred"],
                                       "NDAE Mahalanobis": ["mahalanobis"], "NDAE deviation scores": list(NDAE_SCORES)}
     baselines = baseline_features(subjects, z_sem, rows, covariates, controls, manifest_path, cache_dir, out, options,
                                   held_out=held_out)
@@ -202,12 +253,12 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     # age and sex_female are already in the patients' table
     frames = [clinical.drop(columns=["age", "sex_female"]), *image_frames, *baselines.frames]
     # every subject's scores (patients and held-out controls): the AUROC needs both
-    all_scores = deviations[["subject", *NDAE_SCORES]].assign(subject=lambda d: d["subject"].astype(str))
+    all_scores = deviations[["subject", *LATENT_SCORES]].assign(subject=lambda d: d["subject"].astype(str))
     for frame in [*image_frames, *baselines.frames]:
         all_scores = all_scores.merge(frame.assign(subject=frame["subject"].astype(str)), on="subject", how="left")
 
     # 5. the patients' table and the cross-validated comparison
-    table, counts = patient_table(deviations, manifest, list(NDAE_SCORES), source=str(manifest_path))
+    table, counts = patient_table(deviations, manifest, list(LATENT_SCORES), source=str(manifest_path))
     for frame in frames:
         table = table.merge(frame, on="subject", how="left")
     oracle = None
@@ -280,6 +331,7 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         "skipped_baselines": baselines.skipped,
         "baselines": baselines.info,
         "cosine_hazard_ratio": hazard,
+        "prior_residuals": None if prior_swap is None else {**prior_swap, "models": list(PRIOR_MODELS.values())},
         "kaplan_meier_cosine": km.to_json(),
         "folds": [list(map(int, f)) for f in folds],
         "timings": timings,

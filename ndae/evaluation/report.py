@@ -12,11 +12,19 @@ from ndae.io import atomic_save_figure, atomic_write_text
 
 MODEL_NOTES = {
     "covariates": "baseline 1: clinical covariates only (age, sex, onset if in the manifest, site)",
-    "NDAE cosine": "NDAE: cosine of standardised z_sem to its normative expectation",
+    "NDAE cosine": "NDAE (the paper's score): cosine of z_sem to the normative z_sem expected for the patient's "
+                   "age, sex and site, both in units of the controls' sd, the shared mean kept",
+    "NDAE centred cosine": "NDAE: the same cosine after centring both on the controls' mean (this project's "
+                           "score before issue 26; it follows the age direction, not the disease)",
+    "NDAE prior residual": "NDAE image-space: x − x̂₀ of the DAE's denoiser at fixed noise levels, conditioned on "
+                           "the normative z_sem, mean per atlas region, z-scored against the controls' residuals",
+    "NDAE prior residual (own z_sem)": "the same, the denoiser conditioned on the patient's own z_sem",
     "NDAE Mahalanobis": "NDAE: Mahalanobis distance of z_sem from its normative expectation",
     "NDAE deviation scores": "NDAE: cosine, mean |z|, max |z|, Mahalanobis",
     "regional normative z": "baseline 2: normative z-scores of regional volumes / intensities (label maps)",
     "voxel-wise normative z": "baseline 6: voxel-wise normative model of the MNI-grid images, mean z per atlas region",
+    "voxel-wise normative z (high-pass)": "baseline 7: the same on high-passed images (image − its Gaussian blur "
+                                          "within the brain, σ 8 mm): what filtering alone gives",
     "autoencoder": "baseline 3: conv. autoencoder, reconstruction error + latent Mahalanobis",
     "z_sem PCA": "baseline 4: PCA of standardised z_sem, no normative model",
     "brain-age gap": "baseline 5: bias-corrected brain-age gap from z_sem",
@@ -126,6 +134,43 @@ def truth_aware_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+SWAP_THRESHOLD = 0.05  # below: the decoder's x̂₀ hardly depends on z_sem (docs/dae.md, "z_sem use")
+
+
+def z_sem_use_sentence(prior: dict | None) -> str:
+    """The swap test in words, chosen by its number."""
+    if not prior or prior.get("relative_change") is None:
+        return ""
+    change = prior["relative_change"]
+    head = (f"z_sem use (swap test): denoising with another subject's z_sem moves the DAE's x̂₀ by "
+            f"{100 * change:.2g} % of the residual itself")
+    if change < SWAP_THRESHOLD:
+        return (head + f", under {100 * SWAP_THRESHOLD:.0f} %: the decoder hardly uses z_sem, so the prior residual "
+                "conditioned on the normative z_sem is a denoiser's residual, not a normative one (the two "
+                f"conditionings' maps correlate {prior.get('normative_vs_own_map_correlation', float('nan')):.4f}).")
+    return head + f": the decoder uses z_sem, and the normative conditioning changes the residual."
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """The report's first lines: which NDAE model adds most to the covariates, with its interval, in
+    words chosen by the interval; and whether the decoder uses z_sem."""
+    basis = result.get("difference_basis", "observed_c")
+    what = "expected C" if basis == "expected_c" else "observed CV C"
+    ndae = [m for m in result["models"] if m["model"].startswith("NDAE") and m["variant"] == "with covariates"
+            and m.get("vs_covariates") and m["vs_covariates"].get("difference") is not None]
+    lines = []
+    if ndae:
+        best = max(ndae, key=lambda m: m["vs_covariates"]["difference"])
+        d = best["vs_covariates"]
+        lines.append(f"**Verdict.** The NDAE model that adds most to the covariates is {best['model']}: "
+                     f"{d['difference']:+.3f} [{_num(d['lower'])}, {_num(d['upper'])}] in {what} "
+                     f"({verdict(d)}; {len(ndae)} NDAE models compared, so the best of them is picked after the fact).")
+    sentence = z_sem_use_sentence(result.get("prior_residuals"))
+    if sentence:
+        lines.append(sentence)
+    return lines + [""] if lines else []
+
+
 def write_report(result: dict[str, Any], path: Path) -> None:
     options, subjects = result["options"], result["subjects"]
     hazard = result["cosine_hazard_ratio"]
@@ -133,6 +178,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
     km = result["kaplan_meier_cosine"]
     lines = [
         "# NDAE evaluation", "",
+        *headline(result),
         f"Manifest `{result['manifest']}`" + (f", truth `{result['truth']}`" if result["truth"] else "") + ".",
         f"{subjects['controls']} controls (DAE, normative models and baselines trained on them), "
         f"{subjects['patients']} patients ({subjects['events']} events). DAE preset `{options['config']}`, "
