@@ -155,14 +155,25 @@ def _met(flag: bool | None) -> str:
     return "not judged" if flag is None else "met" if flag else "not met"
 
 
-def render(cells: list[dict]) -> str:
-    lines = ["## NDAE directions: which DAE finds the disease (`benchmarks/bench_directions.py`)", ""]
+ARCHIVE_NOTE = {
+    "directions_issue16": ("## NDAE directions before issue 26 (old sampler, centred cosine; kept for comparison)",
+                           "These cells were measured with the DDIM sampler that kept the network's ε after "
+                           "clamping x̂₀ and never clipped the inversion, and with the cosine computed on centred "
+                           "latents (issue 26 found both wrong); they are not re-run. The current cells are in "
+                           "'NDAE directions'."),
+}
+
+
+def render(cells: list[dict], archive: str | None = None) -> str:
+    title, note = ARCHIVE_NOTE.get(archive, ("## NDAE directions: which DAE finds the disease "
+                                             "(`benchmarks/bench_directions.py`)", None))
+    lines = [title, ""] + ([note, ""] if note else [])
     if not cells:
         return "\n".join(lines + ["No cell has finished yet (run `python -m benchmarks.bench_directions`).", ""])
     first = cells[0]
     lines += [
         f"Each cell is one `benchmarks.bench_survival` run ({first['seeds']} cohort seed(s), {first['patients']} "
-        f"patients each, DAE {first['dae_steps']} steps unless the preset says `@steps`); its whole section is in `benchmarks/results/directions/`. "
+        f"patients each, DAE {first['dae_steps']} steps unless the preset says `@steps`); its whole section is in `benchmarks/results/{archive or "directions"}/`. "
         "ρ: Spearman with the true severity, mean over cohort seeds: a single score's own; for a model of many "
         "features (marked 'risk': all NDAE scores, the image-space regions, the voxel-wise and regional normative "
         "models) the ρ of its out-of-fold Cox risk. `+imageN`: with the image-space NDAE features (N DDIM steps). "
@@ -213,12 +224,13 @@ def render(cells: list[dict]) -> str:
 
 
 def write(folder: Path, out: Path) -> Path:
-    """directions.md and directions.json (the per-cell summaries) from the cells in `folder`."""
+    """directions.md and directions.json (the per-cell summaries) from the cells in `folder`
+    (an archived folder, `ARCHIVE_NOTE`, renders under its own title)."""
     cells = [cell_summary(raw) for raw in load_cells(folder)]
     order = {"als": 0}
     cells.sort(key=lambda c: (order.get(c["disease"], 1), c["disease"], c["preset"]))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(cells, indent=2, default=str) + "\n")
-    atomic_write_text(out, render(cells))
+    atomic_write_text(out, render(cells, Path(folder).name))
     return out

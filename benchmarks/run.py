@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "directions", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
+ORDER = ["survival", "directions", "directions_issue16", "zsem_use", "roundtrip", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
 # Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
 # (Other DAE presets' survival runs are cells of bench_directions, on the same cohorts.)
 RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]]}
