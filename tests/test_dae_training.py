@@ -7,7 +7,8 @@ Why these checks and thresholds:
   denoise (ε-MSE at mid noise well below 1, the MSE of ε̂ ≡ 0) and that the inferred x_T beats a
   random x_T by a wide margin.
 - PSNR threshold (brain mask, 50 DDIM steps): after this budget we measured 26.8 dB on the demo's
-  held-out slices (31 dB on a 3-slice development extraction; 19–21 dB after 100 steps). We assert 24 dB,
+  held-out slices with the old sampler (about 36 dB with Diff-AE's since issue 26; the round-trip
+  test at the end holds the measured thresholds at 10, 20 and 50 steps). We assert 24 dB,
   an RMS error ≤ 2·10^(-24/20) ≈ 0.13 of the [-1, 1] range inside the brain: grey matter, white
   matter and CSF (≈ 0.6 apart) stay distinct, while a half-trained model (≈ 20 dB) fails.
 - z_sem: at this budget the decoder hardly uses z_sem — x_T carries the image. Measured on the
@@ -120,3 +121,37 @@ def test_own_z_sem_denoises_at_least_as_well_as_another(trained):
     wins = (own < swapped).float().mean()
     print(f"ε-MSE own z_sem {own.mean():.5f}, swapped {swapped.mean():.5f}; own better for {wins:.0%}")
     assert wins >= 0.5
+
+
+# ---- the sampler's round trip (issue 26) ---------------------------------------------------------
+def test_round_trip_psnr_clears_the_measured_thresholds_and_the_old_sampler_does_not(trained):
+    """benchmarks/bench_roundtrip.py trained this very model (same seed, split, steps, batch) over 5
+    seeds; the thresholds are its measured mean − 2 sd at 10, 20 and 50 DDIM steps under the Diff-AE
+    rule, and the old sampler (ε kept after the clamp, unclipped inversion) must fall below the
+    10-step one on the same model."""
+    import json
+
+    from benchmarks.bench_roundtrip import MEASURED, PROTOCOL, old_decode, old_invert
+
+    assert (PROTOCOL["train_steps"], PROTOCOL["batch"], PROTOCOL["n_held"]) == (TRAIN_STEPS, BATCH, N_HELD)
+    results = json.loads(MEASURED.read_text())
+    assert results["protocol"] == PROTOCOL, "benchmarks/results/roundtrip.json was measured with another protocol"
+    per_seed = {rule: {s: np.array([run["psnr_mean"][rule][str(s)] for run in results["runs"]])
+                       for s in PROTOCOL["ddim_steps"]} for rule in ("diffae", "old")}
+    thresholds = {s: float(v.mean() - 2 * v.std(ddof=1)) for s, v in per_seed["diffae"].items()}
+    low = min(PROTOCOL["ddim_steps"])
+    assert thresholds[low] > per_seed["old"][low].max() + 3.0, (thresholds, per_seed["old"][low])  # they separate
+
+    model, x, mask = trained["model"], trained["x"], trained["mask"]
+    z_sem = encode(model, x)
+    assert model.config.diffusion.clip_denoised  # what invert/decode use by default
+    psnr = {}
+    for steps in PROTOCOL["ddim_steps"]:
+        recon = decode(model, z_sem, invert(model, x, z_sem, steps=steps), steps=steps)
+        psnr[steps] = float(psnr_in_mask(recon, x, mask).mean())
+    fn = model.epsilon_fn(z_sem)
+    old = old_decode(model.diffusion, fn, old_invert(model.diffusion, fn, x, low), low)
+    old_psnr = float(psnr_in_mask(old, x, mask).mean())
+    for steps, value in psnr.items():
+        assert value > thresholds[steps], (steps, value, thresholds[steps], psnr)
+    assert old_psnr < thresholds[low], (old_psnr, thresholds[low])

@@ -44,8 +44,13 @@ class DiffusionConfig:
     loss_weight_cap: float | None = 10.0
     sample_steps: int = 50  # DDIM steps for decoding and for inversion to x_T
     # Diff-AE's sampler: x̂₀ clamped to [-1, 1] and ε recomputed from it, in decoding and inversion
-    # (ndae.diffusion.gaussian). False only reproduces the pre-issue-26 unclipped walk.
+    # (ndae.diffusion.gaussian). False: the same walk unclipped (exactly invertible for a network whose
+    # x̂₀ leaves [-1, 1], and ~16 dB worse at 10 steps: benchmarks/results/roundtrip.md).
     clip_denoised: bool = True
+    # Which DDIM rule the config was written under. Configs stored before issue 26 have no such key
+    # and stored clip_denoised = False only because it was the default then: `from_dict` moves them to
+    # the Diff-AE rule, so an old run directory is not silently decoded with the broken sampler.
+    sampler: str = "diffae"
 
 
 @dataclass
@@ -79,6 +84,8 @@ class DAEConfig:
             parts = {}
             for f, klass in (("model", ModelConfig), ("diffusion", DiffusionConfig), ("train", TrainConfig)):
                 values = dict(data.get(f, {}))
+                if f == "diffusion" and values and "sampler" not in values:  # stored before issue 26
+                    values.update(clip_denoised=True, sampler="diffae")
                 known = {x.name for x in fields(klass)}
                 unknown = set(values) - known
                 if unknown:
