@@ -264,8 +264,8 @@ def markdown(results: dict) -> str:
     runs = results["runs"]
     prov = results["provenance"]
     p = results["protocol"]
-    lines = [verdict(results), "",
-             "## Round trip decode(z_sem, invert(x)) of the `tiny` DAE, by DDIM steps and sampler rule", "",
+    lines = ["## Round trip decode(z_sem, invert(x)) of the `tiny` DAE, by DDIM steps and sampler rule", "",
+             verdict(results), "",
              f"*Machine:* {prov['machine']}  ", f"*Command:* `{prov['command']}`  ", f"*Date:* {prov['date']}", "",
              f"{len(runs)} seeds; each trains `{p['preset']}` for {p['train_steps']} steps (batch {p['batch']}, EMA "
              f"weights, {np.mean([r['train_seconds'] for r in runs]):.0f} s on one thread) on the demo controls "
