@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "deviations",
         help="deviation scores (cosine, z, Mahalanobis) of every subject",
         description="Write deviations.csv: one row per subject of the latents, column 'subject' first, "
-        "then cosine (standardised z_sem vs normative expectation), mean_abs_z, max_abs_z, "
-        "count_abs_z_gt_2 and mahalanobis.",
+        "then cosine (the paper's: z_sem vs its normative expectation, both in units of the controls' sd, the "
+        "shared mean kept), cosine_centred (the same after centring both: follows the age direction), "
+        "mean_abs_z, max_abs_z, count_abs_z_gt_2 and mahalanobis.",
     )
     parser.add_argument("--run", required=True, help="run folder holding normative/ (model.npz, model.json)")
     parser.add_argument("--latents", default=None, help="latents.npz (default RUN/latents.npz)")
