@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 cell = ["--preset", preset, "--image-deviation-steps", str(image_steps), "--disease", disease, "--cohort-seeds", *map(str, args.cohort_seeds),
                         "--patients-per-anatomy", str(args.patients_per_anatomy), "--steps", str(args.steps),
                         "--draws", str(args.draws), "--folds", str(args.folds), "--threads", str(args.threads),
-                        "--work", args.work, "--out", str(out), "--reuse-runs", "--quiet", *args.extra.split()]
+                        "--work", args.work, "--out", str(out), "--reuse-runs", "--share-dae", "--quiet", *args.extra.split()]
                 if args.max_subjects:
                     cell += ["--max-subjects", str(args.max_subjects)]
                 print(f"[bench_directions] {variant} on {disease}", flush=True)

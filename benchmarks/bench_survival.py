@@ -130,6 +130,49 @@ def eval_folder_name(args, cohort: Path, seed: int) -> str:
     return f"eval-{cohort.name}-{args.preset}-steps{args.steps}{image}-seed{seed}"
 
 
+def _control_fingerprint(cohort: Path) -> str:
+    """sha256 over the cohort's control rows and the bytes of their images: equal fingerprints
+    mean the DAE (trained on the controls only, with the same seed) is the same."""
+    import hashlib
+
+    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    digest = hashlib.sha256()
+    for row in manifest[manifest["group"] == "control"].itertuples():
+        digest.update(f"{row.subject},{row.site},{row.age},{row.sex},{row.image}".encode())
+        digest.update(hashlib.sha256((cohort / row.image).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def share_trained_dae(args, cohort: Path, out: Path, seed: int) -> bool:
+    """Cohorts of one cohort seed under other disease settings hold byte-identical controls
+    (`ndae cohort --disease`), so the DAE trained on them with the same preset, steps and seed is
+    the same network: copy a finished sibling run's dae/ into `out` (evaluate then resumes it at
+    its full step count, training nothing). False when no sibling qualifies."""
+    import shutil
+
+    from ndae.cohort.disease import DISEASE_SETTINGS
+
+    if (out / "dae" / "checkpoint.pt").exists():
+        return True
+    base = cohort.name
+    for disease in DISEASE_SETTINGS:
+        base = base.removesuffix(f"-{disease}")
+    mine = None
+    for name in [base, *(f"{base}-{d}" for d in DISEASE_SETTINGS)]:
+        source = Path(args.work) / name
+        sibling = Path(args.work) / eval_folder_name(args, source, seed)
+        if source == cohort or not (sibling / "evaluation.json").is_file() or not (source / "manifest.csv").is_file():
+            continue
+        mine = mine or _control_fingerprint(cohort)
+        if _control_fingerprint(source) != mine:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(sibling / "dae", out / "dae", dirs_exist_ok=True)
+        print(f"[bench_survival] sharing the DAE of {sibling.name} (same controls, preset, steps, seed)", flush=True)
+        return True
+    return False
+
+
 def finished_run(out: Path, options) -> dict | None:
     """The evaluation.json of a finished `ndae evaluate` in `out` made with these options (None when
     there is none, or it was made otherwise: then the run is redone). evaluation.json is written
@@ -171,6 +214,8 @@ def run(args) -> dict:
                                         cache_dir=str(Path(args.work) / f"cache-{cohort.name}"),
                                         progress=not args.quiet, image_deviation_steps=args.image_deviation_steps)
             result = finished_run(out, options) if args.reuse_runs else None
+            if result is None and args.share_dae:
+                options.resume_dae = share_trained_dae(args, cohort, out, seed)
             if result is None:
                 result = evaluate(cohort / "manifest.csv", out, cohort / "truth.csv", options)
             frame = pd.read_csv(out / "survival" / "cv_per_fold.csv")
@@ -503,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=50, help="fresh survival draws for the expected C")
     parser.add_argument("--truth-penalizer", type=float, default=0.1, help="ridge penalty of the truth-aware Cox fits")
     parser.add_argument("--disease", default=DEFAULT_DISEASE, help="the cohorts' disease setting (`ndae cohort --disease`)")
+    parser.add_argument("--share-dae", action="store_true",
+                        help="reuse the DAE of a finished run on a cohort with byte-identical controls (the same "
+                        "cohort seed under another disease setting) instead of training it again")
     parser.add_argument("--reuse-runs", action="store_true",
                         help="keep finished `ndae evaluate` runs in --work made with the same options (resuming)")
     parser.add_argument("--sites", type=int, default=4)

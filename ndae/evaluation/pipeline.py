@@ -76,6 +76,9 @@ class EvaluationOptions:
     # the regional normative deviations from the diffusion prior (ndae.deviation.prior_residuals):
     # 6 U-Net passes per subject and level (3 levels × 2 draws × own, normative, swapped z_sem)
     prior_residuals: bool = True
+    # continue a DAE checkpoint already in OUT/dae (benchmarks that share one trained DAE between
+    # cohorts with byte-identical controls); at its full step count nothing is trained again
+    resume_dae: bool = False
 
 
 def standardised_regions(raw: pd.DataFrame, covariates: pd.DataFrame, controls: np.ndarray, prefix: str,
@@ -188,6 +191,7 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     _log(options, f"training the DAE on the controls ({len(held_out_subjects)} held out)")
     t0 = time.perf_counter()
     dae_summary = train_run(train_manifest, out, options.config, steps=options.steps, seed=options.seed,
+                            resume=options.resume_dae,
                             cache_dir=cache_dir, device=options.device, progress=options.progress,
                             figure_steps=options.inversion_steps)
     timings["dae_training_s"] = time.perf_counter() - t0
