@@ -279,7 +279,7 @@ def markdown(results: dict) -> str:
             cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.2f} ({v.min():.2f})")
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     thr = thresholds(results)
-    lines += ["", "Test thresholds (tests/test_ddim_sampler.py, `diffae` mean − 2 sd): "
+    lines += ["", "Test thresholds (tests/test_dae_training.py, `diffae` mean − 2 sd): "
               + ", ".join(f"{s} steps {thr[str(s)]:.2f} dB" for s in steps) + ".", "",
               "Rules: `diffae` = library, clip_denoised=True (x̂₀ clamped, ε recomputed, both directions); "
               "`unclipped` = library, clip_denoised=False; `old` = pre-issue-26 sampler (inversion from ᾱ = 1 "
