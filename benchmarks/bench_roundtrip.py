@@ -18,7 +18,7 @@ decodes N_HELD held-out slices at 10, 20 and 50 DDIM steps under each rule:
   (phizaz/diffae diffusion/base.py, respaced by `space_timesteps`): S evaluations in inversion, the
   last one to ᾱ = 0. It checks the library's rule against the reference.
 
-The per-seed mean PSNR of the `diffae` rule sets the thresholds of tests/test_ddim_sampler.py
+The per-seed mean PSNR of the `diffae` rule sets the thresholds of tests/test_dae_training.py
 (mean − 2 sd, which runs the same protocol with seed 0); results/roundtrip.json keeps the raw numbers.
 """
 
