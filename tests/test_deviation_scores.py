@@ -150,6 +150,9 @@ def test_deviation_table_contract(fitted):
     probe = controls.iloc[:10].copy()
     probe.loc[probe.index[:3], "site"] = "no-controls-site"
     table = deviation_table(probe["subject"], probe, Y_c[:10], model, include_z=True)
+    # the table's cosine is the paper's, at sites with and without controls
+    np.testing.assert_allclose(table["cosine"], normative_cosine(model, probe, Y_c[:10]), rtol=1e-12)
+    np.testing.assert_allclose(table["cosine_centred"], centred_cosine(model, probe, Y_c[:10]), rtol=1e-12)
     assert list(table.columns[: 1 + len(SCORE_COLUMNS)]) == ["subject", *SCORE_COLUMNS]
     assert list(table["subject"]) == list(probe["subject"])
     assert table.shape == (10, 1 + len(SCORE_COLUMNS) + D)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from ndae.deviation.prior_residuals import prior_residual_maps, prior_residual_regions
+from ndae.deviation.prior_residuals import (DRAWS, LEVELS, _noise, derangement, prior_residual_maps,
+                                           prior_residual_regions)
 from ndae.errors import NdaeError
 from ndae.model.dae import build_model
 from tests.test_dae_model import micro_config
@@ -31,8 +32,11 @@ def template_and_pattern():
     return channels(h), channels(pattern), channels(brain)
 
 
+C_XT = 0.1  # the oracle's x̂₀ also follows the noised input a little, so noise and level matter
+
+
 class OracleUNet(nn.Module):
-    """ε such that x̂₀ = h + z[:, 0]·P exactly, for any x_t and t."""
+    """ε such that x̂₀ = h + z[:, 0]·P + C_XT·x_t exactly, for any x_t and t."""
 
     def __init__(self, diffusion, h, pattern):
         super().__init__()
@@ -41,7 +45,7 @@ class OracleUNet(nn.Module):
 
     def forward(self, x_t, t, z_sem, age=None):
         a = self.diffusion.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
-        x0 = self.h + z_sem[:, :1, None, None] * self.pattern
+        x0 = self.h + z_sem[:, :1, None, None] * self.pattern + C_XT * x_t
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
@@ -75,6 +79,21 @@ def subjects(h, brain):
     return np.clip(images, -1, 1).astype(np.float32)
 
 
+def noised(model, images):
+    """x_t = √ᾱ x + √(1−ᾱ) ε for every level and draw, ε the same for every subject."""
+    for k, t in enumerate(LEVELS):
+        a = float(model.diffusion.alphas_cumprod[t])
+        for draw in range(DRAWS):
+            yield np.sqrt(a) * images + np.sqrt(1 - a) * _noise(images.shape[1:], k, draw).numpy()
+
+
+def hand_residual(model, images, h, pattern, z):
+    """x − x̂₀ averaged over levels and draws, x̂₀ = clip(h + z[0]·P + C_XT·x_t) (the Diff-AE clamp)."""
+    residuals = [images - np.clip(h + z[:, :1, None, None] * pattern + C_XT * x_t, -1, 1)
+                 for x_t in noised(model, images)]
+    return np.mean(residuals, axis=0), residuals
+
+
 def test_residuals_match_the_hand_computed_ones(oracle_dae):
     model, config, h, pattern, brain = oracle_dae
     images = subjects(h, brain)
@@ -82,18 +101,27 @@ def test_residuals_match_the_hand_computed_ones(oracle_dae):
     z_norm[:, 0] = [0.5, -0.5, 1.0, 0.0, 2.0]
     result = prior_residual_maps(model, config, images, z_norm)
     z_own = MeanEncoder(brain, config.model.z_sem_dim)(torch.as_tensor(images)).numpy()
-    expected_normative = images - h - z_norm[:, :1, None, None] * pattern
-    expected_own = images - h - z_own[:, :1, None, None] * pattern
+    expected_normative, _ = hand_residual(model, images, h, pattern, z_norm)
+    expected_own, own_per_level = hand_residual(model, images, h, pattern, z_own)
     np.testing.assert_allclose(result.maps["normative"], expected_normative, atol=2e-4)
     np.testing.assert_allclose(result.maps["own"], expected_own, atol=2e-4)
-    # the swap: subject i denoised with subject i-1's z_sem, the move relative to i's own residual
-    partner = np.roll(np.arange(5), 1)
-    moves = np.linalg.norm(((z_own[partner, 0] - z_own[:, 0])[:, None, None, None] * pattern * brain).reshape(5, -1), axis=1)
-    sizes = np.linalg.norm((expected_own * brain).reshape(5, -1), axis=1)
+    # the swap: subject i denoised with its partner's z_sem, the move relative to i's own residual (per
+    # level and draw; the oracle's move does not depend on them, its residual does)
+    partner = derangement(5)
+    assert (partner != np.arange(5)).all() and sorted(partner) == list(range(5))
+    _, swapped_per_level = hand_residual(model, images, h, pattern, z_own[partner])
+    moves = np.concatenate([np.linalg.norm(((own - swapped) * brain).reshape(5, -1), axis=1)
+                            for own, swapped in zip(own_per_level, swapped_per_level)])
+    sizes = np.concatenate([np.linalg.norm((own * brain).reshape(5, -1), axis=1) for own in own_per_level])
     assert result.swap["relative_change"] == pytest.approx(float(np.mean(moves / sizes)), rel=1e-3)
     # the same image gives the same residual wherever it sits in the batch (common noise)
     again = prior_residual_maps(model, config, images[::-1].copy(), z_norm[::-1].copy(), batch_size=2)
     np.testing.assert_allclose(again.maps["normative"][::-1], result.maps["normative"], atol=1e-6)
+    # maps come back at the prepared slices' size (bilinear from the DAE's)
+    larger = prior_residual_maps(model, config, images, z_norm, out_size=(32, 32))
+    resized = torch.nn.functional.interpolate(torch.as_tensor(expected_normative), size=(32, 32), mode="bilinear",
+                                              align_corners=False).numpy()
+    np.testing.assert_allclose(larger.maps["normative"], resized, atol=2e-4)
 
 
 def test_region_means_carry_the_sign_of_a_local_change(oracle_dae):
@@ -105,6 +133,11 @@ def test_region_means_carry_the_sign_of_a_local_change(oracle_dae):
     brains = np.broadcast_to(brain, images.shape)
     table = prior_residual_regions(prior_residual_maps(model, config, images, z_norm), brains, atlas)
     assert {"prior_precentral", "prior_ventricles", "prior_own_precentral"} <= set(table.columns)
+    # each conditioning's columns hold its own map's region means
+    own = prior_residual_maps(model, config, images, z_norm).maps["own"]
+    inside = brains & (atlas == 1)[None]
+    np.testing.assert_allclose(table["prior_own_precentral"], (own * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)),
+                               atol=1e-9)
     left = table["prior_precentral"].to_numpy()
     right = table["prior_ventricles"].to_numpy()
     others = [0, 1, 2, 4]

@@ -57,6 +57,17 @@ class PriorResiduals:
     draws: int
 
 
+def derangement(n: int, seed: int = NOISE_SEED) -> np.ndarray:
+    """A seeded permutation without fixed points (Sattolo's single cycle): the swap test's partners,
+    drawn across the whole cohort rather than the manifest's neighbours (often the same site)."""
+    order = np.arange(n)
+    rng = np.random.default_rng(seed)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 def _noise(shape: tuple[int, ...], level_index: int, draw: int):
     import torch
 
@@ -97,7 +108,7 @@ def prior_residual_maps(model, config, images: np.ndarray, z_normative: np.ndarr
         age_tensor = torch.as_tensor(np.asarray(ages, np.float32)).reshape(n)
     with torch.no_grad():
         z_own = encode(core, x)
-    swap_partner = np.roll(np.arange(n), 1)  # every subject gets another one's z_sem (n ≥ 2)
+    swap_partner = derangement(n)  # every subject gets another one's z_sem (n ≥ 2)
     sums = {NORMATIVE: torch.zeros_like(x), OWN: torch.zeros_like(x)}
     swap_moves, residual_sizes = [], []
     clip = core.config.diffusion.clip_denoised
@@ -133,8 +144,10 @@ def prior_residual_maps(model, config, images: np.ndarray, z_normative: np.ndarr
     swap = {}
     if swap_moves:
         moves, sizes = torch.cat(swap_moves), torch.cat(residual_sizes)
+        inside = (x > -1.0).numpy()  # over brain pixels (the model's size), not the background's near-zeros
+        normative_map, own_map = (sums[k].numpy()[inside] for k in (NORMATIVE, OWN))
         swap = {"relative_change": float((moves / sizes.clamp_min(1e-8)).mean()),
-                "normative_vs_own_map_correlation": float(np.corrcoef(maps[NORMATIVE].ravel(), maps[OWN].ravel())[0, 1])}
+                "normative_vs_own_map_correlation": float(np.corrcoef(normative_map, own_map)[0, 1])}
     return PriorResiduals(maps=maps, swap=swap, levels=levels, draws=int(draws))
 
 

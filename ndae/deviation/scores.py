@@ -59,12 +59,14 @@ def scaled(model: NormativeModel, Y: np.ndarray) -> np.ndarray:
 def normative_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
     """The paper's cosine: z_sem against the normative expected z_sem for the subject's covariates,
     both divided by the controls' sd, the shared mean kept."""
+    z_sem = model._check_Y(z_sem, len(covariates))  # a 1-D vector would be clipped element by element
     expected, _ = model.predict(covariates)
     return cosine_similarity(scaled(model, z_sem), expected / model.control_sd)
 
 
 def centred_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
     """The pre-issue-26 variant: both vectors centred on the controls' mean, then scaled."""
+    z_sem = model._check_Y(z_sem, len(covariates))
     expected, _ = model.predict_standardised(covariates)
     return cosine_similarity(model.standardise(z_sem), expected)
 
