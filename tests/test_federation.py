@@ -93,7 +93,7 @@ def test_run_directory_follows_the_contract(pooled_run):
     deviations = pd.read_csv(run / "deviations.csv")
     assert len(deviations) == 18 and deviations["subject"].is_unique and "cosine" in deviations
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in rounds] == ["dae", "normative", "voxelwise", "survival"]
+    assert [r["phase"] for r in rounds] == ["dae", "normative", "prior_residuals", "voxelwise", "survival"]
     assert sorted(rounds[0]["sites"]) == list(SITES)
     assert 0.0 <= summary["survival"]["c_index_within_site"] <= 1.0
 

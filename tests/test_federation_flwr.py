@@ -32,7 +32,9 @@ def test_flwr_run_simulation_end_to_end(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     config = FederationConfig(run_dir=str(run_dir), cohort_dir=str(tmp_path / "cohort"), cache_dir=str(tmp_path / "cache"),
                               rounds=1, batch_size=4, survival_mode="federated", fault_site="site2",
-                              fault_phase="risk_summary", min_sites=1)
+                              fault_phase="risk_summary", min_sites=1,
+                              # 12 patients: cosine and mahalanobis together order the events perfectly
+                              survival_features="mahalanobis")
     status = run_simulation(config.to_run_config(), num_sites=2, timeout=540)
     assert status["status"] == "completed"
     report = (run_dir / "report.md").read_text()
@@ -43,6 +45,8 @@ def test_flwr_run_simulation_end_to_end(tmp_path, monkeypatch):
     # the voxel-wise baseline's query reached Flower's ClientApp at both sites (its handler is registered)
     voxelwise = next(r for r in rounds if r["phase"] == "voxelwise")
     assert voxelwise["sites"] == ["site1", "site2"] and voxelwise["n_controls"] == 8
+    prior = next(r for r in rounds if r["phase"] == "prior_residuals")  # and the prior residuals' query
+    assert prior["sites"] == ["site1", "site2"] and prior["n_controls"] == 8
     assert (run_dir / "dae" / "checkpoint.pt").exists() and (run_dir / "survival" / "cox.json").exists()
     # Everything the SuperLink started is gone (it ran under this test's private FLWR_HOME).
     assert not _processes_named(str(tmp_path)) or all(

@@ -93,12 +93,13 @@ def test_private_run_writes_ledgers_and_the_audit_recomputes_the_reported_epsilo
     for site in SITES:
         entries = read_ledger(run / "privacy" / f"{site}.jsonl", heads[site]["final_hash"])
         mechanisms = [e["mechanism"] for e in entries]
-        # DP releases first, then what federated Cox asked (declared, no epsilon), then the concordance counts
-        assert mechanisms[:2] == ["dp-sgd", "gaussian-moments"] and mechanisms[-1] == "risk-summary"
+        # DP releases first (training, the z_sem moments, the prior residuals' moments), then what
+        # federated Cox asked (declared, no epsilon), then the concordance counts
+        assert mechanisms[:3] == ["dp-sgd", "gaussian-moments", "gaussian-moments"] and mechanisms[-1] == "risk-summary"
         cox_rounds = summary["survival"]["newton_message_rounds"] + summary["survival"]["covariates_only"]["newton_message_rounds"]
-        assert set(mechanisms[2:-1]) == {"cox-terms"} and len(mechanisms) - 3 == cox_rounds  # full + covariates-only fits
+        assert set(mechanisms[3:-1]) == {"cox-terms"} and len(mechanisms) - 4 == cox_rounds  # full + covariates-only fits
         assert entries[0]["records_touched"] == 0 and entries[0]["details"]["round"] == 1  # counts are not public
-        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries[:2]]
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries[:3]]
         recomputed = epsilon_of(history, heads[site]["delta"], "rdp")
         assert heads[site]["delta"] == DEFAULT_DELTA  # the site's policy, not a function of its size
         assert summary["privacy"][site]["epsilon"] == pytest.approx(recomputed, rel=1e-9)
@@ -133,17 +134,17 @@ def test_a_site_over_budget_is_refused_and_the_run_goes_on_without_it(private_ru
     summary, run = _run(cohort, "over-budget", {"site2": {"budget-epsilon": tight}}, rounds=2, min_sites=2)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     refused = [m for m in summary["missing"] if m["site"] == "site2"]
-    assert {m["phase"] for m in refused} == {"train", "normative_stats"}
+    assert {m["phase"] for m in refused} == {"train", "normative_stats"}  # not asked for prior residuals: no z_sem model from it
     reason = refused[0]["reason"]
     assert "PrivacyBudgetExceeded: site 'site2' refuses" in reason and f"lifetime epsilon {tight:g}" in reason
     # what the server reads names the site's limits, not the epsilon it would reach (that follows from n)
     assert "would bring epsilon to" not in reason and "sample_rate" not in reason
     # nothing accounted on refusal (site2 still answered the survival queries: declared lines follow)
     site2 = run / "privacy" / "site2.jsonl"
-    assert site2.read_bytes().startswith(before["site2"]) and len(_accounted(site2)) == 2
+    assert site2.read_bytes().startswith(before["site2"]) and len(_accounted(site2)) == 3
     for site in ("site1", "site3"):  # append-only: the old lines are byte-identical
         after = (run / "privacy" / f"{site}.jsonl").read_bytes()
-        assert after.startswith(before[site]) and len(_accounted(run / "privacy" / f"{site}.jsonl")) == 4
+        assert after.startswith(before[site]) and len(_accounted(run / "privacy" / f"{site}.jsonl")) == 6
     assert summary["participation"] == {"site1": 2, "site2": 1, "site3": 2}
     assert summary["normative"]["sites"] == ["site1", "site3"]
     assert audit_run(run)["ok"]
@@ -207,7 +208,7 @@ def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, coho
     assert summary["survival"]["counts"].keys() == {"site1", "site3"}  # the two sites declare counts public
     assert (run / "privacy" / "site1.jsonl").read_bytes() == (own / "site1.jsonl").read_bytes()
     entries = read_ledger(own / "site1.jsonl", summary["privacy"]["site1"]["final_hash"])
-    assert [e["mechanism"] for e in entries] == ["gaussian-moments", "shared-scores", "risk-summary"]
+    assert [e["mechanism"] for e in entries] == ["gaussian-moments", "gaussian-moments", "shared-scores", "risk-summary"]
     rows = pd.read_csv(run / "deviations.csv")
     subjects = set(pd.read_csv(cohort / "cohort" / "split" / "site1" / "train.csv")["subject"].astype(str))
     assert len(rows) == 8 and not set(rows["subject"].astype(str)) & subjects  # pseudonyms, never the ids

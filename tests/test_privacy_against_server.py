@@ -220,7 +220,8 @@ def test_the_ledger_the_server_receives_holds_no_count_and_one_delta(private_run
     allowed_details = {"run", "round", "mode", "beta", "covariates", "gradient", "hessian", "log_likelihood",
                        "comparable", "concordant",
                        # the covariates-only model beside it, and the nine paired concordance sums (docs/privacy.md)
-                       "reference_beta", "reference_covariates", "paired_sums", "paired_cross"}
+                       "reference_beta", "reference_covariates", "paired_sums", "paired_cross",
+                       "statistic"}  # which moments: the prior residuals' (a name, not data)
     for site in SITES:
         entries = read_ledger(run / "privacy" / f"{site}.jsonl")
         assert entries and all(e["records_touched"] == 0 for e in entries)
@@ -346,7 +347,10 @@ def test_the_report_warns_when_a_sites_noise_swamps_its_moments(private_run):
     summary, _, run = private_run
     warned = summary["normative"]["warnings"]
     assert len(warned) == 3 and all(f"site '{s}'" in w for s, w in zip(SITES, warned))
-    assert (run / "report.md").read_text().count("**warning**") == 3
+    # the prior residuals' moments get the same check (how many it flags depends on their noise draw)
+    prior = summary["prior_residuals"]["warnings"]
+    assert all(any(f"site '{s}'" in w for s in SITES) for w in prior)
+    assert (run / "report.md").read_text().count("**warning**") == 3 + len(prior)
 
 
 # ---- 4. what a hostile server may not ask in a survival query ----------------------------------

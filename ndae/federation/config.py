@@ -17,7 +17,12 @@ from ndae.errors import NdaeError
 STRATEGIES = ("fedavg", "fedadam", "fedprox")
 SURVIVAL_MODES = ("auto", "pooled", "federated")  # auto: federated in a private run, else pooled
 DP_MODES = ("hooks", "functorch", "ghost")
-PHASES = ("site_info", "train", "normative_stats", "voxelwise_stats", "deviations", "cox_terms", "risk_summary")
+PHASES = ("site_info", "train", "normative_stats", "prior_residual_stats", "voxelwise_stats", "deviations",
+          "cox_terms", "risk_summary")
+# survival-features may name every prior residual region at once: "prior" = every z_prior_<region>
+# (normative z_sem), "prior-own" = every z_prior_own_<region> (own z_sem); the regions are the
+# atlas regions the DAE's slices cut, known once the sites have sent their statistics.
+PRIOR_FEATURE_GROUPS = {"prior": "z_prior_", "prior-own": "z_prior_own_"}
 
 
 @dataclass
@@ -39,6 +44,14 @@ class FederationConfig:
     round_timeout: float = 900.0  # seconds the server waits for the sites' replies in one round
     survival_mode: str = "auto"
     survival_features: str = "cosine,mahalanobis"  # deviation scores in the Cox model (+ age, sex)
+    # The regional deviations from the diffusion prior (ndae.federation.site.prior_residuals): the
+    # controls' residual region means as summed (in private runs noised) statistics, the patients'
+    # z-scores as deviation scores (z_prior_<region>, z_prior_own_<region>; survival-features may
+    # name them, or "prior" / "prior-own" for every region). Private runs: a Gaussian release like
+    # the moments, with this noise multiplier and this L2 clip of each control's region-mean vector.
+    prior_residuals: bool = True
+    prior_residual_noise_multiplier: float = 5.0
+    prior_residual_clip: float = 0.75  # demo controls (trained tiny): median norm 0.32, max 0.71
     # The voxel-wise normative baseline beside the NDAE scores (what the DAE must beat); non-private
     # runs only: its per-voxel moments are exact sums, not a DP release. Voxels: every `stride`-th.
     voxelwise_baseline: bool = True
@@ -114,6 +127,12 @@ class FederationConfig:
                                 "(it would bypass per-sample clipping); use fedavg or fedadam")
         if not self.features:
             raise NdaeError("run config 'survival-features' names no deviation score")
+        if not self.prior_residuals and any(is_prior_feature(f) for f in self.features):
+            raise NdaeError(f"run config 'survival-features' names prior residual features "
+                            f"{[f for f in self.features if is_prior_feature(f)]}, but 'prior-residuals' = false")
+        if self.prior_residuals and self.privacy and not (self.prior_residual_clip > 0
+                                                          and self.prior_residual_noise_multiplier >= 0):
+            raise NdaeError("run config: prior-residual-clip must be > 0 and prior-residual-noise-multiplier >= 0")
 
     @property
     def effective_survival_mode(self) -> str:
@@ -154,6 +173,11 @@ class FederationConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         return self.to_dict()
+
+
+def is_prior_feature(name: str) -> bool:
+    """A survival feature from the prior residual step: a group ("prior") or one z_prior_ column."""
+    return name in PRIOR_FEATURE_GROUPS or name.startswith(PRIOR_FEATURE_GROUPS["prior"])
 
 
 TEST_HOOKS = ("fault_site", "fault_phase", "fault_round", "stop_after_round")

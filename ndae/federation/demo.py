@@ -84,8 +84,8 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
 
 
 # What a demo writes into its run folder (deleted by --force; any of them marks a previous run).
-DEMO_OUTPUTS = ("cohort", "cache", "logs", "privacy", "dae", "normative", "survival", "config.json", "status.json",
-                "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md", "prepared_subject.png")
+DEMO_OUTPUTS = ("cohort", "cache", "logs", "privacy", "dae", "normative", "normative_prior", "survival", "config.json",
+                "status.json", "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md", "prepared_subject.png")
 
 
 def demo_settings(*, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs: int = DEFAULT_LOCAL_EPOCHS,

@@ -22,6 +22,7 @@ MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
 # the controls' statistics under them: the age probe's yardstick (ndae.federation.server.latent_probe).
 INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY = "dae-initial", "stats-initial"
 VOXELWISE_KEY = "voxelwise"  # the fitted voxel-wise baseline, in a non-private run's deviations query
+PRIOR_KEY = "prior-residuals"  # the prior residuals' normative model, in the deviations query
 
 
 # ---- DAE weights -------------------------------------------------------------------------------

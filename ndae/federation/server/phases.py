@@ -7,7 +7,10 @@
 2. normative: sites send the controls' sufficient statistics of z_sem; the server sums them
    (in site order), fits the normative model and saves it, and probes z_sem for age from the
    same statistics (`latent_probe`).
-2b. the voxel-wise normative baseline (`voxelwise_phase`, non-private runs): per-voxel sums of
+2b. prior residuals (`prior_residual_phase`): the sites' summed statistics of their controls'
+   residuals from the diffusion prior (per atlas region) give the residuals' normative model; the
+   sites z-score their patients against it in phase 3 (`z_prior_<region>`).
+2c. the voxel-wise normative baseline (`voxelwise_phase`, non-private runs): per-voxel sums of
    the controls, fitted at the server and scored at the sites beside the NDAE scores.
 3. deviations and survival (`survival_phase`): pooled rows or federated Newton rounds, the
    covariates-only model beside the full one, and one risk summary scoring both.
@@ -92,12 +95,21 @@ class Federation:
         stats, normative = self.phase_normative(ema)
         self.timings["normative_s"] = time.time() - t
         t = time.time()
+        from ndae.federation.server.prior_residual_phase import fit_prior_residuals, survival_features
+
+        prior, self.prior_info = fit_prior_residuals(self, ema, normative, list(stats.site_names))
+        self.survival_features, dropped = survival_features(self.config.features, self.prior_info)
+        if dropped:
+            self.prior_info["survival"] = dropped
+            self.log(f"[prior residuals] {dropped}")
+        self.timings["prior_residuals_s"] = time.time() - t
+        t = time.time()
         from ndae.federation.server.voxelwise_phase import fit_voxelwise
 
         voxelwise, self.voxelwise_info = fit_voxelwise(self)
         self.timings["voxelwise_s"] = time.time() - t
         t = time.time()
-        survival = self.phase_survival(ema, normative, voxelwise)
+        survival = self.phase_survival(ema, normative, voxelwise, prior)
         self.timings["survival_s"] = time.time() - t
         self.timings["total_s"] = time.time() - started
         from ndae.federation.server.report import write_report
@@ -106,6 +118,7 @@ class Federation:
                    "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names),
                                  "warnings": self.moments_warnings},
                    "latent_probe": self.latent_probe, "voxelwise": self.voxelwise_info,
+                   "prior_residuals": self.prior_info,
                    "survival": survival, "participation": self.state.participation}
         if self.config.privacy:
             summary["privacy"] = self.privacy_heads
@@ -243,8 +256,8 @@ class Federation:
         return stats, normative
 
     # ---- phase 3: deviations and survival -------------------------------------------------------
-    def phase_survival(self, ema, normative, voxelwise=None) -> dict[str, Any]:
-        return SurvivalPhase(self).run(ema, normative, voxelwise)
+    def phase_survival(self, ema, normative, voxelwise=None, prior=None) -> dict[str, Any]:
+        return SurvivalPhase(self).run(ema, normative, voxelwise, prior)
 
     # ---- privacy ledgers -------------------------------------------------------------------
     def _record_privacy(self, replies: dict[str, RecordDict]) -> None:

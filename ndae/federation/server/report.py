@@ -10,7 +10,7 @@ import numpy as np
 
 from ndae.io import atomic_write_text
 
-__all__ = ["added_value_lines", "added_value_reading", "latent_probe_lines", "voxelwise_lines", "write_failure_report", "write_report"]
+__all__ = ["added_value_lines", "added_value_reading", "latent_probe_lines", "prior_residual_lines", "voxelwise_lines", "write_failure_report", "write_report"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -49,7 +49,10 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
         lines += ["", "## Privacy (per site, from its hash-chained ledger)", "",
                   f"DP-SGD (Opacus `{config.dp_mode}`, max-grad-norm {config.max_grad_norm:g}) and Gaussian "
                   f"normative moments (noise multiplier {config.moments_noise_multiplier:g}, clips: design row "
-                  f"{config.moments_covariate_clip:g}, z_sem {config.moments_latent_clip:g}); epsilon composed over "
+                  f"{config.moments_covariate_clip:g}, z_sem {config.moments_latent_clip:g})"
+                  + (f", and the prior residuals' moments (noise multiplier {config.prior_residual_noise_multiplier:g}, "
+                     f"clip of the region means {config.prior_residual_clip:g})" if config.prior_residuals else "")
+                  + "; epsilon composed over "
                   "every release of the site (RDP). Each site signs its ledger head with its own key; "
                   "`ndae audit RUN --keys REGISTRY` verifies the chains, the heads in `privacy/heads.json` and their "
                   "signatures against the consortium's registered keys.", "",
@@ -68,6 +71,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
               f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
     lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
     lines += latent_probe_lines(summary.get("latent_probe"))
+    lines += prior_residual_lines(summary.get("prior_residuals"), survival, config.privacy)
     lines += ["",
               "## Survival", "",
               f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
@@ -154,6 +158,39 @@ def _comparison_reading(e: dict) -> str:
     if upper < 0:
         return f"the first model ranks patients worse, {interval}."
     return f"{interval}: the CI includes 0, no difference distinguishable at this sample size."
+
+
+def prior_residual_lines(info: dict | None, survival: dict, private: bool) -> list[str]:
+    """The regional deviations from the diffusion prior: fitted or why not, whether the Cox model
+    takes them, and the swap test (does the decoder use z_sem at all?)."""
+    if not info:
+        return []
+    lines = ["", "## Regional deviations from the diffusion prior", ""]
+    if "not_computed" in info:
+        lines.append(f"Not computed: {info['not_computed']}.")
+        return lines + ([f"- {info['survival']}."] if info.get("survival") else [])
+    noisy = " (noisy DP count)" if private else ""
+    lines.append(f"Each site's residual x − x̂₀(x_t | z_sem) of the DAE's denoiser (normative z_sem of the subject's "
+                 f"covariates, and own z_sem), averaged per atlas region ({len(info['regions']) // 2} regions); a "
+                 f"normative model of the residuals fitted on {info['n_controls']:.0f} controls{noisy} from "
+                 f"{', '.join(info['sites'])} from their summed statistics (`{info['model']}/`); patients' z-scores "
+                 "`z_prior_<region>`, `z_prior_own_<region>` computed at their sites.")
+    lines += [f"- **warning**: {line}" for line in info.get("warnings", [])]
+    used = [f for f in survival.get("features", []) if f.startswith("z_prior_")]
+    lines.append(f"- In the survival model: **{', '.join(used)}**." if used else
+                 "- Not in the survival model (run config survival-features may name them, or \"prior\" for every "
+                 "region).")
+    if info.get("survival"):
+        lines.append(f"- {info['survival']}.")
+    swap = survival.get("prior_swap") or {}
+    if "relative_change" in swap:
+        lines.append(f"- Swap test: replacing a subject's z_sem by another's moves x̂₀ by "
+                     f"{swap['relative_change']:.3f} of the residual's size (mean over {swap['subjects']} subjects of "
+                     f"{', '.join(swap['sites'])}); near 0, the decoder ignores z_sem and the normative conditioning "
+                     "is empty.")
+    elif swap:
+        lines.append(f"- Swap test not reported: {swap['not_computed']}.")
+    return lines
 
 
 def latent_probe_lines(probe: dict | None) -> list[str]:

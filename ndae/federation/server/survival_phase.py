@@ -27,11 +27,15 @@ class SurvivalPhase:
     def __init__(self, federation):
         self.config, self.messenger, self.log = federation.config, federation.messenger, federation.log
         self.run_dir, self.dae_config, self.files = federation.run_dir, federation.dae_config, federation.files
+        # the run config's survival-features with "prior" expanded (`prior_residual_phase.survival_features`)
+        self.features = list(getattr(federation, "survival_features", self.config.features))
 
-    def run(self, ema, normative, voxelwise=None) -> dict[str, Any]:
+    def run(self, ema, normative, voxelwise=None, prior=None) -> dict[str, Any]:
         """`voxelwise`: the fitted voxel-wise baseline (or None): the sites score their patients
-        against it too, and its Cox model is compared with the NDAE's (`voxelwise_phase`)."""
-        config, features = self.config, self.config.features
+        against it too, and its Cox model is compared with the NDAE's (`voxelwise_phase`).
+        `prior`: the prior residuals' normative model (or None): the sites add their patients'
+        z-scores against it (`z_prior_*`) to their scores."""
+        config, features = self.config, self.features
         pooled = config.survival_mode == "pooled"
         content = RecordDict({"dae": ema_weights_record(ema), "normative": normative_to_config(normative),
                               "config": ConfigRecord({"dae-config": json.dumps(self.dae_config.to_dict()),
@@ -40,6 +44,10 @@ class SurvivalPhase:
             from ndae.federation.records import VOXELWISE_KEY, voxelwise_to_config
 
             content[VOXELWISE_KEY] = voxelwise_to_config(voxelwise)
+        if prior is not None:
+            from ndae.federation.records import PRIOR_KEY
+
+            content[PRIOR_KEY] = normative_to_config(prior)
         result = self.messenger.query("deviations", content)
         # a site that could not score its patients against the voxel-wise baseline says why
         self.voxelwise_failures = {s: str(c["voxelwise-error"]["reason"]) for s, c in result.replies.items()
@@ -51,6 +59,10 @@ class SurvivalPhase:
         sites_with_patients = [s for s in result.replies if s not in counts or counts[s]["patients"] > 0]
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
                                     "features": features}
+        if prior is not None:
+            from ndae.federation.server.prior_residual_phase import swap_test
+
+            survival["prior_swap"] = swap_test(result.replies, config.privacy)
         out = self.run_dir / "survival"
         table = None  # the pooled rows (pooled mode only)
         if pooled:

@@ -12,6 +12,7 @@ from ndae.federation.site.policy import SitePolicy
 STATE_KEY = "survival-table"
 QUERIES_KEY = "queries"
 FEATURES_KEY = "features"
+PRIOR_SWAP_KEY = "prior-swap"  # the controls' swap test (non-private runs), sent with the patients'
 
 
 def request(context: Context) -> tuple[FederationConfig, SitePolicy]:

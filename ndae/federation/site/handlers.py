@@ -3,7 +3,8 @@
 Kept in the library (not in `client/client_app.py`) so that `InProcessGrid` and the Flower
 ClientApp run exactly the same code.
 
-The site's answers to the survival queries (Cox terms, risk summary) are in `survival_queries`;
+The site's answers to the survival queries (Cox terms, risk summary) are in `survival_queries`,
+the prior residual query and the patients' prior residual z-scores in `prior_residual_queries`;
 what every handler reads first (request, policy, data, ledger) is in `context`.
 """
 
@@ -20,7 +21,9 @@ from ndae.federation.records import (
 )
 from ndae.federation.site import task as site_task
 from ndae.federation.site.context import FEATURES_KEY, STATE_KEY, flag, site_of, site_privacy
-# The Cox queries live in their own module; the dispatch table below names every handler.
+# The Cox queries and the prior residual query live in their own modules; the dispatch table
+# below names every handler.
+from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
 from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
 
 
@@ -125,8 +128,10 @@ def handle_deviations(message: Message, context: Context) -> Message:
         _refuse_voxelwise_in_private_run(config, site.name)
     features = [str(f) for f in settings["features"]]
     normative = config_to_normative(message.content["normative"])
-    table = site_task.patient_survival_table(site, message.content["dae"], json.loads(settings["dae-config"]),
-                                             normative, features, device=config.device)
+    dae_config = json.loads(settings["dae-config"])
+    prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
+    table = site_task.patient_survival_table(site, message.content["dae"], dae_config, normative, features,
+                                             device=config.device, extra=prior_features)
     voxel_columns: list[str] = []
     voxelwise_error = ""
     if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
@@ -149,6 +154,8 @@ def handle_deviations(message: Message, context: Context) -> Message:
                  "moments": arrays_to_record(moments)}
         if voxelwise_error:
             reply["voxelwise-error"] = ConfigRecord({"reason": voxelwise_error})
+        if prior_swap is not None:
+            reply["prior-swap"] = MetricRecord(prior_swap)
         if share_rows:
             reply["rows"] = frame_to_record(table)
         return Message(RecordDict(reply), reply_to=message)
@@ -171,6 +178,7 @@ HANDLERS = {
     "query.site_info": handle_site_info,
     "train": handle_train,
     "query.normative_stats": handle_normative_stats,
+    "query.prior_residual_stats": handle_prior_residual_stats,
     "query.voxelwise_stats": handle_voxelwise_stats,
     "query.deviations": handle_deviations,
     "query.cox_terms": handle_cox_terms,

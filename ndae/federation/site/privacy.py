@@ -4,8 +4,9 @@
   site. Limits (budgets, δ, per-run ε, ledger location) come from the site's policy
   (`ndae.federation.site.policy`, node config only); the run config only chooses the noise and
   clip parameters and may ask for stricter limits.
-- the two DP releases that spend ε (`private_train_round`, `private_normative_statistics`) are in
-  `ndae.federation.site.private_releases`; they check and spend through `SitePrivacy`.
+- the DP releases that spend ε (`private_train_round`, `private_normative_statistics`,
+  `private_prior_residual_statistics`) are in `ndae.federation.site.private_releases`; they check
+  and spend through `SitePrivacy`.
 - `record_declared`: a release that is not DP but that the site's policy allows (Cox likelihood
   terms, concordance counts, consented pooled scores): in the ledger, with what it held, outside ε.
 - `ledger_reply`: what the server learns about the ledger: its text (release metadata, no
@@ -30,10 +31,12 @@ from ndae.privacy.randomness import SiteRandomness
 
 _log = logging.getLogger("ndae.site")
 
-__all__ = ["SitePrivacy", "record_declared", "ledger_reply", "site_canaries", "run_id", "PrivacyBudgetExceeded",
+__all__ = ["SitePrivacy", "PRIOR_RESIDUAL_STATISTIC", "record_declared", "ledger_reply", "site_canaries", "run_id", "PrivacyBudgetExceeded",
            "pseudonymised_rows", "POOLED_ROW_CONTENT"]
 
 from ndae.privacy.ledger import ACCOUNTED_MECHANISMS as ACCOUNTED  # with an ε; the others are declared releases
+
+PRIOR_RESIDUAL_STATISTIC = "prior-residual-region-means"  # ledger details of the prior residuals' moments
 
 
 def run_id(config, flower_run_id: int | None = None) -> str:
@@ -58,6 +61,10 @@ class SitePrivacy:
     moments_covariate_clip: float
     moments_latent_clip: float
     run: str
+    # the prior residuals' moments (a second Gaussian release of the same kind), when the run asks for them
+    prior_residuals: bool = False
+    prior_residual_noise_multiplier: float = 0.0
+    prior_residual_clip: float = 1.0
 
     @classmethod
     def for_site(cls, config, policy: SitePolicy, site_name: str, n_controls: int, manifest,
@@ -71,7 +78,10 @@ class SitePrivacy:
                    target_epsilon=float(config.target_epsilon), mode=config.dp_mode,
                    moments_noise_multiplier=float(config.moments_noise_multiplier),
                    moments_covariate_clip=float(config.moments_covariate_clip),
-                   moments_latent_clip=float(config.moments_latent_clip), run=run_id(config, flower_run_id))
+                   moments_latent_clip=float(config.moments_latent_clip), run=run_id(config, flower_run_id),
+                   prior_residuals=bool(config.prior_residuals),
+                   prior_residual_noise_multiplier=float(config.prior_residual_noise_multiplier),
+                   prior_residual_clip=float(config.prior_residual_clip))
 
     @property
     def randomness(self) -> SiteRandomness:
@@ -113,6 +123,24 @@ class SitePrivacy:
         sensitivity = moments_sensitivity(self.moments_covariate_clip, self.moments_latent_clip)
         return PrivacyEvent("gaussian-moments", self.moments_noise_multiplier, 1.0, 1, sensitivity,
                             self._records_for_ledger(), self.details())
+
+    def prior_residual_event(self):
+        """The Gaussian release of the prior residuals' moments: the same mechanism as the z_sem
+        moments (one step at sample rate 1), its clip the residual vector's; the ledger details
+        name the statistic, so an audit tells the two releases apart."""
+        from ndae.privacy.accountant import PrivacyEvent
+        from ndae.privacy.dp_moments import moments_sensitivity
+
+        sensitivity = moments_sensitivity(self.moments_covariate_clip, self.prior_residual_clip)
+        return PrivacyEvent("gaussian-moments", self.prior_residual_noise_multiplier, 1.0, 1, sensitivity,
+                            self._records_for_ledger(), self.details(statistic=PRIOR_RESIDUAL_STATISTIC))
+
+    def planned_moments_events(self) -> list:
+        """The moments releases this run will make after training (target-epsilon plans for them).
+        A noise-free prior residual release has no finite ε to plan with: the site refuses it when
+        asked (unless its budget is unbounded), and that refusal must not stop the training."""
+        prior = self.prior_residuals and self.prior_residual_noise_multiplier > 0
+        return [self.moments_event(), *([self.prior_residual_event()] if prior else [])]
 
     def _records_for_ledger(self) -> int:
         # The ledger travels to the server: an exact count only where the site declares counts public.

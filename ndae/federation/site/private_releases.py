@@ -6,8 +6,10 @@
   cap before the first step and written to the ledger before the weights leave the site.
 - `private_normative_statistics`: clipped, Gaussian-noised sufficient statistics of the
   controls' latents (`ndae.privacy.dp_moments`), accounted the same way.
+- `private_prior_residual_statistics`: the same release for the controls' prior residual region
+  means (`ndae.federation.site.prior_residuals`), with its own clip and noise multiplier.
 
-`target-epsilon` (if > 0) is the ε this run's DAE training AND moments release should reach, on
+`target-epsilon` (if > 0) is the ε this run's DAE training AND moments releases should reach, on
 top of the site's earlier runs; the noise multiplier is solved once from it.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
 from ndae.federation.site.privacy import ACCOUNTED, SitePrivacy
 
-__all__ = ["private_train_round", "private_normative_statistics"]
+__all__ = ["private_train_round", "private_normative_statistics", "private_prior_residual_statistics"]
 
 
 # ---- DP-SGD ------------------------------------------------------------------------------------
@@ -34,14 +36,14 @@ def _planned_noise_multiplier(privacy: SitePrivacy, account, sample_rate: float,
         return privacy.noise_multiplier
     earlier = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in account.entries
                if e["mechanism"] in ACCOUNTED and e.get("details", {}).get("run") != privacy.run]
-    planned = earlier + [privacy.moments_event().step]
+    planned = earlier + [event.step for event in privacy.planned_moments_events()]
     try:
         return noise_multiplier_for_budget(privacy.target_epsilon, privacy.budget_delta, sample_rate,
                                            steps_per_round * rounds, planned)
     except NdaeError as error:
         raise PrivacyBudgetExceeded(
             f"site {privacy.site!r}: no DP-SGD noise reaches target-epsilon {privacy.target_epsilon:g} at delta "
-            f"{privacy.budget_delta:g} after earlier runs and this run's moments release ({error}; ledger "
+            f"{privacy.budget_delta:g} after earlier runs and this run's moments releases ({error}; ledger "
             f"{privacy.ledger})") from None
 
 
@@ -111,14 +113,48 @@ def private_normative_statistics(site, weights, dae_config: dict, design: dict, 
     privacy.check(account, event)
     z_sem = encode_z_sem(site, weights, dae_config, rows, device)
     frame = covariates(site, rows)
-    public = {"site_names": np.array([site.name], dtype=np.str_),
-              "design": np.array(json.dumps(spec.to_dict(), sort_keys=True)),  # as SufficientStats.to_arrays
-              # the design's declared age range, not the observed one (that would be data)
-              "covariate_min": np.array([spec.age_range[0]]), "covariate_max": np.array([spec.age_range[1]])}
     noisy = private_moments(spec.build(frame), z_sem, covariate_clip=privacy.moments_covariate_clip,
                             latent_clip=privacy.moments_latent_clip, noise_multiplier=privacy.moments_noise_multiplier,
-                            rng=privacy.randomness.numpy_rng("moments", site.name, privacy.run), public=public)
+                            rng=privacy.randomness.numpy_rng("moments", site.name, privacy.run),
+                            public=_moments_payload(site, spec))
     if abs(noisy.sensitivity - event.clip) > 1e-12 * event.clip:
         raise NdaeError(f"moments sensitivity {noisy.sensitivity} differs from the budgeted {event.clip}")
     entry = privacy.spend(account, event)  # the event budgeted above: no count of clipped rows leaves
     return noisy.stats, entry
+
+
+def _moments_payload(site, spec) -> dict:
+    """The public fields of a moments release: no statistic of the data."""
+    return {"site_names": np.array([site.name], dtype=np.str_),
+            "design": np.array(json.dumps(spec.to_dict(), sort_keys=True)),  # as SufficientStats.to_arrays
+            # the design's declared age range, not the observed one (that would be data)
+            "covariate_min": np.array([spec.age_range[0]]), "covariate_max": np.array([spec.age_range[1]])}
+
+
+# ---- prior residual moments --------------------------------------------------------------------
+def private_prior_residual_statistics(site, weights, dae_config: dict, normative, design: dict,
+                                      privacy: SitePrivacy, *, device: str = "auto") -> tuple[dict, list[str], dict]:
+    """Clipped, noised sufficient statistics of the controls' prior residual region means, their
+    column names (the atlas regions the slices cut: not data) and the ledger entry of the release:
+    one Gaussian step like the z_sem moments, in the same accountant. The budget is checked
+    before any residual is computed. Only the diagonal ΣY² of the latent
+    block is released: the residuals' normative model needs no cross products (z-scores only)."""
+    from ndae.federation.site.prior_residuals import prior_region_means
+    from ndae.federation.site.statistics import covariates
+    from ndae.normative import DesignSpec
+    from ndae.privacy.dp_moments import private_moments
+
+    spec = DesignSpec.from_dict(design)
+    account = privacy.accountant()
+    event = privacy.prior_residual_event()
+    privacy.check(account, event)
+    means = prior_region_means(site, weights, dae_config, normative, site.controls, device)
+    noisy = private_moments(spec.build(covariates(site, site.controls)), means.values,
+                            covariate_clip=privacy.moments_covariate_clip, latent_clip=privacy.prior_residual_clip,
+                            noise_multiplier=privacy.prior_residual_noise_multiplier,
+                            rng=privacy.randomness.numpy_rng("prior-residual-moments", site.name, privacy.run),
+                            public=_moments_payload(site, spec), cross_products=False)
+    if abs(noisy.sensitivity - event.clip) > 1e-12 * event.clip:
+        raise NdaeError(f"prior residual moments sensitivity {noisy.sensitivity} differs from the budgeted {event.clip}")
+    entry = privacy.spend(account, event)
+    return noisy.stats, means.columns, entry

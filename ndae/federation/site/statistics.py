@@ -50,8 +50,9 @@ def normative_statistics(site: SiteData, weights, dae_config: dict, design: dict
 
 # ---- deviations and survival ------------------------------------------------------------------
 def patient_survival_table(site: SiteData, weights, dae_config: dict, normative, features: list[str],
-                           device: str = "auto") -> pd.DataFrame:
-    """The site's patients: subject, site, age, sex_female, time, event and their deviation scores."""
+                           device: str = "auto", extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The site's patients: subject, site, age, sex_female, time, event and their deviation scores
+    (and the scores of `extra`, `subject` + columns: the prior residual z-scores)."""
     from ndae.deviation.scores import deviation_table
     from ndae.survival.analysis import patient_table
 
@@ -61,6 +62,9 @@ def patient_survival_table(site: SiteData, weights, dae_config: dict, normative,
         return pd.DataFrame({c: pd.Series(dtype=str if c in ("subject", "site") else float) for c in columns})
     z_sem = encode_z_sem(site, weights, dae_config, rows, device)
     table = deviation_table(covariates(site, rows)["subject"], covariates(site, rows), z_sem, normative)
+    if extra is not None:
+        table = table.merge(extra.assign(subject=extra["subject"].astype(str)), on="subject", how="left",
+                            validate="one_to_one")
     missing = [f for f in features if f not in table.columns]
     if missing:
         raise NdaeError(f"survival-features {missing} are not deviation scores; available: {list(table.columns[1:])}")
