@@ -103,7 +103,11 @@ def test_the_cox_model_takes_the_prior_feature_and_the_report_says_so(pooled_run
     report = (run / "report.md").read_text()
     assert "## Regional deviations from the diffusion prior" in report
     assert "In the survival model: **z_prior_precentral**" in report
-    assert f"moves x̂₀ by {swap['relative_change']:.3f} of the residual's size (mean over 39 subjects" in report
+    assert "Swap test (mean over 39 subjects" in report
+    assert f"moves the denoiser's x̂₀ by {100 * swap['relative_change']:.2g} % of the residual's size" in report
+    # the report opens with its verdict: what the imaging adds, and whether the decoder uses z_sem
+    head = report.splitlines()[2:4]
+    assert head[0].startswith("**Verdict (") and head[1].startswith("z_sem use: ")
     phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert phases == ["dae", "normative", "prior_residuals", "survival"]  # (voxelwise: off here)
 

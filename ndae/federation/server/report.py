@@ -23,7 +23,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> Path:
     survival = summary["survival"]
-    lines = ["# Federated NDAE run", "",
+    lines = ["# Federated NDAE run", "", *headline_lines(summary),
              f"- sites: {len(summary['sites'])} ({', '.join(summary['sites'])}); min-sites {config.min_sites}",
              f"- DAE: preset `{config.dae_preset}`, {config.rounds} round(s) of {config.strategy} × "
              f"{config.local_epochs} local epoch(s), seed {config.seed}",
@@ -184,13 +184,44 @@ def prior_residual_lines(info: dict | None, survival: dict, private: bool) -> li
         lines.append(f"- {info['survival']}.")
     swap = survival.get("prior_swap") or {}
     if "relative_change" in swap:
-        lines.append(f"- Swap test: replacing a subject's z_sem by another's moves x̂₀ by "
-                     f"{swap['relative_change']:.3f} of the residual's size (mean over {swap['subjects']} subjects of "
-                     f"{', '.join(swap['sites'])}); near 0, the decoder ignores z_sem and the normative conditioning "
-                     "is empty.")
+        lines.append(f"- Swap test (mean over {swap['subjects']} subjects of {', '.join(swap['sites'])}): "
+                     + swap_reading(swap["relative_change"]))
     elif swap:
         lines.append(f"- Swap test not reported: {swap['not_computed']}.")
     return lines
+
+
+def swap_reading(change: float) -> str:
+    """The swap test in words chosen by its number (the threshold of `ndae evaluate`'s report)."""
+    from ndae.evaluation.report import SWAP_THRESHOLD
+
+    head = (f"replacing a subject's z_sem by another's moves the denoiser's x̂₀ by {100 * change:.2g} % of the "
+            "residual's size")
+    if change < SWAP_THRESHOLD:
+        return (head + f", under {100 * SWAP_THRESHOLD:.0f} %: the decoder hardly uses z_sem, so the 'normative' "
+                "conditioning of the prior residual is nearly empty (it is a learned denoiser's residual).")
+    return head + ": the decoder uses z_sem, and the normative conditioning changes the residual."
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """The report's first lines: what the NDAE model adds to the covariates, with its CI, in words
+    chosen by the CI (cross-validated where the server held the rows, else within site); and
+    whether the decoder uses z_sem."""
+    survival = summary["survival"]
+    added = survival.get("added_value") or {}
+    lines = []
+    estimates = [added[k] for k in ("cross_validated", "within_site") if isinstance(added.get(k), dict)
+                 and "not_computed" not in added[k]]
+    if estimates:
+        e = estimates[0]
+        lines.append(f"**Verdict ({e['kind']}).** " + added_value_reading(
+            e, ", ".join(added["features"]), ", ".join(added["covariates"]) or "none"))
+    elif added.get("not_computed"):
+        lines.append(f"**Verdict.** What the imaging adds to the covariates was not computed: {added['not_computed']}.")
+    swap = survival.get("prior_swap") or {}
+    if "relative_change" in swap:
+        lines.append("z_sem use: " + swap_reading(swap["relative_change"]))
+    return lines + [""] if lines else []
 
 
 def latent_probe_lines(probe: dict | None) -> list[str]:
