@@ -207,3 +207,24 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     best = result["best_baseline"]
     assert not best.startswith("NDAE") and not best.startswith("oracle")
     assert "to the covariates' expected C" in report and "| voxel-wise normative z | alone |" in report
+
+
+def test_cosine_hazard_ratio_of_a_score_with_a_tiny_spread():
+    """The paper's cosine keeps the latent's shared mean: it sits near 1 with sd ~1e-4. Its hazard
+    ratio per SD must be the same as for the score rescaled, and the report must render even where
+    the per-unit ratio overflows."""
+    from ndae.evaluation.comparison import cosine_hazard_ratio
+    from ndae.evaluation.report import _g
+
+    rng = np.random.default_rng(0)
+    n = 200
+    score = rng.normal(size=n)
+    time = rng.exponential(np.exp(0.5 * score))  # higher score, longer survival: HR per SD < 1
+    table = pd.DataFrame({"time": time, "event": rng.random(n) < 0.8, "cosine": 1.0 - 1e-5 + 1e-5 * score})
+    tiny = cosine_hazard_ratio(table)
+    plain = cosine_hazard_ratio(table.assign(cosine=score))
+    assert tiny["per_sd"]["hazard_ratio"] == pytest.approx(plain["per_sd"]["hazard_ratio"], rel=1e-4)
+    assert tiny["per_sd"]["hazard_ratio"] < 0.8 and tiny["per_sd"]["upper_95"] < 1
+    assert tiny["coef"] * 1e-5 == pytest.approx(plain["coef"], rel=1e-4)  # per unit = per SD / sd
+    assert tiny["per_unit"]["hazard_ratio"] == 0.0  # exp(-5e4): underflows, rendered as such, no crash
+    assert _g(float("inf")) == "–" and _g(None) == "–" and _g(0.5) == "0.5"

@@ -57,6 +57,11 @@ def results_table(models: list[dict], oracle: float | None) -> list[str]:
     return lines
 
 
+def _g(value: Any, digits: int = 3) -> str:
+    """A number in %g form, '–' for a missing or non-finite one (an overflowed hazard ratio)."""
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
+
+
 def _num(value: Any, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
@@ -201,10 +206,11 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         lines += ["Models whose Cox fit failed:", ""] + [f"- {k}: {v}" for k, v in result["failed_models"].items()] + [""]
     lines += [
         "## NDAE cosine score", "",
-        f"Cox on the cosine alone (all {hazard['n']} patients, {hazard['events']} events): HR per unit of cosine "
-        f"{unit['hazard_ratio']:.3g} (95 % CI {unit['lower_95']:.3g}–{unit['upper_95']:.3g}, p = {unit['p']:.2g}); "
-        f"per SD ({per_sd['sd']:.3f}) {per_sd['hazard_ratio']:.3g} ({per_sd['lower_95']:.3g}–{per_sd['upper_95']:.3g}). "
-        "Higher cosine = closer to the healthy expectation.", "",
+        f"Cox on the cosine alone (all {hazard['n']} patients, {hazard['events']} events): HR per SD "
+        f"({_g(per_sd['sd'])}) {_g(per_sd['hazard_ratio'])} (95 % CI {_g(per_sd['lower_95'])}–{_g(per_sd['upper_95'])}, "
+        f"p = {_g(unit['p'], 2)}); per unit of cosine {_g(unit['hazard_ratio'])} ({_g(unit['lower_95'])}–"
+        f"{_g(unit['upper_95'])}; '–' where it overflows: the cosine keeps the latent's shared mean, so it varies "
+        "little across patients and one unit is many SDs). Higher cosine = closer to the healthy expectation.", "",
         f"Kaplan–Meier by cosine tertile: log-rank p = {km['p_value']:.2g}; median survival (months) "
         + ", ".join(f"{k} {('not reached' if v is None else f'{v:.1f}')}" for k, v in km["median_survival_months"].items())
         + ".", "",
