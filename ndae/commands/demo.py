@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"simulated patients per patient anatomy of the demo data (default {DEFAULT_PATIENTS_PER_ANATOMY}: "
                              "240 patients from the 60 patient anatomies)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for cohort generation (default 2)")
+    parser.add_argument("--survival-features", default=None, metavar="LIST",
+                        help="deviation scores in the Cox model, comma-separated (default: prior,cosine = every "
+                        "region of the prior residuals and the paper's cosine; e.g. cosine,mahalanobis)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the same apps in this process instead of Flower's (Ray) simulation engine")
     from ndae.run_folder import add_rerun_flags
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                       max_subjects=args.max_subjects, jobs=args.jobs,
                       patients_per_anatomy=args.patients_per_anatomy, in_process=args.in_process,
                       privacy=args.privacy, target_epsilon=args.target_epsilon,
-                      audit_canaries=args.audit_canaries, resume=args.resume, force=args.force)
+                      audit_canaries=args.audit_canaries, resume=args.resume, force=args.force,
+                      survival_features=args.survival_features)
     print(f"report: {report}")
     return 0
