@@ -62,8 +62,9 @@ def fit_prior_residuals(federation, ema, normative, normative_sites: list[str]) 
             warnings = moments_noise_warnings(arrays)
             stats = postprocess_noisy_stats(stats)
         model = NormativeModel.from_stats(stats, columns)
-    except (NdaeError, KeyError, ValueError) as error:
-        return None, _not_computed(federation, str(error))
+    except (NdaeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+        # a site's reply is not trusted: a garbled one costs the run the prior features, not the run
+        return None, _not_computed(federation, f"{type(error).__name__}: {error}")
     from ndae.io import atomic_save_npz
 
     model.save(federation.run_dir / FOLDER)

@@ -25,8 +25,8 @@ import pandas as pd
 from ndae.federation.site.data import SiteData
 from ndae.federation.site.statistics import covariates
 
-__all__ = ["PriorRegionMeans", "prior_region_means", "prior_residual_statistics", "patient_prior_features",
-           "RAW_PREFIX", "Z_PREFIX"]
+__all__ = ["PriorRegionMeans", "prior_region_means", "prior_region_columns", "prior_residual_statistics",
+           "patient_prior_features", "RAW_PREFIX", "Z_PREFIX"]
 
 RAW_PREFIX = "prior_"  # prior_<region> and prior_own_<region>: region means, never sent
 Z_PREFIX = "z_"  # the patients' features: z_prior_<region>, z_prior_own_<region>
@@ -52,8 +52,6 @@ def prior_region_means(site: SiteData, weights, dae_config: dict, normative, row
                        device: str = "auto") -> PriorRegionMeans:
     """The selected subjects' residual region means with the global EMA weights, conditioned on
     the normative z_sem of `normative` (the broadcast model of z_sem) and on their own z_sem."""
-    from ndae.data.cache import load_prepared
-    from ndae.deviation.image_features import atlas_on_slices
     from ndae.deviation.prior_residuals import prior_residual_maps, prior_residual_regions
     from ndae.federation.records import record_to_dae
     from ndae.federation.site.training import build_dae, resolve_device
@@ -63,15 +61,10 @@ def prior_region_means(site: SiteData, weights, dae_config: dict, normative, row
     record_to_dae(weights, model, ema)
     config = model.config
     images = site.data.images
-    channels = list(config.model.slice_channels or range(images.shape[1]))
-    # The atlas regions the slices cut follow from the slice positions (the preset's), not from data.
-    z_mm = load_prepared(site.prepared_dir, str(site.data.subjects[0])).slice_z_mm[channels]
-    atlas = atlas_on_slices(z_mm)
+    channels, atlas = _channels_and_atlas(site, config)
     frame = covariates(site, rows).reset_index(drop=True)
     if not len(frame):
-        empty = prior_residual_regions(_no_residuals(images[:0, channels]), images[:0, channels] > -1.0, atlas)
-        empty.insert(0, "subject", pd.Series(dtype=str))
-        return PriorRegionMeans(empty, None, 0)
+        return _empty_means(images, channels, atlas)
     with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
         warnings.simplefilter("ignore", OutOfRangeWarning)
         z_normative = normative.predict(frame)[0]
@@ -79,8 +72,43 @@ def prior_region_means(site: SiteData, weights, dae_config: dict, normative, row
     ages = np.asarray(site.data.ages, np.float32)[rows] if config.model.age_conditioned else None
     residuals = prior_residual_maps(ema.model, config, selected, z_normative, ages, out_size=selected.shape[2:])
     table = prior_residual_regions(residuals, selected[:, channels] > -1.0, atlas)
+    # Each subject's row must be a bounded function of that subject alone: clipping bounds a row's
+    # norm but not a NaN or an infinity, and one non-finite row makes the whole (noised) sum
+    # non-finite. The server chooses the DAE and the normative model (a z_sem of 1e38 for one sex
+    # turns that sex's residuals into NaN in float32), so non-finite values would answer "is any
+    # such subject here?" outside the accounted release. They count as 0, whatever the others are.
+    table = table.where(np.isfinite(table.to_numpy(np.float64)), 0.0)
     table.insert(0, "subject", frame["subject"].to_numpy())
     return PriorRegionMeans(table, residuals.swap.get("relative_change"), len(frame))
+
+
+def _channels_and_atlas(site: SiteData, config):
+    from ndae.data.cache import load_prepared
+    from ndae.deviation.image_features import atlas_on_slices
+
+    channels = list(config.model.slice_channels or range(site.data.images.shape[1]))
+    # The atlas regions the slices cut follow from the slice positions (the preset's), not from data.
+    z_mm = load_prepared(site.prepared_dir, str(site.data.subjects[0])).slice_z_mm[channels]
+    return channels, atlas_on_slices(z_mm)
+
+
+def _empty_means(images: np.ndarray, channels: list[int], atlas: np.ndarray) -> PriorRegionMeans:
+    from ndae.deviation.prior_residuals import prior_residual_regions
+
+    # region_means cannot reshape zero rows: the columns of one blank row, then no row
+    blank = images[:1, channels]
+    empty = prior_residual_regions(_no_residuals(blank), np.zeros(blank.shape, bool), atlas).iloc[:0]
+    empty.insert(0, "subject", pd.Series(dtype=str))
+    return PriorRegionMeans(empty, None, 0)
+
+
+def prior_region_columns(site: SiteData, dae_config: dict) -> list[str]:
+    """The region columns (`prior_<region>`, `prior_own_<region>`) this site computes for a DAE
+    config: the atlas regions its slices cut, known before any subject is read."""
+    from ndae.model import DAEConfig
+
+    channels, atlas = _channels_and_atlas(site, DAEConfig.from_dict(dae_config))
+    return _empty_means(site.data.images, channels, atlas).columns
 
 
 def _no_residuals(shape_like: np.ndarray):
@@ -114,6 +142,7 @@ def patient_prior_features(site: SiteData, means: PriorRegionMeans, residual_mod
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
         z = residual_model.z_scores(frame, means.values) if len(frame) else np.zeros((0, len(names)))
+    z = np.where(np.isfinite(z), z, 0.0)  # as the region means: one patient's value never turns a sum non-finite
     features = pd.DataFrame(z, columns=[Z_PREFIX + name for name in names])
     features.insert(0, "subject", means.table["subject"].to_numpy())
     return features
