@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "240 patients from the 60 patient anatomies)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for cohort generation (default 2)")
     parser.add_argument("--survival-features", default=None, metavar="LIST",
-                        help="deviation scores in the Cox model, comma-separated (default: prior,cosine = every "
-                        "region of the prior residuals and the paper's cosine; e.g. cosine,mahalanobis)")
+                        help="deviation scores in the Cox model, comma-separated (default: prior = every region of the "
+                        "prior residuals; e.g. prior,cosine or cosine,mahalanobis)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the same apps in this process instead of Flower's (Ray) simulation engine")
     from ndae.run_folder import add_rerun_flags
