@@ -31,7 +31,9 @@ def run_dir(tmp_path):
     )
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     z_sem = 10 + 0.05 * (manifest["age"].to_numpy()[:, None] - 50) + rng.normal(0, 0.3, (n, d))
-    z_sem[n_controls:] += 1.0  # patients deviate
+    # patients deviate, across the shared mean's direction: a shift along it (+1 in every dimension)
+    # only lengthens the vector, which no cosine sees (the paper's keeps the mean; Mahalanobis would)
+    z_sem[n_controls:] += np.where(np.arange(d) % 2 == 0, 1.0, -1.0)
     order = rng.permutation(n)  # latents need not follow the manifest's order
     run = tmp_path / "run"
     atomic_save_npz(
