@@ -128,7 +128,7 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     oracle = models[("oracle (true risk)", "alone")]
     assert abs(oracle["harrell_c_mean"] - c_star) < 2 * oracle["harrell_c_sd"] / np.sqrt(3) + 0.02
     assert np.isfinite(models[("NDAE cosine", "alone")]["harrell_c_mean"])
-    assert "HR per unit of cosine" in report
+    assert "HR per SD" in report and "per unit of cosine" in report
     # one row per patient, every feature finite
     patients = pd.read_csv(out / "patients.csv")
     manifest_table = pd.read_csv(manifest)
