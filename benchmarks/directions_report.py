@@ -173,7 +173,7 @@ def render(cells: list[dict], archive: str | None = None) -> str:
     first = cells[0]
     lines += [
         f"Each cell is one `benchmarks.bench_survival` run ({first['seeds']} cohort seed(s), {first['patients']} "
-        f"patients each, DAE {first['dae_steps']} steps unless the preset says `@steps`); its whole section is in `benchmarks/results/{archive or 'directions'}/`. "
+        f"patients each, DAE {first['dae_steps']} steps unless the preset says `@steps`); its whole section is in `benchmarks/results/{archive or 'directions'}/`. Cells of one preset and step count share the DAE of a cohort seed across disease settings where it was run with `--share-dae` (the controls are byte-identical, so the DAE is the same network): their 'DAE s' is the resume's, not a training's. "
         "ρ: Spearman with the true severity, mean over cohort seeds: a single score's own; for a model of many "
         "features (marked 'risk': all NDAE scores, the image-space regions, the voxel-wise and regional normative "
         "models) the ρ of its out-of-fold Cox risk. `+imageN`: with the image-space NDAE features (N DDIM steps). "
