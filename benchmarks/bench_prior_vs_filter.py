@@ -49,9 +49,8 @@ def slice_highpass(images: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
 def run_rhos(run: Path) -> dict:
     from scipy.stats import spearmanr
 
-    from ndae.data.cache import load_prepared
     from ndae.data.dataset import load_slice_dataset
-    from ndae.deviation.image_features import atlas_on_slices, region_means
+    from ndae.deviation.image_features import dae_slices_and_atlas, region_means
     from ndae.model import load_checkpoint
     from ndae.normative.model import NormativeModel, OutOfRangeWarning
 
@@ -61,9 +60,8 @@ def run_rhos(run: Path) -> dict:
     truth = pd.read_csv(cohort / "truth.csv", dtype={"subject": str}).set_index("subject")
     data = load_slice_dataset(cohort / "manifest.csv", cache, progress=False)
     config = load_checkpoint(run / "dae" / "checkpoint.pt").config
-    channels = list(config.model.slice_channels or range(data.images.shape[1]))
+    channels, atlas = dae_slices_and_atlas(config, cache, data.subjects[0], data.images.shape[1])
     images = data.images[:, channels]
-    atlas = atlas_on_slices(load_prepared(cache, str(data.subjects[0])).slice_z_mm[channels])
     brain = images > -1.0
     covariates = data.manifest[["subject", "site", "age", "sex", "group"]].reset_index(drop=True)
     covariates["subject"] = covariates["subject"].astype(str)

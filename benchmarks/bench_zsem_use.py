@@ -24,7 +24,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ndae.io import atomic_write_json, atomic_write_text
@@ -44,9 +43,8 @@ def parse_variant(text: str) -> tuple[float | None, int]:
 def measure(cohort: Path, variant: str, work: Path, seed: int) -> dict:
     import torch
 
-    from ndae.data.cache import load_prepared
     from ndae.data.dataset import load_slice_dataset
-    from ndae.deviation.image_features import atlas_on_slices
+    from ndae.deviation.image_features import dae_slices_and_atlas
     from ndae.deviation.prior_residuals import prior_residual_maps, prior_residual_regions
     from ndae.model import encode, load_checkpoint
     from ndae.model.config import preset
@@ -73,8 +71,7 @@ def measure(cohort: Path, variant: str, work: Path, seed: int) -> dict:
         warnings.simplefilter("ignore", OutOfRangeWarning)
         normative = NormativeModel().fit(covariates[controls].reset_index(drop=True), z[controls])
         z_normative = normative.predict(covariates)[0]
-    channels = list(cfg.model.slice_channels or range(data.images.shape[1]))
-    atlas = atlas_on_slices(load_prepared(cache, str(data.subjects[0])).slice_z_mm[channels])
+    channels, atlas = dae_slices_and_atlas(cfg, cache, data.subjects[0], data.images.shape[1])
     brain = data.images[:, channels] > -1.0
     truth = pd.read_csv(cohort / "truth.csv", dtype={"subject": str}).set_index("subject")
     patients = ~controls

@@ -38,6 +38,27 @@ def atlas_on_slices(slice_z_mm) -> np.ndarray:
     return np.round(extract_axial_slices(atlas, output_grid(), slice_z_mm)).astype(np.int16)
 
 
+def run_dae(run_dir: str | Path, device: str | None = None):
+    """The EMA network and config of a run's trained DAE (`run_dir/dae/checkpoint.pt`)."""
+    from ndae.model import load_checkpoint
+    from ndae.model.run import resolve_device
+
+    checkpoint = Path(run_dir) / "dae" / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise NdaeError(f"{checkpoint}: no trained DAE in this run")
+    state = load_checkpoint(checkpoint, resolve_device(device))
+    return state.ema.model, state.config
+
+
+def dae_slices_and_atlas(config, cache_dir: str | Path, subject: str, n_channels: int) -> tuple[list[int], np.ndarray]:
+    """The prepared-slice channels the DAE sees and the atlas on them. Every prepared subject has
+    the same slice positions (they are part of the cache's config), so one subject's give them."""
+    from ndae.data.cache import load_prepared
+
+    channels = list(config.model.slice_channels or range(n_channels))
+    return channels, atlas_on_slices(load_prepared(cache_dir, str(subject)).slice_z_mm[channels])
+
+
 def region_means(maps: np.ndarray, brain: np.ndarray, atlas_slices: np.ndarray, prefix: str = PREFIX) -> pd.DataFrame:
     """Mean of each subject's map over every atlas region (within the subject's brain) that has at
     least MIN_PIXELS pixels on the slices. `maps`, `brain`: [n, C, H, W]; `atlas_slices`: [C, H, W]."""
@@ -65,28 +86,19 @@ def image_deviation_features(run_dir: str | Path, manifest: str | Path, cache_di
                              steps: int, device: str | None = None) -> pd.DataFrame:
     """`subject` + one column per atlas region: the mean image-space deviation of every subject of
     the manifest, from the run's DAE (`run_dir/dae/checkpoint.pt`) and its normative model of z_sem."""
-    from ndae.data.cache import load_prepared
     from ndae.data.dataset import load_slice_dataset
     from ndae.deviation.image_maps import normative_maps
-    from ndae.model import load_checkpoint
-    from ndae.model.run import resolve_device
     from ndae.normative.model import OutOfRangeWarning
 
     if int(steps) < 1:
         raise NdaeError(f"image deviation features: steps must be at least 1, got {steps}")
-    checkpoint = Path(run_dir) / "dae" / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise NdaeError(f"{checkpoint}: no trained DAE in this run")
-    state = load_checkpoint(checkpoint, resolve_device(device))
-    model, config = state.ema.model, state.config
+    model, config = run_dae(run_dir, device)
     data = load_slice_dataset(manifest, cache_dir, progress=False)
-    channels = list(config.model.slice_channels or range(data.images.shape[1]))
-    # every prepared subject has the same slice positions (they are part of the cache's config)
-    z_mm = load_prepared(cache_dir, str(data.subjects[0])).slice_z_mm[channels]
+    channels, atlas = dae_slices_and_atlas(config, cache_dir, data.subjects[0], data.images.shape[1])
     with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
         warnings.simplefilter("ignore", OutOfRangeWarning)
         maps = normative_maps(model, config, data, normative, int(steps))
     brain = data.images[:, channels] > -1.0
-    table = region_means(maps, brain, atlas_on_slices(z_mm))
+    table = region_means(maps, brain, atlas)
     table.insert(0, "subject", [str(s) for s in data.subjects])
     return table

@@ -151,6 +151,12 @@ def prior_residual_maps(model, config, images: np.ndarray, z_normative: np.ndarr
     return PriorResiduals(maps=maps, swap=swap, levels=levels, draws=int(draws))
 
 
+def region_columns(table: pd.DataFrame, kind: str) -> list[str]:
+    """The columns of one conditioning (NORMATIVE's prefix `prior_` also begins OWN's `prior_own_`)."""
+    other = [PREFIX[k] for k in PREFIX if k != kind and PREFIX[k].startswith(PREFIX[kind])]
+    return [c for c in table.columns if c.startswith(PREFIX[kind]) and not any(c.startswith(o) for o in other)]
+
+
 def prior_residual_regions(residuals: PriorResiduals, brain: np.ndarray, atlas_slices: np.ndarray) -> pd.DataFrame:
     """Region means of both conditionings' maps: columns `prior_<region>` (normative z_sem) and
     `prior_own_<region>` (own z_sem)."""
@@ -165,24 +171,16 @@ def prior_residual_features(run_dir: str | Path, manifest: str | Path, cache_dir
                             subjects=None) -> tuple[pd.DataFrame, dict]:
     """`subject` + the region means of every subject of the manifest (or of `subjects`), from the
     run's DAE (`run_dir/dae/checkpoint.pt`) and its normative model of z_sem; and the swap test."""
-    from ndae.data.cache import load_prepared
     from ndae.data.dataset import load_slice_dataset
-    from ndae.deviation.image_features import atlas_on_slices
-    from ndae.model import load_checkpoint
-    from ndae.model.run import resolve_device
+    from ndae.deviation.image_features import dae_slices_and_atlas, run_dae
     from ndae.normative.model import OutOfRangeWarning
 
-    checkpoint = Path(run_dir) / "dae" / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise NdaeError(f"{checkpoint}: no trained DAE in this run")
-    state = load_checkpoint(checkpoint, resolve_device(device))
-    model, config = state.ema.model, state.config
+    model, config = run_dae(run_dir, device)
     data = load_slice_dataset(manifest, cache_dir, progress=False)
     if subjects is not None:
         wanted = set(map(str, subjects))
         data = data.subset(np.array([str(s) in wanted for s in data.subjects]))
-    channels = list(config.model.slice_channels or range(data.images.shape[1]))
-    z_mm = load_prepared(cache_dir, str(data.subjects[0])).slice_z_mm[channels]
+    channels, atlas = dae_slices_and_atlas(config, cache_dir, data.subjects[0], data.images.shape[1])
     covariates = data.manifest[["subject", "site", "age", "sex", "group"]].reset_index(drop=True)
     with warnings.catch_warnings():  # out-of-range ages are reported by the latent scores already
         warnings.simplefilter("ignore", OutOfRangeWarning)
@@ -191,6 +189,6 @@ def prior_residual_features(run_dir: str | Path, manifest: str | Path, cache_dir
     residuals = prior_residual_maps(model, config, data.images, z_normative, ages, levels, draws,
                                     out_size=data.images.shape[2:])
     brain = data.images[:, channels] > -1.0
-    table = prior_residual_regions(residuals, brain, atlas_on_slices(z_mm))
+    table = prior_residual_regions(residuals, brain, atlas)
     table.insert(0, "subject", [str(s) for s in data.subjects])
     return table, {"levels": list(residuals.levels), "draws": residuals.draws, **residuals.swap}

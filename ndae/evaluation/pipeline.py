@@ -128,7 +128,7 @@ def prior_residual_scores(out: Path, manifest_path: Path, cache_dir: Path, norma
     model of its own, `normative_prior/` and `normative_prior_own/`): a frame `subject` +
     `z_prior_<region>` + `z_prior_own_<region>`, its two models, the calibration and the swap test.
     The raw region means (before the z-scores) are kept in `prior_residuals.csv`."""
-    from ndae.deviation.prior_residuals import NORMATIVE, OWN, PREFIX, prior_residual_features
+    from ndae.deviation.prior_residuals import NORMATIVE, OWN, PREFIX, prior_residual_features, region_columns
 
     raw, swap = prior_residual_features(out, manifest_path, cache_dir, normative, device=options.device,
                                         subjects=covariates["subject"])
@@ -136,9 +136,8 @@ def prior_residual_scores(out: Path, manifest_path: Path, cache_dir: Path, norma
     frame = pd.DataFrame({"subject": covariates["subject"].astype(str).to_numpy()})
     features, calibration = {}, {}
     for kind, folder in ((NORMATIVE, "normative_prior"), (OWN, "normative_prior_own")):
-        names, z = standardised_regions(raw[["subject", *[c for c in raw.columns if c.startswith(PREFIX[kind])
-                                                             and (kind == OWN or not c.startswith(PREFIX[OWN]))]]],
-                                        covariates, controls, PREFIX[kind], f"z_{PREFIX[kind]}", out / folder)
+        names, z = standardised_regions(raw[["subject", *region_columns(raw, kind)]], covariates, controls,
+                                        PREFIX[kind], f"z_{PREFIX[kind]}", out / folder)
         frame = pd.concat([frame, pd.DataFrame(z, columns=names)], axis=1)
         features[PRIOR_MODELS[kind]] = names
         calibration[f"{PRIOR_MODELS[kind]} z"] = calibration_pair(z[controls], z[held_out], controls.sum(), held_out.sum())

@@ -83,13 +83,10 @@ def prior_region_means(site: SiteData, weights, dae_config: dict, normative, row
 
 
 def _channels_and_atlas(site: SiteData, config):
-    from ndae.data.cache import load_prepared
-    from ndae.deviation.image_features import atlas_on_slices
+    from ndae.deviation.image_features import dae_slices_and_atlas
 
-    channels = list(config.model.slice_channels or range(site.data.images.shape[1]))
     # The atlas regions the slices cut follow from the slice positions (the preset's), not from data.
-    z_mm = load_prepared(site.prepared_dir, str(site.data.subjects[0])).slice_z_mm[channels]
-    return channels, atlas_on_slices(z_mm)
+    return dae_slices_and_atlas(config, site.prepared_dir, site.data.subjects[0], site.data.images.shape[1])
 
 
 def _empty_means(images: np.ndarray, channels: list[int], atlas: np.ndarray) -> PriorRegionMeans:
