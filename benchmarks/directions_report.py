@@ -216,11 +216,16 @@ def render(cells: list[dict], archive: str | None = None) -> str:
                      f"{_met(c['cosine_met'])} ({c['cosine_expected_side']} of {len(c['cosine_hr'])} runs below 1) |")
     met = {key: [f"`{c['preset']}`/{c['disease']}" for c in cells if c[key]] for key in ("rho_met", "gain_met", "cosine_met")}
     unjudged = {key: [f"`{c['preset']}`/{c['disease']}" for c in cells if c[key] is None] for key in ("rho_met", "gain_met")}
-    lines += ["", "Reading (computed): " + " ".join(
+    reading = "Reading (computed): " + " ".join(
         f"goal {i}: " + (f"met in {', '.join(met[key])}." if met[key] else f"met in none of the {len(cells)} cells.")
         + (f" Not judged in {', '.join(unjudged[key])} (a voxel-wise baseline has no numbers there)." if unjudged.get(key) else "")
-        for i, key in enumerate(("rho_met", "gain_met", "cosine_met"), start=1)), ""]
-    return "\n".join(lines)
+        for i, key in enumerate(("rho_met", "gain_met", "cosine_met"), start=1))
+    best = [abs(c["best_rho"]) for c in cells if c.get("best_rho") is not None]
+    if best:
+        reading += f" Best NDAE |ρ| with severity per cell: {min(best):.2f}–{max(best):.2f}."
+    # the verdict opens the section (after its title and any archive note), the tables follow
+    head = 4 if note else 2
+    return "\n".join(lines[:head] + [reading, ""] + lines[head:] + [""])
 
 
 def write(folder: Path, out: Path) -> Path:
