@@ -1,9 +1,9 @@
 """What a Flower user meets: `flwr run .` on a simulation SuperLink, and the test-only run config keys.
 
-A bare `flwr run .` has no cohort; the ServerApp must stop at its start, before any message reaches a
-site, with one line naming `ndae demo` and the run config keys for an existing cohort. Flower's
-runtime `uv sync` on the app's pyproject must be a no-op (nothing downloaded), so the apps reach
-that line within seconds.
+A bare `flwr run .` has no cohort: it runs the small demo cohort (cached) to a report. A cohort-dir
+that is not a cohort stops the ServerApp at its start, before any message reaches a site, with one
+line naming `ndae demo` and the run config keys for an existing cohort. Flower's runtime `uv sync`
+on the app's pyproject must be a no-op (nothing downloaded), so the apps start within seconds.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def _server_main(run_config):
     return grid, lambda: main(grid, context)
 
 
-@pytest.mark.parametrize("cohort_dir", ["", "no/such/cohort"])
+# An empty cohort-dir runs the small demo cohort instead (tests/test_demo_cohort_cache.py).
+@pytest.mark.parametrize("cohort_dir", ["no/such/cohort"])
 def test_a_simulation_without_a_cohort_stops_before_any_message(tmp_path, monkeypatch, caplog, cohort_dir):
     monkeypatch.chdir(tmp_path)
     config = {**FederationConfig(run_dir=str(tmp_path / "run")).to_run_config(), "cohort-dir": cohort_dir}
@@ -137,9 +138,11 @@ def test_flowers_uv_sync_on_the_app_installs_nothing_within_seconds(tmp_path):
 
 # ---- `flwr run . --stream` itself, Flower's runtime install enabled ----------------------------------
 @pytest.mark.slow
-def test_bare_flwr_run_stream_reaches_the_apps_and_names_ndae_demo(tmp_path):
+def test_bare_flwr_run_stream_runs_the_small_demo_cohort_to_a_report(tmp_path):
     """The user's first command, on a simulation SuperLink as `flwr run .` starts one (runtime
-    dependency installation on). Private FLWR_HOME and free ports, so no other run is touched."""
+    dependency installation on), with no cohort: the small demo cohort, to a report whose path the
+    last lines name with how to stop the SuperLink. Private FLWR_HOME and free ports, so no other
+    run is touched."""
     from ndae.child_processes import spawn_guarded
     from ndae.federation.simulation import _free_port, _stop, _wait_healthy, stage_app
 
@@ -163,14 +166,16 @@ def test_bare_flwr_run_stream_reaches_the_apps_and_names_ndae_demo(tmp_path):
     try:
         _wait_healthy(port, superlink, log)
         started = time.monotonic()
-        done = subprocess.run([os.path.join(bin_dir, "flwr"), "run", ".", "--stream"], cwd=app, env=env,
-                              capture_output=True, text=True, timeout=240)
+        run_dir = tmp_path / "run"
+        done = subprocess.run([os.path.join(bin_dir, "flwr"), "run", ".", "--stream", "--run-config",
+                               f"run-dir='{run_dir}' rounds=1"], cwd=app, env=env,
+                              capture_output=True, text=True, timeout=900)
         seconds = time.monotonic() - started
     finally:
         _stop(superlink)
     output = done.stdout + done.stderr
     assert "uv sync took" in output and "No additional application dependencies needed installation" in output
-    line = next(x for x in output.splitlines() if "ERROR" in x and "has no cohort" in x)  # one clean log line
-    assert "`ndae demo`" in line and "cohort-dir=" in line and "run-dir=" in line
-    assert "no simulation cohort-dir was given" not in output  # no site was asked (each would fail with this)
-    assert seconds < 180, seconds
+    assert "simulating the small demo cohort" in output and "Traceback" not in output, output[-3000:]
+    assert f"report: {run_dir / 'report.md'}" in output and "pkill -f flower-superlink" in output
+    assert (run_dir / "report.md").read_text().splitlines()[2].startswith("**Verdict")
+    assert seconds < 900, seconds

@@ -9,11 +9,11 @@ worker processes: same seed → the same bytes in manifest.csv, truth.csv and ev
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
+from ndae.child_processes import worker_pool
 from ndae.cohort.disease import PatientPhenotype
 from ndae.cohort.patients import draw_patients
 from ndae.cohort.plan import CohortConfig, assign_subjects, expand_patients, plan_sites, subject_ids
@@ -51,12 +51,16 @@ def _render_tasks(cohort: pd.DataFrame, source: pd.DataFrame, sites, config: Coh
     return tasks
 
 
-def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConfig = CohortConfig()) -> dict:
+def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConfig = CohortConfig(),
+                    progress: bool = True) -> dict:
     """Simulate the cohort into `out_dir`; returns the cohort.json summary.
 
     Everything is checked before the first write; cohort.json, the completion marker that
-    `store.check_complete` reads, is removed first and written last.
+    `store.check_complete` reads, is removed first and written last. `progress`: subjects
+    rendered so far on stderr (`ndae.progress.Counter`).
     """
+    from ndae.progress import Counter
+
     out = Path(out_dir)
     frame = seeded_subset(read_healthy(healthy), config.max_subjects, config.seed)
     parameters = cohort_parameters(config, healthy_manifest_path(healthy))
@@ -74,11 +78,18 @@ def generate_cohort(healthy: str | Path, out_dir: str | Path, config: CohortConf
 
     remove_marker(out)
     tasks = _render_tasks(cohort, source, sites, config, out)
+    counter = Counter(len(tasks), "cohort", "subjects simulated", enabled=progress)
+    results = []
     if config.jobs > 1:
-        with ProcessPoolExecutor(max_workers=config.jobs) as pool:
-            results = list(pool.map(render_subject, tasks, chunksize=1))
+        with worker_pool(config.jobs) as pool:  # workers die with this process
+            for result in pool.map(render_subject, tasks, chunksize=1):
+                results.append(result)
+                counter.update()
     else:
-        results = [render_subject(task) for task in tasks]
+        for task in tasks:
+            results.append(render_subject(task))
+            counter.update()
+    counter.close()
     measured = pd.DataFrame(results)
     cohort = cohort.merge(measured, on="subject", how="left").sort_values("subject").reset_index(drop=True)
 

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--privacy", action="store_true",
                         help="privacy-audited run: DP-SGD at every site, noised normative moments, per-site ledgers "
                         "(check afterwards with `ndae audit RUN`)")
-    parser.add_argument("--target-epsilon", type=float, default=8.0,
+    parser.add_argument("--target-epsilon", type=float, default=None,
                         help="with --privacy: the epsilon this run may spend per site (default 8)")
     parser.add_argument("--audit-canaries", type=int, default=0, metavar="M",
                         help="every site also trains on M synthetic canaries (each with probability 1/2), "
@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"simulated patients per patient anatomy of the demo data (default {DEFAULT_PATIENTS_PER_ANATOMY}: "
                              "240 patients from the 60 patient anatomies)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for cohort generation (default 2)")
+    parser.add_argument("--cohort", default=None, metavar="DIR",
+                        help="use this existing cohort (from `ndae cohort` or a demo's RUN/cohort) instead of the "
+                        "demo's; without it the demo's cohort is simulated once and kept in $NDAE_CACHE/cohorts "
+                        "(default ~/.cache/ndae/cohorts), keyed by its parameters, for every later run")
     parser.add_argument("--survival-features", default=None, metavar="LIST",
                         help="deviation scores in the Cox model, comma-separated (default: prior = every region of the "
                         "prior residuals; e.g. prior,cosine or cosine,mahalanobis)")
@@ -53,14 +57,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ndae.errors import NdaeError
     from ndae.federation.demo import run_demo
+    from ndae.run_folder import RunAlreadyFinished
 
-    report = run_demo(args.out, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
-                      strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
-                      max_subjects=args.max_subjects, jobs=args.jobs,
-                      patients_per_anatomy=args.patients_per_anatomy, in_process=args.in_process,
-                      privacy=args.privacy, target_epsilon=args.target_epsilon,
-                      audit_canaries=args.audit_canaries, resume=args.resume, force=args.force,
-                      survival_features=args.survival_features)
+    if args.target_epsilon is not None and not args.privacy:
+        raise NdaeError(f"--target-epsilon {args.target_epsilon:g} sets a private run's budget: add --privacy "
+                        "(without it the run is not private)")
+    args.target_epsilon = 8.0 if args.target_epsilon is None else args.target_epsilon
+    try:
+        report = run_demo(args.out, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
+                          strategy=args.strategy, survival_mode=args.survival_mode, preset=args.preset, seed=args.seed,
+                          max_subjects=args.max_subjects, jobs=args.jobs,
+                          patients_per_anatomy=args.patients_per_anatomy, in_process=args.in_process,
+                          privacy=args.privacy, target_epsilon=args.target_epsilon,
+                          audit_canaries=args.audit_canaries, resume=args.resume, force=args.force,
+                          survival_features=args.survival_features, cohort=args.cohort)
+    except RunAlreadyFinished as done:
+        print(f"ndae demo: {done}")
+        from pathlib import Path
+
+        print(f"report: {Path(args.out).expanduser().resolve() / 'report.md'}")
+        return 0
+    for line in report_verdict(report):
+        print(line)
     print(f"report: {report}")
     return 0
+
+
+def report_verdict(report) -> list[str]:
+    """The verdict the report opens with (its lines up to the first blank one after the title),
+    markdown emphasis dropped: what the run found, on the console."""
+    from pathlib import Path
+
+    path = Path(report)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()[2:]
+    verdict = lines[:lines.index("")] if "" in lines else lines[:1]
+    if not verdict or not verdict[0].startswith("**Verdict"):
+        return []
+    return [line.replace("**", "") for line in verdict]

@@ -24,41 +24,62 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
              in_process: bool = False, privacy: bool = False, target_epsilon: float = 8.0,
              audit_canaries: int = 0, healthy: str | Path | None = None, resume: bool = False,
              force: bool = False, patients_per_anatomy: int = DEFAULT_PATIENTS_PER_ANATOMY,
-             survival_features: str | None = None, log=print) -> Path:
+             survival_features: str | None = None, cohort: str | Path | None = None, log=print) -> Path:
     """The run folder `out` is claimed first (`ndae.run_folder`): locked against a second process,
     and a folder holding a run is refused unless `resume` (same settings) or `force` (start over).
-    Every argument is checked before that, so a bad one fails in a second, not after the cohort."""
-    from ndae.cohort import CohortConfig, generate_cohort
+    Every argument is checked before that, so a bad one fails in a second, not after the cohort.
+
+    The cohort is made once: `cohort` names an existing one (from `ndae cohort` or an earlier
+    demo), else the demo's is taken from the cohort cache (`ndae.cohort.cache`) and simulated
+    only when no cohort of these parameters is there. Either way the run gets its own hard-linked
+    copy in `out/cohort` (a private site's ledger is written beside its manifest)."""
+    from ndae.cohort import CohortConfig
+    from ndae.cohort.cache import cached_cohort, link_cohort
     from ndae.run_folder import claim_output
 
     settings = demo_settings(sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                              survival_mode=survival_mode, preset=preset, seed=seed, max_subjects=max_subjects,
                              in_process=in_process, privacy=privacy, target_epsilon=target_epsilon,
                              audit_canaries=audit_canaries, healthy=healthy,
-                             patients_per_anatomy=patients_per_anatomy, survival_features=survival_features)
+                             patients_per_anatomy=patients_per_anatomy, survival_features=survival_features,
+                             cohort=cohort)
     check_demo_arguments(settings, jobs)
     out = Path(out).expanduser().resolve()
     cohort_dir = out / "cohort"
-    claim = claim_output(out, command="demo", settings=settings, outputs=DEMO_OUTPUTS, resume=resume, force=force)
+    # A killed run with these settings is continued without --resume (the lock says nothing runs it);
+    # a folder of other files, / or $HOME is refused before anything is written into it.
+    claim = claim_output(out, command="demo", settings=settings, outputs=DEMO_OUTPUTS, resume=resume, force=force,
+                         continue_interrupted=True, foreign_files=False, status_files=("status.json",))
+    if claim.continued:
+        log(f"[demo] continuing the interrupted run in {out} (same settings; nothing was running it)")
     with claim:  # released at the end; a failure before any output drops the record
         started = time.time()
-        if cohort_dir.exists() and not _usable_cohort(cohort_dir, dict(sites=sites, seed=seed,
-                                                                        max_subjects=max_subjects,
-                                                                        patients_per_anatomy=patients_per_anatomy,
-                                                                        healthy_manifest=healthy), log):
+        expected = {} if cohort else dict(sites=sites, seed=seed, max_subjects=max_subjects,
+                                          patients_per_anatomy=patients_per_anatomy, healthy_manifest=healthy)
+        if cohort_dir.exists() and not _usable_cohort(cohort_dir, expected, log):
             import shutil
 
             shutil.rmtree(cohort_dir)  # half-written (killed): made again, it is the same cohort (seeded)
         if not cohort_dir.exists():
-            if healthy is None:
-                from ndae.data.demo import DEMO_ARCHIVE, demo_manifest_path
+            if cohort:
+                source = Path(settings["cohort"])
+                log(f"[demo] using the cohort {source}")
+            else:
+                if healthy is None:
+                    from ndae.data.demo import DEMO_ARCHIVE, demo_manifest_path
 
-                if not DEMO_ARCHIVE.exists():
-                    raise NdaeError(f"the demo data archive {DEMO_ARCHIVE} is missing from this installation")
-                healthy = demo_manifest_path()
-            log(f"[demo] simulating a {sites}-site ALS cohort from {healthy} ...")
-            generate_cohort(healthy, cohort_dir, CohortConfig(sites=sites, seed=seed, max_subjects=max_subjects,
-                                                              jobs=jobs, patients_per_anatomy=patients_per_anatomy))
+                    if not DEMO_ARCHIVE.exists():
+                        raise NdaeError(f"the demo data archive {DEMO_ARCHIVE} is missing from this installation")
+                    healthy = demo_manifest_path()
+                config = CohortConfig(sites=sites, seed=seed, max_subjects=max_subjects, jobs=jobs,
+                                      patients_per_anatomy=patients_per_anatomy)
+                from ndae.cohort.cache import cohort_cache_dir
+
+                if not (cohort_cache_dir(config, healthy) / "cohort.json").exists():
+                    log(f"[demo] simulating a {sites}-site ALS cohort from {healthy} on {jobs} process(es) "
+                        f"(kept in {cohort_cache_dir(config, healthy).parent} for the next run) ...")
+                source, _ = cached_cohort(healthy, config, log=log)
+            link_cohort(source, cohort_dir)
         log(f"[demo] cohort ready ({time.time() - started:.0f} s): {cohort_dir}")
         n_sites = sum(1 for p in (cohort_dir / "sites").iterdir() if (p / "manifest.csv").exists())
         config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
@@ -75,12 +96,17 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
         else:
             from ndae.federation.simulation import run_simulation
 
+            from ndae.progress import RunWatcher
+
             log(f"[demo] flwr run: {n_sites} simulated hospitals, {rounds} round(s) × {local_epochs} epoch(s) "
                 f"(logs in {out / 'logs'}) ...")
-            run_simulation(config.to_run_config(), n_sites)
+            with RunWatcher(out, rounds, n_sites, log=log):
+                run_simulation(config.to_run_config(), n_sites)
         add_demo_sections(out, cohort_dir)
         claim.finish()
-    log(f"[demo] done in {time.time() - started:.0f} s")
+    from ndae.progress import duration
+
+    log(f"[demo] done in {duration(time.time() - started)}")
     return out / "report.md"
 
 
@@ -94,7 +120,8 @@ DEMO_SURVIVAL_FEATURES = "prior"
 
 # What a demo writes into its run folder (deleted by --force; any of them marks a previous run).
 DEMO_OUTPUTS = ("cohort", "cache", "logs", "privacy", "dae", "normative", "normative_prior", "survival", "config.json",
-                "status.json", "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md", "prepared_subject.png")
+                "status.json", "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md",
+                "report.html", "failure.html", "figures", "prepared_subject.png")
 
 
 def demo_settings(*, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs: int = DEFAULT_LOCAL_EPOCHS,
@@ -102,15 +129,17 @@ def demo_settings(*, sites: int = 3, rounds: int = DEFAULT_ROUNDS, local_epochs:
                   max_subjects: int | None = None, in_process: bool = False, privacy: bool = False,
                   target_epsilon: float = 8.0, audit_canaries: int = 0, healthy: str | Path | None = None,
                   patients_per_anatomy: int = DEFAULT_PATIENTS_PER_ANATOMY,
-                  survival_features: str | None = None) -> dict:
+                  survival_features: str | None = None, cohort: str | Path | None = None) -> dict:
     """What makes a demo run this run (its record in the run folder; --resume requires the same).
-    Not --jobs: the cohort does not depend on it."""
+    Not --jobs: the cohort does not depend on it. `cohort` is recorded only when given, so the
+    record of a demo on its own cohort is what it was before the option existed."""
+    extra = {"cohort": str(Path(cohort).expanduser().resolve())} if cohort else {}
     return dict(sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy, survival_mode=survival_mode,
                 preset=preset, seed=seed, max_subjects=max_subjects, in_process=in_process, privacy=privacy,
                 target_epsilon=target_epsilon if privacy else None, audit_canaries=audit_canaries,
                 healthy=str(Path(healthy).expanduser().resolve()) if healthy else None,
                 patients_per_anatomy=patients_per_anatomy,
-                survival_features=survival_features or DEMO_SURVIVAL_FEATURES)
+                survival_features=survival_features or DEMO_SURVIVAL_FEATURES, **extra)
 
 
 def check_demo_arguments(settings: dict, jobs: int) -> None:
@@ -119,12 +148,15 @@ def check_demo_arguments(settings: dict, jobs: int) -> None:
 
     if settings["preset"] not in PRESETS:
         raise NdaeError(f"--preset {settings['preset']!r}: unknown DAE preset; choose one of {', '.join(PRESETS)}")
+    from ndae.cli_types import MAX_PATIENTS_PER_ANATOMY, check_int, check_jobs
+
     for option, value, least in (("--sites", settings["sites"], 1), ("--rounds", settings["rounds"], 0),
                                  ("--local-epochs", settings["local_epochs"], 1),
-                                 ("--audit-canaries", settings["audit_canaries"], 0), ("--jobs", jobs, 1),
-                                 ("--patients-per-anatomy", settings["patients_per_anatomy"], 1)):
+                                 ("--audit-canaries", settings["audit_canaries"], 0), ("--seed", settings["seed"], 0)):
         if int(value) < least:
             raise NdaeError(f"{option} must be at least {least}, got {value}")
+    check_jobs("--jobs", jobs)
+    check_int("--patients-per-anatomy", settings["patients_per_anatomy"], 1, MAX_PATIENTS_PER_ANATOMY)
     if settings["max_subjects"] is not None and settings["max_subjects"] < max(2, settings["sites"]):
         raise NdaeError(f"--max-subjects {settings['max_subjects']}: needs at least one subject per site "
                         f"(--sites {settings['sites']}) and at least 2")
@@ -132,9 +164,20 @@ def check_demo_arguments(settings: dict, jobs: int) -> None:
         epsilon = settings["target_epsilon"]
         if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
             raise NdaeError(f"--target-epsilon {epsilon}: a private run needs a finite epsilon > 0 to spend per site")
+        if settings["survival_mode"] == "pooled":
+            # The simulated sites keep the default policy: no patient's scores leave a private site.
+            raise NdaeError("--survival-mode pooled: a private run's sites do not share patients' scores (their "
+                            "policy lacks allow-pooled-scores=true); use --survival-mode federated or auto")
     healthy = settings.get("healthy")
     if healthy and not Path(healthy).exists():
         raise NdaeError(f"{healthy}: healthy-scan manifest not found")
+    if settings.get("cohort"):
+        from ndae.cohort.store import CohortFolderError, check_complete
+
+        try:
+            check_complete(settings["cohort"])
+        except CohortFolderError as error:
+            raise NdaeError(f"--cohort: {error}") from None
     # The run config's own checks (strategy x privacy, survival mode, ...), with a placeholder folder.
     FederationConfig(run_dir=".", cohort_dir=".", dae_preset=settings["preset"], rounds=settings["rounds"],
                      local_epochs=settings["local_epochs"], strategy=settings["strategy"],

@@ -218,8 +218,15 @@ class Federation:
             "round": round_number, "global_step": global_step, "strategy": strategy_state(strategy),
             "participation": dict(self.state.participation), "missing": list(self.state.missing)})
         loss = f"loss {mean_loss:.4f}" if mean_loss is not None else "loss withheld"
-        self.log(f"round {round_number}/{self.config.rounds}: {loss} from {len(result.replies)} site(s), "
-                 "checkpoint saved")
+        from ndae.progress import duration, eta
+
+        # elapsed and ETA at this process's own rate (a resumed run counts from its first new round)
+        first_time, first_round = self.__dict__.setdefault("_rounds_started", (t, round_number))
+        elapsed = time.time() - first_time
+        left = eta(round_number - first_round + 1, self.config.rounds - first_round + 1, elapsed)
+        self.log(f"round {round_number}/{self.config.rounds}: {loss} from {len(result.replies)} site(s) of "
+                 f"{len(sites_by_node)}, checkpoint saved; elapsed {duration(elapsed)}"
+                 + (f", ETA of training {duration(left)}" if left else ""))
         return global_step
 
     # ---- phase 2: the normative model -----------------------------------------------------------
