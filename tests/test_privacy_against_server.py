@@ -116,6 +116,10 @@ def test_two_identical_private_runs_release_different_noise_only_an_insecure_see
     assert all(np.array_equal(weights_c[k], weights_d[k]) for k in weights_c)
     assert all(np.array_equal(stats_c[k], stats_d[k]) for k in stats_c if stats_c[k].dtype.kind == "f")
     assert all(e["details"]["insecure_reproducible_seed"] is True for e in ledger_c)
+    from ndae.cli import main  # such a run is not passed by the audit, and its report opens saying so
+
+    assert main(["audit", str(cohort / "seeded")]) == 1
+    assert (cohort / "seeded" / "report.md").read_text().splitlines()[2].startswith("**NOT PRIVATE: site(s) site1, site2")
 
 
 def test_the_old_seed_derivation_no_longer_removes_the_moments_noise(private_run, cohort):
@@ -374,8 +378,14 @@ def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(coho
     for handler, kind in ((handle_cox_terms, "query.cox_terms"), (handle_risk_summary, "query.risk_summary")):
         with pytest.raises(NdaeError, match=why):
             handler(Message(content, dst_node_id=1, message_type=kind), context)
-    assert QUERIES_KEY not in context.state  # a refused query is not answered, and not counted
-    assert not (tmp_path / "ledger" / "site1.jsonl").exists()
+    if why != r"\|beta x sd\|":
+        assert QUERIES_KEY not in context.state  # refused on the message alone: not answered, and not counted
+        assert not (tmp_path / "ledger" / "site1.jsonl").exists()
+    else:  # the bound depends on the patients' spread: the refusal is an answer, counted and recorded
+        assert int(context.state[QUERIES_KEY]["cox"]) == 2
+        entries = read_ledger(tmp_path / "ledger" / "site1.jsonl")
+        assert [(e["mechanism"], e["details"]["refused"]) for e in entries] == [("cox-terms", "beta-bound"),
+                                                                                 ("risk-summary", "beta-bound")]
 
 
 def test_the_batch_a_server_asks_for_cannot_go_below_the_sites_floor(cohort, tmp_path):

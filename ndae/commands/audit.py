@@ -1,4 +1,6 @@
-"""`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets (exit 1 on any failure);
+"""`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets; the first line is the
+verdict, OK, FAILED or NOT PRIVATE with its reason (exit 1 on any failure and on noise drawn from
+the test-only seed; a run that config.json says is not private and no site signed: NOT PRIVATE, exit 0);
 `--canaries`: also the one-run canary audit of the trained DAE (runs trained with audit-canaries);
 `--empirical`: also a membership-inference test of the trained DAE (run at a site: it reads data)."""
 
@@ -15,7 +17,8 @@ def register(subparsers) -> None:
         "an independent accountant, check the budget; writes privacy/audit.json. Without "
         "--budget-epsilon, the budgets the sites reported (privacy/heads.json) are checked. Each "
         "site's ledger head must be signed by the site's key: pass --keys REGISTRY to check the "
-        "signatures against the consortium's registered keys.",
+        "signatures against the consortium's registered keys; every site of that registry must then have "
+        "signed a head in this run.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--budget-epsilon", type=float, default=None, help="per-site epsilon budget")
@@ -53,6 +56,7 @@ def run(args) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise NdaeError(f"{args.run_dir}: run directory does not exist")
+    _check_budget_flags(args.budget_epsilon, args.budget_delta)
     budgets = reported_budgets(args.run_dir, args.budget_epsilon, args.budget_delta)
     report = audit_run(args.run_dir, budgets, keys_dir=args.keys)
     ok = report["ok"]
@@ -84,3 +88,16 @@ def run(args) -> int:
         if args.empirical:
             print(format_empirical(report["empirical"]))
     return 0 if ok else 1
+
+
+def _check_budget_flags(epsilon: float | None, delta: float | None) -> None:
+    """Refuse, before anything is read, a budget no (ε, δ) guarantee can have."""
+    import math
+
+    from ndae.errors import NdaeError
+
+    if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+        raise NdaeError(f"--budget-epsilon {epsilon:g}: must be a finite number > 0")
+    if delta is not None and not 0 < delta < 1:
+        raise NdaeError(f"--budget-delta {delta:g}: must be a number in (0, 1) (a probability of failure; "
+                        f"typically 1e-5 or less)")

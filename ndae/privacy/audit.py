@@ -31,7 +31,7 @@ from ndae.errors import LedgerError, NdaeError
 from ndae.io import atomic_write_json
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.delta import DEFAULT_DELTA
-from ndae.privacy.ledger import (GENESIS_HASH, decode_epsilon, heads_path, read_heads, read_ledger,
+from ndae.privacy.ledger import (GENESIS_HASH, decode_epsilon, heads_path, is_stub, read_excerpt, read_heads,
                                  read_strict_json_file)
 from ndae.privacy.head_signatures import SigningKeys, check_head
 
@@ -60,14 +60,17 @@ def audit_site(path: Path, budget: tuple[float, float] | None, expected_final_ha
     report: dict[str, Any] = {"site": site, "ledger": str(path), "problems": []}
     problems = report["problems"]
     try:
-        entries = read_ledger(path, expected_final_hash)
+        chain = read_excerpt(path, expected_final_hash)
     except LedgerError as error:
         report.update(chain="broken", ok=False)
         problems.append(str(error))
         return report
     report["chain"] = "verified" if expected_final_hash else "verified (no head recorded: truncation undetectable)"
-    report["entries"] = len(entries)
-    report["final_hash"] = entries[-1]["hash"] if entries else None
+    report["entries"] = len(chain)
+    report["final_hash"] = chain[-1]["hash"] if chain else None
+    report["redacted"] = sum(1 for entry in chain if is_stub(entry))
+    report["_full"] = entries = [entry for entry in chain if not is_stub(entry)]  # dropped before returning
+    report["accounted_history"] = []
     if not entries:
         report["ok"] = True
         return report
@@ -83,6 +86,7 @@ def audit_site(path: Path, budget: tuple[float, float] | None, expected_final_ha
 
     accounted = [e["mechanism"] in ACCOUNTED_MECHANISMS for e in entries]
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e, a in zip(entries, accounted) if a]
+    report["accounted_history"] = history
     mechanisms: dict[str, int] = {}
     for entry in entries:
         mechanisms[entry["mechanism"]] = mechanisms.get(entry["mechanism"], 0) + 1
@@ -174,8 +178,9 @@ def reported_budgets(run_dir: str | os.PathLike, budget_epsilon: float | None = 
 
     Without `budget_epsilon`: each site's own (budget_epsilon, delta), for sites with a finite
     budget. With it: that epsilon for every site, at `budget_delta` if given, else at the delta
-    the site recorded (its policy), else `DEFAULT_DELTA`. Note that these head fields are not
-    covered by the site's signature: pass both flags to hold every site to an agreed policy.
+    the site recorded (its policy), else `DEFAULT_DELTA`. A v2 head signs these fields (an edited
+    budget fails its signature); a v1 head does not: pass both flags to hold such a run to an
+    agreed policy.
     """
     heads = read_heads(heads_path(run_dir))
 
@@ -196,11 +201,17 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
               write: bool = True, keys_dir: str | os.PathLike | None = None) -> dict:
     """Audit a run's privacy releases; write `privacy/audit.json`; return the report.
 
-    Every site with a ledger or a head, and in a private run (config.json federation.privacy)
-    every site of config.json's "sites", must have its ledger `privacy/<site>.jsonl`, a head in
-    `privacy/heads.json` whose final hash and length the chain matches, and a valid signature on
-    that head. Signatures are checked against `keys_dir/<site>.pub` (the consortium registry),
-    else against the keys the run folder reports (a warning: integrity only).
+    Every site with a ledger or a head, every site of the registry (`keys_dir/<site>.pub`), and
+    in a private run (config.json federation.privacy) every site of config.json's "sites", must
+    have its ledger copy `privacy/<site>.jsonl` (an excerpt: another run's declared releases as
+    redacted stubs), a head in `privacy/heads.json` whose final hash and length the chain matches,
+    and a valid signature on that head; a v2 head also binds the run, this run's line count, the
+    site's ε and budget, and whether the noise came from the test-only seed (`check_signed_fields`).
+    The run is private when config.json or any signed head says so. Signatures are checked
+    against `keys_dir/<site>.pub` (the consortium registry), else against the keys the run folder
+    reports (a warning: integrity only). `report["verdict"]`: OK, FAILED or NOT PRIVATE (the
+    test-only seed: also not ok; config.json non-private with nothing signed: ok), with `reason`.
+    A run folder where `audit.json` cannot be written is still audited (a warning says so).
     budgets: None, (epsilon, delta) for every site, {"epsilon": e, "delta": d}, or
     {site: (epsilon, delta), "*": default}. `expected_final_hashes`: heads the caller vouches
     for, checked in addition to heads.json.
@@ -224,8 +235,9 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
                         f"this run released")
     if config and not config["private"] and not ledgers and not heads:
         notes.append("not a private run (config.json federation.privacy = false): no privacy releases to audit")
+    registered = keys.registered_sites()
     sites = {}
-    for site in sorted(set(ledgers) | set(heads) | set(expected_sites)):
+    for site in sorted(set(ledgers) | set(heads) | set(expected_sites) | set(registered)):
         sites[site] = _audit_one(site, privacy_dir, heads.get(site), heads_file, keys,
                                  (expected_final_hashes or {}).get(site), _budget_for(budgets, site), eps_error)
     warnings = []
@@ -254,9 +266,44 @@ def audit_run(run_dir: str | os.PathLike, budgets: Any = None,
         "warnings": warnings,
         "notes": notes + ([] if ledgers else ["no privacy ledgers in this run"]),
     }
+    signed_private = any(head.get("private") is True for head in heads.values())
+    report["private"] = True if (signed_private or ledgers) else report["private"]
+    report["insecure_seed"] = sorted(s for s, r in sites.items() if r.get("insecure_seed"))
+    report["verdict"], report["reason"] = _verdict(report, config, registered)
+    runs = {site: head["run"] for site, head in heads.items() if "run" in head}
+    report["runs"] = runs
+    if len(set(runs.values())) > 1:
+        # Not a failure: a site that answered nothing after a resume keeps the head it signed
+        # under the first Flower run. But it is also what a head of another run looks like.
+        warnings.append("the sites' signed heads name different runs (" + ", ".join(
+            f"{site}: {run}" for site, run in sorted(runs.items())) + "): a site that answered nothing "
+            "after a resume, sites that resolved a relative run-dir differently, or a head of another run "
+            "put in this run's folder; ask each site which run ids its ledger holds")
+    if any("run" not in head for head in heads.values()):
+        warnings.append("some heads are v1 (written before heads were bound to a run): their budget_epsilon, "
+                        "delta and run are not signed")
     if write and privacy_dir.is_dir():
-        atomic_write_json(privacy_dir / "audit.json", report)
+        try:
+            atomic_write_json(privacy_dir / "audit.json", report)
+        except OSError as error:  # a read-only run folder: the audit itself is complete
+            warnings.append(f"{privacy_dir / 'audit.json'}: not written ({error.strerror or error}); "
+                            f"the audit printed here is complete")
     return report
+
+
+def _verdict(report: Mapping[str, Any], config: Mapping[str, Any] | None, registered: list[str]) -> tuple[str, str]:
+    """The first word of the audit: OK, FAILED or NOT PRIVATE, and why."""
+    if report["insecure_seed"]:
+        return "NOT PRIVATE", (f"site(s) {', '.join(report['insecure_seed'])} drew their noise from the test-only "
+                               f"insecure-reproducible-seed")
+    if not report["ok"]:
+        failing = sorted(s for s, r in report["sites"].items() if not r["ok"])
+        return "FAILED", (f"site(s) {', '.join(failing)}: see below" if failing else report["problems"][0])
+    if not report["sites"] and config is not None and not config["private"]:
+        return "NOT PRIVATE", ("config.json says federation.privacy = false and no site signed a ledger head: "
+                               "nothing of this run is differentially private"
+                               + ("" if registered else " (pass --keys REGISTRY to require every registered site's head)"))
+    return "OK", f"{len(report['sites'])} site(s): chains, signed heads, epsilon and budgets check out"
 
 
 def _audit_one(site: str, privacy_dir: Path, head: Mapping[str, Any] | None, heads_file: Path, keys: SigningKeys,
@@ -274,14 +321,56 @@ def _audit_one(site: str, privacy_dir: Path, head: Mapping[str, Any] | None, hea
         final = report.get("final_hash") or GENESIS_HASH
         if vouched_hash is not None and final != vouched_hash:
             report["problems"].append(f"{path}: final hash {final} is not the expected {vouched_hash}")
+        check_signed_fields(report, site, head, path)
+    report.pop("_full", None)
+    report.pop("accounted_history", None)
     report["ok"] = not report["problems"]
     return report
 
 
+def check_signed_fields(report: dict, site: str, head: Mapping[str, Any] | None, path: Path) -> None:
+    """What a v2 head binds, against the ledger copy: this run's line count (its sequence), the
+    site's lifetime ε (a DP release hidden behind a redacted stub shows here), and whether the
+    noise came from the test-only seed. A v1 head binds none of it: no redacted line is then
+    acceptable, and the report warns that budget and run are unsigned."""
+    problems = report["problems"]
+    if head is None:
+        return
+    if "run" not in head:
+        report["head_version"] = 1
+        if report.get("redacted"):
+            problems.append(f"{path}: has redacted lines but its head (v1) does not sign the site's epsilon, "
+                            f"so a DP release could hide behind them")
+        return
+    full = report.get("_full", [])
+    mine = [e for e in full if isinstance(e.get("details"), dict) and e["details"].get("run") == head["run"]]
+    report.update(head_version=2, run=head["run"], run_entries=len(mine))
+    if len(mine) != head["run_entries"]:
+        problems.append(f"{path}: holds {len(mine)} lines of run {head['run']}, the site's signed head "
+                        f"{head['run_entries']} (lines of the run were redacted, removed or added, or the head "
+                        f"is another run's)")
+    history = report.get("accounted_history", [])
+    signed = decode_epsilon(head["epsilon"])
+    kinds = {report.get("accountant", "rdp"), "rdp"}
+    if not any(_close(epsilon_of(history, head["delta"], kind), signed, SAME_ACCOUNTANT_TOLERANCE) for kind in kinds):
+        problems.append(f"{path}: the DP releases in the copy give epsilon {epsilon_of(history, head['delta']):.6g} "
+                        f"at delta {head['delta']:g}, the site signed {signed:.6g} (a DP release is missing or "
+                        f"was altered)")
+    if head.get("insecure_seed") or any(e["details"].get("insecure_reproducible_seed") for e in mine):
+        report["insecure_seed"] = True
+        problems.append(f"site {site!r} drew its privacy noise from the test-only insecure-reproducible-seed "
+                        f"(node config): whoever knows the seed can remove the noise; these releases are NOT private")
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """A few readable lines per site."""
-    lines = [f"privacy audit of {report['run_dir']}: {'OK' if report['ok'] else 'FAILED'}"
+    verdict = report.get("verdict", "OK" if report["ok"] else "FAILED")
+    lines = [f"{verdict}: {report.get('reason', '')}".rstrip(": "),
+             f"privacy audit of {report['run_dir']}: {'OK' if report['ok'] else 'FAILED'}"
              f" (signing keys: {report.get('key_source', 'self-reported')})"]
+    runs = set(report.get("runs", {}).values())
+    if len(runs) == 1:
+        lines.append(f"  run: {runs.pop()} (the run id every site's signed head names)")
     for problem in report.get("problems", []):
         lines.append(f"  problem: {problem}")
     for warning in report.get("warnings", []):
@@ -293,7 +382,9 @@ def format_report(report: Mapping[str, Any]) -> str:
                      f"head signature {r.get('signature', 'not checked')}")
         if "epsilon_reported" in r:
             lines.append(
-                f"    {r['entries']} releases {r['mechanisms']}, {r['steps_total']} steps; epsilon "
+                f"    {r['entries']} releases {r['mechanisms']}"
+                + (f" and {r['redacted']} redacted (another run's declared release)" if r.get("redacted") else "")
+                + f", {r['steps_total']} steps; epsilon "
                 f"{r['epsilon_reported']:.4f} ({r['accountant']}) / {r['epsilon_independent']:.4f} "
                 f"({r['independent_accountant']}) at delta {r['delta_reported']:g}"
             )

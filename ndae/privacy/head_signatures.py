@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ndae.errors import NdaeError
-from ndae.privacy.signing import fingerprint, verify_head
+from ndae.privacy.signing import fingerprint, verify_head, verify_signed_head
 
 
 class SigningKeys:
@@ -25,6 +25,13 @@ class SigningKeys:
         self.privacy_dir = privacy_dir
         if self.registry is not None and not self.registry.is_dir():
             raise NdaeError(f"{self.registry}: the key registry (--keys) is not a folder")
+
+    def registered_sites(self) -> list[str]:
+        """The sites of the registry (`<site>.pub`): each must have signed a head in the run."""
+        if self.registry is None:
+            return []
+        return sorted(path.name[: -len(".pub")] for path in self.registry.glob("*.pub")
+                      if path.is_file() and not path.name.startswith("."))
 
     def describe(self) -> str:
         return f"registry {self.registry}" if self.registry is not None else "self-reported"
@@ -83,7 +90,11 @@ def check_head(report: dict, site: str, head: Mapping[str, Any] | None, heads_fi
         problems.append(str(error))
         return
     report.update(signature_key=source, signature_key_fingerprint=fingerprint(pem))
-    if verify_head(pem, site, head["final_hash"], head["entries"], signature):
+    # A v2 head (it names its run) is verified over every field it binds, budget and ε included;
+    # stripping those fields to pass as v1 leaves a v2 signature that no v1 message matches.
+    valid = verify_signed_head(pem, dict(head, site=site), signature) if "run" in head else \
+        verify_head(pem, site, head["final_hash"], head["entries"], signature)
+    if valid:
         report["signature"] = "valid"
     else:
         report["signature"] = "invalid"

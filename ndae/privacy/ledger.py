@@ -7,6 +7,11 @@ inserting or reordering a line breaks the chain at a line we can name; cutting l
 is caught only against a final hash kept elsewhere (the server's copy of each site's head, or
 `privacy/heads.json`), because a shorter chain is still a valid chain.
 
+The server keeps an EXCERPT (`ledger_excerpt`, read with `read_excerpt`): another run's declared
+releases are replaced by a stub {"index", "prev_hash", "hash", "redacted": true}. The chain still
+verifies through a stub (the next line's prev_hash fixes its hash); a site's own ledger never
+holds one (`read_ledger` refuses it). Ledgers and their lock files are written 0600.
+
 Appends are crash-safe by rewriting the whole file through `ndae.io.atomic_write_bytes` (temp
 file + fsync + rename): a killed process leaves either the old file or the new one, never a
 half-written last line, and existing lines are never touched in place. Ledgers hold one line per
@@ -70,6 +75,37 @@ def read_ledger(path: str | os.PathLike, expected_final_hash: str | None = None)
     return entries
 
 
+def read_excerpt(path: str | os.PathLike, expected_final_hash: str | None = None) -> list[dict]:
+    """A verified ledger excerpt (what a site sends the server, `ledger_excerpt`): full lines and
+    REDACTED stubs. A stub's own content cannot be checked, but its hash is fixed by the next
+    line's prev_hash and, through the chain, by the signed head."""
+    entries, _ = _verified(Path(path), expected_final_hash, stubs=True)
+    return entries
+
+
+STUB_FIELDS = ("index", "prev_hash", "hash", "redacted")
+
+
+def is_stub(entry: Mapping[str, Any]) -> bool:
+    return entry.get("redacted") is True
+
+
+def ledger_excerpt(lines: list[str], entries: list[dict], run: str) -> str:
+    """What the server of `run` may keep of a site's ledger: this run's lines and every DP release
+    (their noise, sample rate and steps are what an auditor recomputes the lifetime ε from), in
+    full and byte for byte; every other line (another run's declared release: its Cox terms,
+    concordance counts, scores) as a stub holding only its place in the chain."""
+    out = []
+    for line, entry in zip(lines, entries):
+        mine = entry.get("details", {}).get("run") == run if isinstance(entry.get("details"), dict) else False
+        if mine or entry["mechanism"] in ACCOUNTED_MECHANISMS:
+            out.append(line if line.endswith("\n") else line + "\n")
+        else:
+            out.append(canonical_json({"index": entry["index"], "prev_hash": entry["prev_hash"],
+                                       "hash": entry["hash"], "redacted": True}) + "\n")
+    return "".join(out)
+
+
 def verify_ledger(path: str | os.PathLike, expected_final_hash: str | None = None) -> str:
     """Check the chain line by line; return the final hash (GENESIS_HASH for an empty ledger).
 
@@ -130,7 +166,18 @@ def _field_problem(entry: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _verified(path: Path, expected_final_hash: str | None) -> tuple[list[dict], str]:
+def _stub_problem(entry: Mapping[str, Any]) -> str | None:
+    if sorted(entry) != sorted(STUB_FIELDS):
+        return f"a redacted line holds exactly {', '.join(STUB_FIELDS)}"
+    for name in ("prev_hash", "hash"):
+        if not isinstance(entry[name], str) or len(entry[name]) != 64 or any(c not in "0123456789abcdef" for c in entry[name]):
+            return f"field {name!r} of a redacted line must be 64 lowercase hex digits"
+    if not isinstance(entry["index"], int) or isinstance(entry["index"], bool):
+        return "field 'index' must be an integer"
+    return None
+
+
+def _verified(path: Path, expected_final_hash: str | None, stubs: bool = False) -> tuple[list[dict], str]:
     if not path.exists():
         if expected_final_hash not in (None, GENESIS_HASH):
             raise LedgerError(f"{path}: ledger is missing but a final hash {expected_final_hash} was expected")
@@ -158,6 +205,18 @@ def _verified(path: Path, expected_final_hash: str | None) -> tuple[list[dict], 
             raise LedgerError(f"{where}: not a valid ledger line ({error})") from None
         if not isinstance(entry, dict):
             raise LedgerError(f"{where}: not a JSON object")
+        if "redacted" in entry:
+            problem = _stub_problem(entry) if stubs else "a redacted line, where a full ledger is expected"
+            if problem:
+                raise LedgerError(f"{where}: {problem}")
+            if entry["prev_hash"] != previous:
+                raise LedgerError(f"{where}: prev_hash does not match the hash of line {number - 1} "
+                                  f"(a line was deleted, inserted or reordered before this one)")
+            if entry["index"] != number - 1:
+                raise LedgerError(f"{where}: index {entry['index']} should be {number - 1}")
+            entries.append(entry)
+            previous = entry["hash"]
+            continue
         missing = [field for field in FIELDS if field not in entry]
         if missing:
             raise LedgerError(f"{where}: missing fields {', '.join(missing)}")
@@ -191,7 +250,7 @@ def ledger_lock(path: str | os.PathLike) -> Iterator[None]:
     """Exclusive advisory lock for one ledger (read-check-append must not interleave)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+    with os.fdopen(os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -248,7 +307,8 @@ def append_entry(path: str | os.PathLike, **fields: Any) -> dict:
     entries, final = _verified(path, None)
     entry = make_entry(index=len(entries), prev_hash=final, **fields)
     old = path.read_bytes() if path.exists() else b""
-    atomic_write_bytes(path, old + (canonical_json(entry) + "\n").encode("utf-8"))
+    # 0600: the ledger holds what the site released (Cox terms, run ids): its owner's business
+    atomic_write_bytes(path, old + (canonical_json(entry) + "\n").encode("utf-8"), private=True)
     return entry
 
 
@@ -261,9 +321,11 @@ def heads_path(run_dir: str | os.PathLike) -> Path:
 
 def write_heads(run_dir: str | os.PathLike, heads: Mapping[str, Mapping[str, Any]]) -> None:
     """Record each site's ledger head in privacy/heads.json:
-    {site: {"final_hash", "entries", "epsilon", "delta", "budget_epsilon", "signature", "public_key"}}
-    ("signature": the site's `ndae.privacy.signing.sign_head` over site, entries and final_hash;
-    "public_key": the PEM key the site says it signs with; "epsilon"/"budget_epsilon" may be "inf").
+    {site: {"final_hash", "entries", "run", "run_entries", "epsilon", "delta", "budget_epsilon",
+    "insecure_seed", "private", "signature", "public_key"}} ("signature": the site's
+    `ndae.privacy.signing.sign_signed_head` over every field but the last two (v2; a v1 head, without
+    "run", signed only site, entries and final_hash); "public_key": the PEM key the site says it
+    signs with; "epsilon"/"budget_epsilon" may be "inf").
 
     Kept by whoever receives the releases (the server), so `audit_run` can catch a site ledger
     that was cut short or forged after the fact.

@@ -11,8 +11,12 @@ Keys are Ed25519 (the `cryptography` package). The private key lives with the si
 `<privacy-dir>/<site>.signing.key` (PKCS#8 PEM, mode 0600 from its first byte), and its public
 key beside it as `<site>.signing.pub` (PEM, 0644) to be registered with the consortium.
 
-The signed message is versioned and canonical (sorted-key compact JSON, see `head_message`), so
-a signature can never be replayed for another site, another length or another version.
+The signed message is versioned and canonical (sorted-key compact JSON), so a signature can never
+be replayed for another site, another length or another version. Version 2 (`sign_signed_head`,
+what sites send) also binds the run the head was signed in, how many lines of the ledger are that
+run's (a later head of the run has more), the site's lifetime ε at the head, its budget (ε, δ),
+and whether its noise came from the test-only seed: none of these can then be edited in
+`heads.json`. Version 1 (`sign_head`: site, entries, final hash) is still verified, for older runs.
 """
 
 from __future__ import annotations
@@ -184,6 +188,71 @@ def head_message(site: str, final_hash: str, entries: int) -> bytes:
 
     return canonical_json({"version": HEAD_MESSAGE_VERSION, "site": site, "entries": entries,
                            "final_hash": final_hash}).encode("utf-8")
+
+
+HEAD_V2 = "ndae-ledger-head/v2"
+# What a v2 head binds, besides the chain: the run it was signed in, how many of the ledger's lines
+# are that run's (its sequence: a later head of the same run has more), the site's lifetime ε at
+# that head, its policy (budget ε at δ) and whether its noise came from the test-only seed.
+SIGNED_HEAD_FIELDS = ("site", "entries", "final_hash", "run", "run_entries", "epsilon", "delta",
+                      "budget_epsilon", "insecure_seed", "private")
+
+
+def signed_head_problem(head: Any) -> str | None:
+    """Why `head` cannot be a v2 signed head (a field missing or of the wrong type), or None."""
+    if not isinstance(head, dict):
+        return "not an object"
+    missing = [name for name in SIGNED_HEAD_FIELDS if name not in head]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not _head_fields_ok(head["site"], head["final_hash"], head["entries"]):
+        return "site, final_hash or entries malformed"
+    if not isinstance(head["run"], str) or not head["run"]:
+        return "run must be a non-empty string"
+    count = head["run_entries"]
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= head["entries"]:
+        return "run_entries must be an integer between 0 and entries"
+    for name in ("epsilon", "budget_epsilon"):
+        value = head[name]
+        if not (value == "inf" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)):
+            return f"{name} must be a number >= 0 or \"inf\""
+    delta = head["delta"]
+    if not (isinstance(delta, (int, float)) and not isinstance(delta, bool) and 0 < delta < 1):
+        return "delta must be a number in (0, 1)"
+    for name in ("insecure_seed", "private"):
+        if not isinstance(head[name], bool):
+            return f"{name} must be true or false"
+    return None
+
+
+def signed_head_message(head: Any) -> bytes:
+    """The exact bytes of a v2 head's signature: the SIGNED_HEAD_FIELDS, versioned, canonical."""
+    from ndae.privacy.ledger import canonical_json
+
+    return canonical_json({"version": HEAD_V2, **{name: head[name] for name in SIGNED_HEAD_FIELDS}}).encode("utf-8")
+
+
+def sign_signed_head(key: Ed25519PrivateKey, head: dict) -> str:
+    """Base64 Ed25519 signature of `signed_head_message(head)` (NdaeError for a malformed head)."""
+    problem = signed_head_problem(head)
+    if problem:
+        raise NdaeError(f"cannot sign ledger head: {problem}")
+    return base64.b64encode(key.sign(signed_head_message(head))).decode("ascii")
+
+
+def verify_signed_head(public_key_pem: str, head: Any, signature: Any) -> bool:
+    """True only for a valid signature by this key of exactly this v2 head (every signed field);
+    False for anything else (never raises)."""
+    try:
+        if signed_head_problem(head) is not None or not isinstance(signature, str):
+            return False
+        raw = base64.b64decode(signature.encode("ascii"), validate=True)
+        if len(raw) != 64:
+            return False
+        load_public_key(public_key_pem, "public key").verify(raw, signed_head_message(head))
+        return True
+    except Exception:  # binascii.Error, InvalidSignature, NdaeError, ...
+        return False
 
 
 def _check_site(site: Any) -> None:

@@ -1,7 +1,8 @@
 """Runs AT THE SERVER: what the run directory keeps about each site's privacy ledger.
 
 The server cannot check a site's noise (it never sees the data); it keeps what an auditor needs:
-each site's ledger copy (`privacy/<site>.jsonl`, verified to end in the head the site reported)
+each site's ledger excerpt for this run (`privacy/<site>.jsonl`, verified to end in the head the
+site signed)
 and the signed heads (`privacy/heads.json`), which `ndae audit RUN --keys REGISTRY` checks against
 the consortium's registered public keys.
 """
@@ -15,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from ndae.errors import LedgerError
 
-__all__ = ["load_heads", "record_replies", "record_site_ledger"]
+__all__ = ["insecure_seed_lines", "load_heads", "record_replies", "record_site_ledger"]
 
 
 def load_heads(run_dir: str | os.PathLike) -> dict[str, dict]:
@@ -27,29 +28,55 @@ def load_heads(run_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def record_site_ledger(run_dir: str | os.PathLike, heads: dict[str, dict], reply: Mapping[str, Any]) -> None:
-    """Keep a site's reported, signed ledger head in `heads` and `privacy/heads.json`, and a
-    verified copy of its ledger as `privacy/<site>.jsonl` (unless the site writes that very file)."""
+    """Keep a site's signed ledger head in `heads` and `privacy/heads.json`, and its ledger excerpt
+    for this run, verified to end in that head, as `privacy/<site>.jsonl` (0600) — unless that file
+    already is the site's own full ledger ending in the head (a simulated site writing its ledger
+    into the run folder): an excerpt must never replace a site's ledger. LedgerError for a reply
+    whose head or excerpt does not hold together."""
     from ndae.io import atomic_write_text
-    from ndae.privacy.ledger import ledger_path, verify_ledger, write_heads
+    from ndae.privacy.ledger import (ledger_path, read_excerpt, read_ledger, strict_json_loads,
+                                     write_heads)
+    from ndae.privacy.signing import signed_head_problem
 
     site = str(reply["privacy-site"])
     target = ledger_path(run_dir, site)
+    try:
+        head = strict_json_loads(str(reply.get("signed-head", "")))
+    except ValueError:
+        head = None
+    problem = signed_head_problem(head)
+    if problem or head["site"] != site:
+        raise LedgerError(f"site {site!r} sent a ledger head that is not a signed head of its own ({problem or 'another site'})")
     text = str(reply.get("ledger-text", ""))
-    if Path(str(reply["ledger-path"])).resolve() != target.resolve():
-        with tempfile.TemporaryDirectory() as scratch:  # verify the copy before it replaces ours
-            probe = Path(scratch) / "ledger.jsonl"
-            probe.write_text(text, encoding="utf-8")
-            if verify_ledger(probe, str(reply["ledger-head"])) != str(reply["ledger-head"]):
-                raise LedgerError(f"site {site!r} sent a ledger that does not end in its reported head")
-        atomic_write_text(target, text)
-    epsilon = float(reply["epsilon"])
-    budget = float(reply["budget-epsilon"])
-    heads[site] = {"final_hash": str(reply["ledger-head"]), "entries": int(reply["ledger-entries"]),
-                   "epsilon": epsilon if epsilon >= 0 else "inf", "delta": float(reply["delta"]),
-                   "budget_epsilon": budget if budget >= 0 else "inf",
-                   "signature": str(reply.get("ledger-signature", "")),
+    with tempfile.TemporaryDirectory() as scratch:  # verify the excerpt before it replaces ours
+        probe = Path(scratch) / "ledger.jsonl"
+        probe.write_text(text, encoding="utf-8")
+        if len(read_excerpt(probe, head["final_hash"])) != head["entries"]:
+            raise LedgerError(f"site {site!r} sent a ledger excerpt whose length differs from its signed head")
+    if not _is_full_ledger(target, head, read_ledger):
+        atomic_write_text(target, text, private=True)
+    heads[site] = {**head, "signature": str(reply.get("ledger-signature", "")),
                    "public_key": str(reply.get("signing-public-key", ""))}
     write_heads(run_dir, heads)
+
+
+def _is_full_ledger(path: Path, head: Mapping[str, Any], read_ledger) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return len(read_ledger(path, head["final_hash"])) == head["entries"]
+    except LedgerError:
+        return False
+
+
+def insecure_seed_lines(privacy: Mapping[str, Mapping] | None) -> list[str]:
+    """The line a report opens with when a site drew its privacy noise from the test-only seed."""
+    sites = sorted(site for site, head in (privacy or {}).items() if head.get("insecure_seed"))
+    if not sites:
+        return []
+    return [f"**NOT PRIVATE: site(s) {', '.join(sites)} drew their privacy noise from the test-only "
+            "`insecure-reproducible-seed` (node config): anyone who knows the seed can remove it. "
+            "`ndae audit` fails this run.**", ""]
 
 
 def record_replies(run_dir: str | os.PathLike, heads: dict[str, dict], replies: Mapping[str, Mapping],
