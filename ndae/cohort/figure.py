@@ -52,12 +52,12 @@ def example_figure(row, path: str | Path, model: DiseaseModel = DiseaseModel(), 
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if c < 3:
-                ax.imshow(cut(panel), cmap="gray", vmin=0, vmax=top)
+                intensity = ax.imshow(cut(panel), cmap="gray", vmin=0, vmax=top)
                 name = ("control", "mild", "severe")[c]
                 ax.contour(cut(np.isin(volumes[name][1], landmarks.PRECENTRAL)), levels=[0.5], colors="tab:orange", linewidths=0.6)
                 ax.contour(cut(np.isin(volumes[name][1], landmarks.LATERAL_VENTRICLES)), levels=[0.5], colors="tab:cyan", linewidths=0.6)
             else:
-                ax.imshow(cut(panel), cmap="RdBu_r", vmin=-0.4 * top, vmax=0.4 * top)
+                difference = ax.imshow(cut(panel), cmap="RdBu_r", vmin=-0.4 * top, vmax=0.4 * top)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -70,5 +70,9 @@ def example_figure(row, path: str | Path, model: DiseaseModel = DiseaseModel(), 
         fontsize=10,
     )
     figure.tight_layout()
+    # after tight_layout: the colourbars take their room from the panels they describe
+    figure.colorbar(intensity, ax=list(axes[:, :3].ravel()), shrink=0.6, pad=0.01, label="T1w intensity (a.u.)")
+    figure.colorbar(difference, ax=list(axes[:, 3:].ravel()), shrink=0.6, pad=0.01,
+                    label="difference from control (a.u.)")
     atomic_save_figure(path, figure)
     plt.close(figure)

@@ -156,6 +156,22 @@ def z_sem_use_sentence(prior: dict | None) -> str:
     return head + f": the decoder uses z_sem, and the normative conditioning changes the residual."
 
 
+def best_baseline_sentence(best: dict, baseline: str | None, what: str) -> str:
+    """The NDAE model beside the best non-NDAE baseline, on the same folds, read from the interval."""
+    d = best.get("vs_best_baseline")
+    if not baseline or not d or d.get("difference") is None:
+        return f"{best['model']} against the baselines: no best baseline was compared."
+    lower, upper = d.get("lower"), d.get("upper")
+    interval = f"{d['difference']:+.3f} [{_num(lower)}, {_num(upper)}] in {what}"
+    if lower is None or upper is None or not (np.isfinite(lower) and np.isfinite(upper)):
+        return f"{best['model']} against the best baseline ({baseline}): {interval}, no interval could be computed."
+    if lower > 0:
+        return f"{best['model']} ranks patients better than the best baseline ({baseline}): {interval}."
+    if upper < 0:
+        return f"The best baseline ({baseline}) ranks patients better than {best['model']}: {interval}."
+    return f"{best['model']} is not distinguishable from the best baseline ({baseline}): {interval}."
+
+
 def headline(result: dict[str, Any]) -> list[str]:
     """The report's first lines: which NDAE model adds most to the covariates, with its interval, in
     words chosen by the interval; and whether the decoder uses z_sem."""
@@ -170,6 +186,7 @@ def headline(result: dict[str, Any]) -> list[str]:
         lines.append(f"**Verdict.** The NDAE model that adds most to the covariates is {best['model']}: "
                      f"{d['difference']:+.3f} [{_num(d['lower'])}, {_num(d['upper'])}] in {what} "
                      f"({verdict(d)}; {len(ndae)} NDAE models compared, so the best of them is picked after the fact).")
+        lines.append(best_baseline_sentence(best, result.get("best_baseline"), what))
     sentence = z_sem_use_sentence(result.get("prior_residuals"))
     if sentence:
         lines.append(sentence)
@@ -177,6 +194,8 @@ def headline(result: dict[str, Any]) -> list[str]:
 
 
 def write_report(result: dict[str, Any], path: Path) -> None:
+    from ndae.reporting.normative_figures import normative_figure_lines
+
     options, subjects = result["options"], result["subjects"]
     hazard = result["cosine_hazard_ratio"]
     unit, per_sd = hazard["per_unit"], hazard["per_sd"]
@@ -215,12 +234,16 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         + ", ".join(f"{k} {('not reached' if v is None else f'{v:.1f}')}" for k, v in km["median_survival_months"].items())
         + ".", "",
         "![KM by cosine tertile](km_cosine.png)", "", "![C-index](c_index.png)", "",
+        *normative_figure_lines(result.get("normative_figures")),
         "## Files", "",
         "`latents.npz`, `normative/`, `deviations.csv`, `patients.csv` (features per patient), "
         "`survival/cv_per_fold.csv`, `survival/cox.json` + `hazard_ratios.csv` (Cox on the cosine, all patients), `baselines/`, `dae/`, `evaluation.json`.", "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings"].items()), "",
     ]
     atomic_write_text(path, "\n".join(lines))
+    from ndae.reporting.html import write_report_html
+
+    write_report_html(path)
 
 
 def c_index_figure(summary: pd.DataFrame, oracle: float | None, path: Path) -> None:

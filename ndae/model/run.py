@@ -180,10 +180,11 @@ def write_reconstruction_figure(path: Path, model, images: np.ndarray, masks: np
         for c in range(channels):
             for j, (img, label) in enumerate(((x, "original"), (recon, f"DDIM {steps}: {psnr[i]:.1f} dB"))):
                 ax = axes[i, 2 * c + j]
-                ax.imshow(img[i, c].numpy(), cmap="gray", vmin=-1, vmax=1)
+                shown = ax.imshow(img[i, c].numpy(), cmap="gray", vmin=-1, vmax=1)
                 ax.set_axis_off()
                 if c == 0:
                     ax.set_title(label, fontsize=7)
+    figure.colorbar(shown, ax=list(axes.ravel()), shrink=0.5, pad=0.02, label="normalised intensity (a.u.)")
     figure.suptitle("DAE reconstruction (brain-mask PSNR)", fontsize=9)
     atomic_save_figure(path, figure)
     plt.close(figure)

@@ -129,10 +129,15 @@ def run_survival_analysis(
         # Too few events or censored patients for K folds: the fit above still stands.
         metrics["cross_validation"] = {"skipped": str(error)}
 
+    from ndae.survival.time_dependent import time_dependent_metrics
+
+    # the same models and folds as the cross-validation: AUC(t), Brier score, calibration figures
+    metrics["time_dependent"] = time_dependent_metrics(table, feature_sets, out_dir, strata=strata, folds=folds,
+                                                       seed=seed, penalizer=penalizer)
     metrics["kaplan_meier"] = {}
     for feature in features:
         path = out_dir / f"km_{_file_safe(feature)}.png"
-        km = kaplan_meier_by_tertile(table, feature, path=path)
+        km = kaplan_meier_by_tertile(table, feature, path=path, split_on=f"the deviation score {feature} alone")
         metrics["kaplan_meier"][feature] = {**km.to_json(), "figure": path.name}
 
     atomic_write_json(out_dir / "metrics.json", finite_or_null(metrics))

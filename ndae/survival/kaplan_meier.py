@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from ndae.errors import NdaeError
-from ndae.io import atomic_save_figure
 from ndae.survival._validation import validate_survival_frame
 
 TERTILES = ("low", "middle", "high")
@@ -39,6 +38,14 @@ class KaplanMeierResult:
         }
 
 
+def _distinct(low: float, high: float) -> str:
+    """'a and b' with enough significant digits to resolve their difference (a score with a tiny
+    spread, like the cosine near 1, would otherwise print as 0.999 and 1)."""
+    scale, gap = max(abs(low), abs(high)), abs(high - low)
+    digits = 3 if gap == 0 or scale == 0 else int(np.clip(np.ceil(np.log10(scale / gap)) + 2, 3, 12))
+    return f"{low:.{digits}g} and {high:.{digits}g}"
+
+
 def tertile_groups(score: pd.Series) -> pd.Series:
     """'low' / 'middle' / 'high' thirds of `score`; ranks break ties so the thirds stay equal in size."""
     ranks = score.rank(method="first")
@@ -52,8 +59,11 @@ def kaplan_meier_by_tertile(
     event_col: str = "event",
     path: str | Path | None = None,
     title: str | None = None,
+    split_on: str | None = None,
 ) -> KaplanMeierResult:
-    """KM curve per tertile of `score`, log-rank p-value, median survival; PNG at `path` if given."""
+    """KM curve per tertile of `score`, log-rank p-value, median survival; PNG at `path` if given,
+    with censor marks and an at-risk table. `split_on`: what `score` is, in words (e.g. the Cox
+    risk's covariates), for the figure's legend."""
     from lifelines import KaplanMeierFitter
     from lifelines.statistics import multivariate_logrank_test
 
@@ -67,25 +77,20 @@ def kaplan_meier_by_tertile(
     medians, sizes, events, curves = {}, {}, {}, {}
     for label in TERTILES:
         mask = (groups == label).to_numpy()
-        fitter = KaplanMeierFitter(label=f"{label} {score} (n={mask.sum()})").fit(time[mask], event[mask])
+        fitter = KaplanMeierFitter(label=f"{label} third (n={mask.sum()}, {int(event[mask].sum())} events)").fit(
+            time[mask], event[mask])
         medians[label] = float(fitter.median_survival_time_)
         sizes[label], events[label] = int(mask.sum()), int(event[mask].sum())
         curves[label] = fitter
     cut_points = [float(df[score][groups == "low"].max()), float(df[score][groups == "middle"].max())]
 
     if path is not None:
-        # A bare Figure (no pyplot) renders with Agg and leaves the global backend alone.
-        from matplotlib.figure import Figure
+        from ndae.survival.figures import plot_kaplan_meier
 
-        figure = Figure(figsize=(6, 4))
-        axis = figure.subplots()
-        for label, colour in zip(TERTILES, ("tab:blue", "tab:orange", "tab:red")):
-            curves[label].plot_survival_function(ax=axis, color=colour, ci_show=True)
-        axis.set_xlabel("time (months)")
-        axis.set_ylabel("survival probability")
-        axis.set_ylim(0, 1.02)
-        axis.set_title(title or f"Kaplan–Meier by tertile of {score} (log-rank p = {test.p_value:.2g})")
-        atomic_save_figure(path, figure)
+        split = split_on or score
+        plot_kaplan_meier([(curves[label].label, curves[label]) for label in TERTILES], path,
+                          title or f"Kaplan–Meier by tertile of {split} (log-rank p = {test.p_value:.2g})",
+                          split_on=f"thirds of {split}, cut at {_distinct(*cut_points)}")
 
     return KaplanMeierResult(
         score=score,

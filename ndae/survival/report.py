@@ -80,6 +80,12 @@ def write_survival_report(out_dir: str | Path, metrics: dict) -> Path:
         lines += ["| model (cross-validated) | Harrell's C | Uno's C |", "|---|---|---|"]
         lines += [f"| {model} | {row.get('harrell_c', '–')} | {row.get('uno_c', '–')} |" for model, row in summary.items()]
         lines.append("")
+    from ndae.reporting.survival_sections import survival_figure_lines
+
+    lines += survival_figure_lines(metrics)
     path = Path(out_dir) / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    from ndae.reporting.html import write_report_html
+
+    write_report_html(path)
     return path

@@ -23,7 +23,9 @@ def _fmt(value, digits: int = 3) -> str:
 
 def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> Path:
     survival = summary["survival"]
-    lines = ["# Federated NDAE run", "", *headline_lines(summary),
+    from ndae.federation.server.privacy import insecure_seed_lines
+
+    lines = ["# Federated NDAE run", "", *insecure_seed_lines(summary.get("privacy")), *headline_lines(summary, metrics, config),
              f"- sites: {len(summary['sites'])} ({', '.join(summary['sites'])}); min-sites {config.min_sites}",
              f"- DAE: preset `{config.dae_preset}`, {config.rounds} round(s) of {config.strategy} × "
              f"{config.local_epochs} local epoch(s), seed {config.seed}",
@@ -66,10 +68,14 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
         if entry.get("phase") == "dae":
             lines.append(f"| {entry['round']} | {len(entry['sites'])} | {_fmt(entry.get('train_loss_mean'), 4)} | "
                          f"{_fmt(entry.get('seconds'), 1)} |")
+    from ndae.reporting.federated_figures import normative_lines, survival_figure_lines, training_loss_lines
+
+    lines += training_loss_lines(run_dir, metrics)
     noisy = " (noisy DP count)" if config.privacy else ""
     lines += ["", f"Normative model: {summary['normative']['n_controls']:.0f} controls{noisy} from "
               f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
     lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
+    lines += normative_lines(run_dir, summary)
     lines += latent_probe_lines(summary.get("latent_probe"))
     lines += prior_residual_lines(summary.get("prior_residuals"), survival, config.privacy)
     lines += ["",
@@ -96,11 +102,16 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     if "km_pooled" in survival:
         lines += ["", f"![Kaplan–Meier by pooled risk tertile](survival/km_risk.png) (log-rank p = "
                   f"{_fmt(survival['km_pooled'].get('p_value'), 3)})"]
+    lines += survival_figure_lines(survival)
     lines += ["", "Files: `config.json`, `dae/checkpoint.pt`, `normative/`, "
               + ("`deviations.csv`, " if survival["mode"] == "pooled" else "")
-              + "`survival/`, `metrics.jsonl`, `status.json`, `summary.json`.", ""]
+              + "`survival/`, `figures/`, `metrics.jsonl`, `status.json`, `summary.json`; `report.html` is this report "
+              "in one self-contained file (figures embedded) to share.", ""]
     path = Path(run_dir) / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    from ndae.reporting.html import write_report_html
+
+    write_report_html(path)
     return path
 
 
@@ -203,25 +214,14 @@ def swap_reading(change: float) -> str:
     return head + ": the decoder uses z_sem, and the normative conditioning changes the residual."
 
 
-def headline_lines(summary: dict) -> list[str]:
-    """The report's first lines: what the NDAE model adds to the covariates, with its CI, in words
-    chosen by the CI (cross-validated where the server held the rows, else within site); and
-    whether the decoder uses z_sem."""
-    survival = summary["survival"]
-    added = survival.get("added_value") or {}
-    lines = []
-    estimates = [added[k] for k in ("cross_validated", "within_site") if isinstance(added.get(k), dict)
-                 and "not_computed" not in added[k]]
-    if estimates:
-        e = estimates[0]
-        lines.append(f"**Verdict ({e['kind']}).** " + added_value_reading(
-            e, ", ".join(added["features"]), ", ".join(added["covariates"]) or "none"))
-    elif added.get("not_computed"):
-        lines.append(f"**Verdict.** What the imaging adds to the covariates was not computed: {added['not_computed']}.")
-    swap = survival.get("prior_swap") or {}
-    if "relative_change" in swap:
-        lines.append("z_sem use: " + swap_reading(swap["relative_change"]))
-    return lines + [""] if lines else []
+def headline_lines(summary: dict, metrics: list[dict] = (), config=None) -> list[str]:
+    """The report's first lines: its verdict (`ndae.federation.server.verdict`), every clause
+    chosen by the run's numbers."""
+    from ndae.federation.server.verdict import verdict_lines
+
+    private = bool(getattr(config, "privacy", False)) or "privacy" in summary
+    return verdict_lines(summary, metrics, private=private,
+                         target_epsilon=float(getattr(config, "target_epsilon", 0.0) or 0.0))
 
 
 def latent_probe_lines(probe: dict | None) -> list[str]:
@@ -242,6 +242,10 @@ def latent_probe_lines(probe: dict | None) -> list[str]:
     if "trained_beats_init" in probe:
         lines += ["", f"Trained minus initial r: {probe['trained']['r'] - probe['init']['r']:+.3f} (one held-out split "
                   "per site, no interval; how to read a probe: `docs/dae.md`)."]
+    from ndae.federation.server.verdict import age_probe_clause
+
+    if "rmse" in probe.get("trained", {}):
+        lines += ["", "Reading: " + age_probe_clause(probe)]
     return lines
 
 
@@ -335,6 +339,9 @@ def write_failure_report(run_dir: Path, config, error: str, missing: list[dict])
     # A failed rerun must not replace the report of a run that completed before it.
     path = Path(run_dir) / ("failure.md" if (Path(run_dir) / "report.md").exists() else "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
+    from ndae.reporting.html import write_report_html
+
+    write_report_html(path)
     return path
 
 

@@ -95,7 +95,8 @@ class SurvivalPhase:
         survival["c_index_within_site"] = concordant / comparable if comparable else float("nan")
         km_rows = np.concatenate([c["summary"]["km"].numpy().reshape(-1, 4) for c in summary.replies.values()]) \
             if summary.replies else np.zeros((0, 4))
-        survival["km"] = server_survival.km_from_counts(km_rows, out / "km_risk_within_site_tertiles.png")
+        survival["km"] = server_survival.km_from_counts(km_rows, out / "km_risk_within_site_tertiles.png",
+                                                    covariates)
         if reference is not None:
             paired = {site: {key: c["summary"][key].numpy() for key in ("paired_sums", "paired_cross")}
                       for site, c in summary.replies.items()}

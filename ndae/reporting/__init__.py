@@ -1,0 +1,1 @@
+"""What the reports share: their figures' sections and the self-contained `report.html`."""
