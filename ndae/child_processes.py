@@ -13,6 +13,12 @@ group reaches everything. `spawn_guarded` therefore starts the command under a s
   FLWR_HOME), and exits with the command's code.
 
 Elsewhere than Linux the guard still stops what it can find, but a SIGKILLed parent is not noticed.
+
+Worker pools (`worker_pool`) follow the same rule without a guard: each worker is started fresh
+(spawn, not fork, so it inherits no open descriptor: not a run folder's lock, not a cache lock),
+arms the parent-death signal first thing, ignores the terminal's SIGINT (its parent decides), and
+an exception or signal in the parent stops every worker before it propagates, instead of waiting
+for the queued work as `ProcessPoolExecutor.__exit__` does.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -97,6 +105,54 @@ def stop_pids(pids, timeout: float) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _worker_start(parent: int) -> None:
+    """Initializer of every `worker_pool` worker: die with the parent, leave Ctrl-C to it."""
+    if sys.platform == "linux":
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a stuck worker must not outlive a SIGKILLed run
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers never outlive this process (see the module docstring).
+
+    On leaving normally it waits for the submitted work; on any exception (KeyboardInterrupt and
+    the SystemExit of a SIGTERM included) it cancels what is queued and stops every worker first."""
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_start, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 2.0) -> None:
+    """Cancel queued work and stop the pool's workers now (SIGTERM, then SIGKILL after `grace`)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # taken before shutdown clears it
+    pool.shutdown(wait=False, cancel_futures=True)
+    stop_pids([worker.pid for worker in workers if worker.pid], grace)
+    for worker in workers:
+        worker.join(timeout=grace)
+
+
+def terminate_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Turn SIGTERM/SIGHUP into `SystemExit(128 + signum)` in the main thread, as Ctrl-C already is
+    a KeyboardInterrupt: `finally` blocks and context managers run (worker pools stopped, run
+    folders marked interrupted, locks released) instead of the process vanishing mid-write."""
+    def on_signal(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+        raise SystemExit(128 + signum)
+
+    for signum in signals:
+        signal.signal(signum, on_signal)
 
 
 def spawn_guarded(command: Sequence[str], *, remove: Sequence[str | os.PathLike] = (), grace: float = 10.0,

@@ -187,7 +187,10 @@ def test_a_noise_or_clip_the_ledger_cannot_record_is_refused_clearly_before_any_
     """Infinite or overflowing parameters used to fail deep in the ledger writer ('Out of range
     float values are not JSON compliant') after the residuals were computed; a clip whose block
     sensitivity C_y² underflows to 0 gets noise sd 0 on that block (an exact release of it)."""
-    grid, node = _grid(world, tmp_path, **overrides)
+    # A hostile server sends the values as run config (its own FederationConfig refuses non-finite ones).
+    config = {**_config(world["root"]).to_run_config(), **{k.replace("_", "-"): v for k, v in overrides.items()}}
+    grid = InProcessGrid([world["manifest"]], config, node_config={**POLICY, "privacy-dir": str(tmp_path / "ledger")})
+    node = next(iter(grid.contexts))
     reason = _reason(_ask(grid, node, "query.prior_residual_stats", _stats_query(world)))
     assert key in reason.splitlines()[0], reason
     assert not _ledger(tmp_path)
@@ -340,9 +343,7 @@ def test_a_non_private_runs_cosine_and_mahalanobis_are_unchanged_by_the_prior_fe
     assert set(with_prior.content.keys()) == {"counts", "moments", "prior-swap"}
 
 
-# ---- the same attacks on code outside the three prior residual modules (reported, not fixed) ---
-@pytest.mark.xfail(strict=True, reason="ndae/federation/site/private_releases.py (z_sem moments): the server's "
-                                       "design is not checked, DesignSpec.build names subject ids in its error")
+# ---- the same attacks on the z_sem moments and the deviations query -----------------------------
 def test_the_zsem_moments_query_with_a_design_on_the_subject_column_names_no_subject(world, tmp_path):
     grid, node = _grid(world, tmp_path)
     content = _stats_query(world, design={**DesignSpec().to_dict(), "age_column": "subject"})
@@ -351,8 +352,6 @@ def test_the_zsem_moments_query_with_a_design_on_the_subject_column_names_no_sub
     _leaks_nothing(reason, world)
 
 
-@pytest.mark.xfail(strict=True, reason="ndae/federation/site/statistics.py (patient_survival_table): the z_sem "
-                                       "model of the deviations query is not checked, its design names patient ids")
 def test_a_deviations_query_whose_zsem_model_reads_the_subject_column_names_no_patient(world, tmp_path):
     hostile = copy.deepcopy(world["z_sem"])
     hostile.design = DesignSpec(age_column="subject")
@@ -362,10 +361,6 @@ def test_a_deviations_query_whose_zsem_model_reads_the_subject_column_names_no_p
     _leaks_nothing(reason, world)
 
 
-@pytest.mark.xfail(strict=True, reason="ndae/privacy/dp_moments.py / gaussian_mechanism.clip_rows: a non-finite "
-                                       "row is not bounded by clipping, so one NaN record makes the whole release "
-                                       "NaN (the z_sem moments and DP-SGD take z_sem / gradients the server's "
-                                       "weights can make NaN)")
 def test_the_gaussian_moments_bound_a_non_finite_record():
     from ndae.privacy.dp_moments import private_moments
 

@@ -19,7 +19,7 @@ import ndae.federation.demo  # noqa: F401  (imported here, so timings below meas
 from ndae.child_processes import alive, descendants
 from ndae.cli import main
 from ndae.errors import NdaeError
-from ndae.run_folder import RunFolderError, claim_output
+from ndae.run_folder import RunAlreadyFinished, RunFolderError, claim_output
 
 
 def _cmdline(pid: int) -> str:
@@ -108,8 +108,9 @@ def test_sigkill_of_a_simulated_run_stops_superlink_simulation_and_ray_and_frees
     left = _wait_gone(tree, 45)
     assert left == [], [_cmdline(p) for p in left]
     assert not home.exists()
-    # The kernel dropped the lock with the process: the folder is free (only the rerun rule applies).
-    with pytest.raises(RunFolderError, match="already holds a running run"):
+    # The kernel dropped the lock with the process: the folder is free (only the rerun rule applies),
+    # and the run it left is called what it is: interrupted, not running.
+    with pytest.raises(RunFolderError, match="already holds an interrupted run"):
         claim_output(run, command="demo", settings={}, outputs=["status.json", "logs"])
 
 
@@ -155,12 +156,18 @@ def test_rerun_rule_refuses_without_a_flag_and_resume_requires_the_same_settings
             claim_output(run, command="demo", settings={"rounds": 1, "seed": 0}, outputs=["config.json"], **kwargs)
         assert "rounds 2 → 1" in str(refused.value) and str(run) in str(refused.value)
         assert _unchanged(run, before)
-    with pytest.raises(RunFolderError, match="--resume to continue it with the same settings, or --force"):
+    # A finished run cannot be continued: only --force is offered (--resume would say it is finished).
+    with pytest.raises(RunFolderError, match="already holds a finished run .*Pass --force to start over"):
         claim_output(run, command="demo", settings={"rounds": 2, "seed": 0}, outputs=["config.json"])
     with pytest.raises(RunFolderError, match="exclude each other"):
         claim_output(run, command="demo", settings={}, outputs=[], resume=True, force=True)
     assert _unchanged(run, before)
-    claim_output(run, command="demo", settings={"rounds": 2, "seed": 0}, outputs=["config.json"], resume=True).release()
+    # The run finished: --resume with its settings says so and changes nothing (it re-ran its last phases).
+    with pytest.raises(RunAlreadyFinished, match="has finished; nothing to resume"):
+        claim_output(run, command="demo", settings={"rounds": 2, "seed": 0}, outputs=["config.json"], resume=True)
+    assert _unchanged(run, before)
+    claim_output(run, command="demo", settings={"rounds": 2, "seed": 0}, outputs=["config.json"], resume=True,
+                 resume_finished=True).release()  # `ndae train --resume` trains a finished run further
 
 
 def test_force_deletes_only_the_commands_outputs_and_a_failure_before_any_output_leaves_no_run(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ndae import cli_types
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run", required=True, help="run folder with dae/checkpoint.pt")
     parser.add_argument("--manifest", required=True, help="manifest.csv")
     parser.add_argument("--out", default=None, help="output .npz (default RUN/latents.npz)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM inversion steps (default: the config's)")
+    parser.add_argument("--steps", type=cli_types.int_range(1), default=None,
+                        help="DDIM inversion steps (default: the config's)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", type=cli_types.device, default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

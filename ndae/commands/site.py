@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ndae import cli_types
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("site", help="manage the Flower apps a site approves")
     actions = parser.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     approve = actions.add_parser("approve", help="add an app bundle hash to the site's approved list")
     approve.add_argument("app_hash", metavar="APP_HASH")
-    approve.add_argument("--site-dir", required=True)
+    approve.add_argument("--site-dir", type=cli_types.folder, required=True)
     approve.add_argument("--note", default="")
     revoke = actions.add_parser("revoke", help="remove an app bundle hash from the approved list")
     revoke.add_argument("app_hash", metavar="APP_HASH")
-    revoke.add_argument("--site-dir", required=True)
+    revoke.add_argument("--site-dir", type=cli_types.folder, required=True)
     listing = actions.add_parser("list", help="print the approved app hashes")
-    listing.add_argument("--site-dir", default=".")
+    listing.add_argument("--site-dir", type=cli_types.folder, default=".")
     hashing = actions.add_parser("hash", help="print the sha256 of a Flower app bundle (.fab)")
     hashing.add_argument("fab_file", metavar="FAB_FILE")
     parser.set_defaults(func=run)

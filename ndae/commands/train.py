@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ndae import cli_types
 from ndae.presets import PRESETS
 
 
@@ -20,17 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "48x40; tiny-age: its decoder conditioned on age; tiny-native: the slices at 96x80; "
                         "tiny-ventricle: the lateral-ventricle slice at 64x56; paper, paper3d: GPU; default: tiny)")
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
+    parser.add_argument("--steps", type=cli_types.int_range(1), default=None,
+                        help="training steps (default: the preset's)")
+    parser.add_argument("--seed", type=cli_types.int_range(0), default=None,
+                        help="random seed (default: the preset's, 0)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", type=cli_types.device, default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--resume", action="store_true",
                         help="continue from RUN/dae/checkpoint.pt (same manifest, preset, seed and cache; "
                         "--steps may be raised)")
     parser.add_argument("--force", action="store_true",
                         help="start over: delete the run's earlier outputs (config.json, dae/, latents, normative, "
                         "deviations) first")
-    parser.add_argument("--figure-steps", type=int, default=None, help="DDIM steps for the reconstruction figure")
+    parser.add_argument("--figure-steps", type=cli_types.int_range(1), default=None,
+                        help="DDIM steps for the reconstruction figure")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"manifest": str(Path(args.manifest).resolve()), "config": args.config, "seed": args.seed,
                 "cache": str(Path(args.cache).resolve()) if args.cache else None}
     with claim_output(args.out, command="train", settings=settings, outputs=TRAIN_OUTPUTS, resume=args.resume,
-                      force=args.force) as claim:
+                      force=args.force, resume_finished=True) as claim:  # --resume trains a finished run further
         summary = train_run(args.manifest, args.out, args.config, steps=args.steps, seed=args.seed,
                             cache_dir=args.cache, device=args.device, resume=args.resume, progress=not args.quiet,
                             figure_steps=args.figure_steps)

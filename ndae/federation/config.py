@@ -8,6 +8,7 @@ refused unless NDAE_TEST_HOOKS=1 (`test_hooks_enabled`).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
@@ -88,6 +89,10 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         _refuse_test_hooks_outside_tests(self)
+        for item in fields(self):  # NaN passes every "<= 0" test below, inf every upper bound
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NdaeError(f"run config {item.name.replace('_', '-')!r} must be a finite number, got {value}")
         if self.strategy not in STRATEGIES:
             raise NdaeError(f"run config 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.survival_mode not in SURVIVAL_MODES:
