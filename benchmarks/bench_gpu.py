@@ -38,12 +38,10 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(preset_name: str, amp: bool, steps: int, warmup: int, batch_size: int | None, device,
-            invert_images: int, invert_steps: int) -> dict:
-    """One cell: `steps` timed optimiser steps after `warmup`, then z_sem encoding and DDIM inversion."""
+def _setup(preset_name: str, batch_size: int | None, device):
     import torch
 
-    from ndae.model import build_model, encode, invert, make_optimizer, preset, train_steps
+    from ndae.model import build_model, make_optimizer, preset
 
     config = preset(preset_name).with_data_shape(IN_CHANNELS[preset_name])
     if batch_size:
@@ -53,33 +51,89 @@ def measure(preset_name: str, amp: bool, steps: int, warmup: int, batch_size: in
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
     x = (torch.rand(b, config.model.in_channels, *config.model.image_size, generator=generator) * 2 - 1)
-    cell = {"preset": preset_name, "amp": amp, "batch_size": b, "image_size": list(config.model.image_size),
+    cell = {"preset": preset_name, "batch_size": b, "image_size": list(config.model.image_size),
             "in_channels": config.model.in_channels, "parameters": model.num_parameters()["total"]}
+    return model, optimizer, generator, x, cell
+
+
+def plain_train_steps(model, optimizer, x, steps: int, amp: bool):
+    """The reference: a plain PyTorch loop of the same network and loss (Adam, the Diff-AE
+    ε-loss), with timesteps and noise drawn on the device and the loss never read back, so
+    nothing waits for the GPU inside the loop. No EMA and no gradient clipping, as in the
+    project-loop cell it is compared with."""
+    import torch
+
+    from ndae.model import unwrap
+
+    diffusion = unwrap(model).diffusion
+    x = x.to(next(model.parameters()).device)
+    model.train()
+    loss = None
+    for _ in range(steps):
+        t = torch.randint(0, diffusion.timesteps, (x.shape[0],), device=x.device)
+        noise = torch.randn_like(x)
+        x_t = diffusion.q_sample(x, t, noise)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
+            epsilon = model(x_t, t, x)
+        loss = diffusion.per_sample_loss(epsilon, noise, t).mean()
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
+def measure(preset_name: str, amp: bool, steps: int, warmup: int, batch_size: int | None, device,
+            invert_images: int, invert_steps: int, loop: str = "project") -> dict:
+    """One cell: `steps` timed optimiser steps after `warmup` at the same shapes (cuDNN autotuning
+    happens there), then, for the project's loop, z_sem encoding and DDIM inversion with the
+    optimiser's state freed first (the inference peak is an inference run's, not training's).
+    `loop`: "project" (`ndae.model.train_steps`, what `ndae train` runs) or "plain"."""
+    import torch
+
+    from ndae.model import encode, invert, train_steps
+
+    model, optimizer, generator, x, cell = _setup(preset_name, batch_size, device)
+    b = cell["batch_size"]
+    cell.update(amp=amp, loop=loop)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     try:
-        train_steps(model, None, optimizer, [x], warmup, generator=generator, amp=amp)
+        if loop == "plain":
+            run = lambda n: plain_train_steps(model, optimizer, x, n, amp)  # noqa: E731
+        else:
+            run = lambda n: train_steps(model, None, optimizer, [x], n, generator=generator, amp=amp)  # noqa: E731
+        run(warmup)
         _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        losses = train_steps(model, None, optimizer, [x], steps, generator=generator, amp=amp)
+        losses = run(steps)
         _sync(device)
         seconds = time.perf_counter() - start
     except torch.cuda.OutOfMemoryError as error:  # a size that does not fit is a result, not a crash
         cell["error"] = f"out of GPU memory at batch {b}: {str(error).splitlines()[0]}"
         return cell
+    last = losses[-1] if isinstance(losses, list) else float(losses.detach())
     cell.update(train_steps=steps, train_seconds=seconds, train_images_per_s=steps * b / seconds,
-                train_step_ms=1000 * seconds / steps, loss_last=float(losses[-1]))
+                train_step_ms=1000 * seconds / steps, loss_last=float(last))
     if device.type == "cuda":
         cell["train_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        torch.cuda.reset_peak_memory_stats(device)
+    if loop == "plain":
+        return cell
+    # Inference without the optimiser's state and the gradients.
+    model.zero_grad(set_to_none=True)
+    optimizer = None  # noqa: F841  (frees the Adam state: the training closure shares this variable)
     # Inference under the same precision: the project's encode/invert run in fp32 unless autocast is on.
     context = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else _null()
     n = max(1, invert_images)
     xs = x.repeat((n + b - 1) // b, *([1] * (x.dim() - 1)))[:n]
     with context:
-        encode(model, xs[:b])  # warm-up
+        z = encode(model, xs)  # warm-up at the timed shapes (and cuDNN's autotuning)
+        invert(model, xs, z, steps=2)
         _sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         z = encode(model, xs)
         _sync(device)
@@ -91,7 +145,6 @@ def measure(preset_name: str, amp: bool, steps: int, warmup: int, batch_size: in
     cell.update(invert_images=n, invert_steps=invert_steps, x_T_finite=bool(torch.isfinite(x_T).all()))
     if device.type == "cuda":
         cell["inference_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, optimizer
     return cell
 
 
@@ -142,9 +195,69 @@ def render(result: dict) -> str:
                 steps = amp["preset_steps"]
                 ratios.append(f"`{name}`'s own schedule ({steps:,} steps of batch {amp['batch_size']}) at this rate: "
                               f"{steps * amp['train_step_ms'] / 3.6e6:.1f} GPU-hours")
+    plain = [c for c in result.get("plain_cells", []) if "error" not in c]
+    if plain:
+        lines += ["The project's training loop against a plain PyTorch loop of the same network and loss "
+                  "(`plain_train_steps`: timesteps and noise drawn on the GPU, the loss never read back; "
+                  "neither loop has EMA or gradient clipping here):", "",
+                  "| preset | precision | plain loop images/s | plain peak GiB | project loop images/s | "
+                  "project / plain |", "|---|---|---|---|---|---|"]
+        for cell in plain:
+            mine = next((c for c in result["cells"] if c["preset"] == cell["preset"] and c["amp"] == cell["amp"]
+                         and "error" not in c), None)
+            ratio = f"{mine['train_images_per_s'] / cell['train_images_per_s']:.2f}" if mine else "n/a"
+            lines.append(f"| `{cell['preset']}` | {'AMP (bf16)' if cell['amp'] else 'fp32'} | "
+                         f"{cell['train_images_per_s']:.1f} | {cell.get('train_peak_gib', float('nan')):.2f} | "
+                         f"{mine['train_images_per_s']:.1f} | {ratio} |" if mine else
+                         f"| `{cell['preset']}` | {'AMP (bf16)' if cell['amp'] else 'fp32'} | "
+                         f"{cell['train_images_per_s']:.1f} | {cell.get('train_peak_gib', float('nan')):.2f} | n/a | n/a |")
+        lines.append("")
+    skipped = result.get("skipped", [])
+    if skipped:
+        lines += ["Not measured (the time budget ran out first): " + ", ".join(skipped) + ".", ""]
     if ratios:
         lines += ["Read (computed from the table): " + "; ".join(ratios) + ".", ""]
     return "\n".join(lines)
+
+
+def run_cells(presets, steps: int, warmup: int, batch_size: int | None, device, invert_images: int | None,
+              invert_steps: int | None, json_path: Path, deadline: float | None = None, plain: bool = True) -> dict:
+    """Every preset's cells (project loop AMP and fp32, each followed by the plain loop's), saved to
+    `json_path` after each one; a cell that the time left (`deadline`, perf_counter seconds) would
+    not hold, judged from the preset's last cell, is skipped and named."""
+    import torch
+
+    from ndae.model import preset
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    result = {"run": provenance(), "cells": [], "plain_cells": [], "skipped": []}
+    for name in presets:
+        steps_of_preset = preset(name).train.steps
+        sample_steps = invert_steps or preset(name).diffusion.sample_steps
+        volumes = preset(name).model.spatial_dims == 3
+        # the expected length of the next cell: the preset's last project cell (training and
+        # inference) for a project cell, its training part alone for a plain-loop cell
+        expected = {"project": 0.0, "plain": 0.0}
+        for amp in (True, False):
+            for loop in ("project", "plain") if plain else ("project",):
+                label = f"{name} {'AMP' if amp else 'fp32'} {loop} loop"
+                if deadline is not None and time.perf_counter() + 1.5 * expected[loop] > deadline:
+                    result["skipped"].append(label)
+                    continue
+                started = time.perf_counter()
+                cell = measure(name, amp, steps, warmup, batch_size, device,
+                               invert_images or (8 if volumes else 64), sample_steps, loop=loop)
+                if loop == "project":
+                    expected["project"] = time.perf_counter() - started
+                    expected["plain"] = cell.get("train_seconds", expected["project"]) * (steps + warmup) / steps
+                cell["preset_steps"] = steps_of_preset
+                result["cells" if loop == "project" else "plain_cells"].append(cell)
+                print(json.dumps(cell), flush=True)
+                # Saved after every cell: a run killed at its time limit keeps what it measured.
+                atomic_write_text(json_path, json.dumps(result, indent=1))
+    atomic_write_text(json_path, json.dumps(result, indent=1))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--allow-cpu", action="store_true", help="smoke test without a GPU")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch-loop reference cells")
     args = parser.parse_args(argv)
     title = "DAE presets on a GPU: throughput, AMP and peak memory (`benchmarks/bench_gpu.py`)"
     if args.render_only:
@@ -170,25 +284,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ndae.model import preset
-
     if not torch.cuda.is_available() and not args.allow_cpu:
         raise SystemExit("bench_gpu: no CUDA device (this benchmark is for a GPU machine; --allow-cpu smoke-tests it)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.benchmark = True
-    result = {"run": provenance(), "cells": []}
-    for name in args.presets:
-        steps_of_preset = preset(name).train.steps
-        sample_steps = args.invert_steps or preset(name).diffusion.sample_steps
-        for amp in (True, False):
-            volumes = preset(name).model.spatial_dims == 3
-            cell = measure(name, amp, args.steps, args.warmup, args.batch_size, device,
-                           args.invert_images or (8 if volumes else 64), sample_steps)
-            cell["preset_steps"] = steps_of_preset
-            result["cells"].append(cell)
-            print(json.dumps(cell), flush=True)
-            # Saved after every cell: a run killed at its time limit keeps what it measured.
-            atomic_write_text(args.json, json.dumps(result, indent=1))
+    result = run_cells(args.presets, args.steps, args.warmup, args.batch_size, device, args.invert_images,
+                       args.invert_steps, args.json, plain=not args.no_plain)
     write_section(args.section, title, render(result), result["run"], folder=args.results_dir)
     return 0
 

@@ -27,9 +27,25 @@ def test_bench_gpu_smoke_writes_both_precisions_and_the_ratio(tmp_path):
     assert [c["amp"] for c in cells] == [True, False]
     for cell in cells:
         assert cell["train_images_per_s"] > 0 and cell["invert_images_per_s"] > 0 and cell["x_T_finite"]
+    # the plain-loop reference: one cell per precision, with the project/plain ratio in the section
+    plain = json.loads(saved.read_text())["plain_cells"]
+    assert [(c["amp"], c["loop"]) for c in plain] == [(True, "plain"), (False, "plain")]
+    assert all(c["train_images_per_s"] > 0 for c in plain)
     section = (tmp_path / "gpu.md").read_text()
-    assert section.count("| `tiny` |") == 2 and "AMP trains" in section
+    # two rows in the main table, two in the project-vs-plain table
+    assert section.count("| `tiny` |") == 4 and "AMP trains" in section and "project / plain" in section
     # The section can be rebuilt from the saved numbers alone.
     (tmp_path / "gpu.md").unlink()
     assert bench_gpu.main(["--render-only", "--json", str(saved), "--results-dir", str(tmp_path)]) == 0
     assert (tmp_path / "gpu.md").read_text() == section
+
+
+def test_bench_gpu_skips_cells_the_time_budget_cannot_hold(tmp_path):
+    import time
+
+    import torch
+
+    result = bench_gpu.run_cells(["tiny"], 1, 1, None, torch.device("cpu"), 2, 2, tmp_path / "g.json",
+                                 deadline=time.perf_counter() - 1)
+    assert result["cells"] == [] and len(result["skipped"]) == 4
+    assert "Not measured" in bench_gpu.render(result)

@@ -79,6 +79,9 @@ class EvaluationOptions:
     # continue a DAE checkpoint already in OUT/dae (benchmarks that share one trained DAE between
     # cohorts with byte-identical controls); at its full step count nothing is trained again
     resume_dae: bool = False
+    # z_sem and the prior residuals computed elsewhere (`ndae.evaluation.external_features`, a GPU
+    # run): no DAE is trained here, everything else is as always
+    features_dir: str | None = None
 
 
 def standardised_regions(raw: pd.DataFrame, covariates: pd.DataFrame, controls: np.ndarray, prefix: str,
@@ -122,16 +125,18 @@ PRIOR_MODELS = {"normative": "NDAE prior residual", "own": "NDAE prior residual 
 
 
 def prior_residual_scores(out: Path, manifest_path: Path, cache_dir: Path, normative, covariates: pd.DataFrame,
-                          controls: np.ndarray, held_out: np.ndarray, options: EvaluationOptions):
+                          controls: np.ndarray, held_out: np.ndarray, options: EvaluationOptions,
+                          computed: tuple[pd.DataFrame, dict] | None = None):
     """The regional normative deviations from the diffusion prior (`ndae.deviation.prior_residuals`)
     of every subject, each region's residual z-scored against the training controls' (a normative
     model of its own, `normative_prior/` and `normative_prior_own/`): a frame `subject` +
     `z_prior_<region>` + `z_prior_own_<region>`, its two models, the calibration and the swap test.
-    The raw region means (before the z-scores) are kept in `prior_residuals.csv`."""
+    The raw region means (before the z-scores) are kept in `prior_residuals.csv`; `computed`: the
+    raw region means and swap test of a run elsewhere (`--features`), standardised here the same way."""
     from ndae.deviation.prior_residuals import NORMATIVE, OWN, PREFIX, prior_residual_features, region_columns
 
-    raw, swap = prior_residual_features(out, manifest_path, cache_dir, normative, device=options.device,
-                                        subjects=covariates["subject"])
+    raw, swap = computed or prior_residual_features(out, manifest_path, cache_dir, normative, device=options.device,
+                                                    subjects=covariates["subject"])
     atomic_write_text(out / "prior_residuals.csv", raw.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
     frame = pd.DataFrame({"subject": covariates["subject"].astype(str).to_numpy()})
     features, calibration = {}, {}
@@ -183,22 +188,39 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
 
     # The manifest's one cache (where `ndae prepare` wrote) unless told otherwise.
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir(manifest_path)
+    external = None
+    if options.features_dir:  # checked before anything is written
+        from ndae.evaluation.external_features import read_external_features
+
+        if options.image_deviation_steps:
+            raise NdaeError("--image-deviation-steps needs the DAE itself; it cannot be combined with --features")
+        external = read_external_features(options.features_dir, manifest_path, manifest, held_out_subjects,
+                                          options.held_out_controls, options.seed)
+        options.config = str(external.dae.get("preset") or options.config)  # the DAE that made them, in the report
     out.mkdir(parents=True, exist_ok=True)
     train_manifest = write_training_manifest(manifest, held_out_subjects, out / "train_manifest.csv")
 
     # 2. DAE on the training controls, then z_sem of everyone
-    _log(options, f"training the DAE on the controls ({len(held_out_subjects)} held out)")
-    t0 = time.perf_counter()
-    dae_summary = train_run(train_manifest, out, options.config, steps=options.steps, seed=options.seed,
-                            resume=options.resume_dae,
-                            cache_dir=cache_dir, device=options.device, progress=options.progress,
-                            figure_steps=options.inversion_steps)
-    timings["dae_training_s"] = time.perf_counter() - t0
-    _log(options, "encoding every subject")
-    t0 = time.perf_counter()
-    latents_path = encode_run(out, manifest_path, cache_dir=cache_dir, steps=options.inversion_steps,
-                              device=options.device, progress=options.progress)
-    timings["encoding_s"] = time.perf_counter() - t0
+    if external is not None:
+        from ndae.io import atomic_save_npz
+
+        _log(options, f"z_sem and prior residuals from {options.features_dir} (no DAE trained here)")
+        latents_path = out / "latents.npz"
+        atomic_save_npz(latents_path, subject=np.asarray(external.subjects), z_sem=external.z_sem.astype(np.float32))
+        dae_summary = {**external.dae, "features_from": external.source}
+    else:
+        _log(options, f"training the DAE on the controls ({len(held_out_subjects)} held out)")
+        t0 = time.perf_counter()
+        dae_summary = train_run(train_manifest, out, options.config, steps=options.steps, seed=options.seed,
+                                resume=options.resume_dae,
+                                cache_dir=cache_dir, device=options.device, progress=options.progress,
+                                figure_steps=options.inversion_steps)
+        timings["dae_training_s"] = time.perf_counter() - t0
+        _log(options, "encoding every subject")
+        t0 = time.perf_counter()
+        latents_path = encode_run(out, manifest_path, cache_dir=cache_dir, steps=options.inversion_steps,
+                                  device=options.device, progress=options.progress)
+        timings["encoding_s"] = time.perf_counter() - t0
     subjects, z_sem = read_latents(latents_path)
     rows = manifest.set_index(manifest["subject"].astype(str)).loc[subjects].reset_index(drop=True)
     rows["subject"] = rows["subject"].astype(str)
@@ -218,6 +240,10 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
                                                              controls.sum(), held_out.sum())}
     normative.save(out / "normative")
     atomic_write_text(out / "deviations.csv", deviations.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    from ndae.reporting.normative_figures import normative_figures
+
+    figures = normative_figures(out, normative, covariates, rows["group"], z_sem, latent_z,
+                                deviations.assign(subject=deviations["subject"].astype(str)), controls, held_out)
 
     image_frames, image_features = [], {}
     if options.image_deviation_steps:
@@ -229,11 +255,13 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         calibration.update(image_calibration)
         timings["image_deviations_s"] = time.perf_counter() - t0
     prior_swap = None
-    if options.prior_residuals:
+    computed = None if external is None or external.prior_residuals is None else (external.prior_residuals,
+                                                                                  external.prior_swap or {})
+    if options.prior_residuals and (external is None or computed is not None):
         _log(options, "regional deviations from the diffusion prior")
         t0 = time.perf_counter()
         frame, prior_features, prior_calibration, prior_swap = prior_residual_scores(
-            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options)
+            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options, computed)
         image_frames.append(frame)
         image_features.update(prior_features)
         calibration.update(prior_calibration)
@@ -302,7 +330,8 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
 
     km = kaplan_meier_by_tertile(table, "cosine", path=out / "km_cosine.png",
-                                 title="Kaplan–Meier by tertile of the NDAE cosine score")
+                                 title="Kaplan–Meier by tertile of the NDAE cosine score",
+                                 split_on="the NDAE cosine score alone (no covariates)")
     from ndae.evaluation.report import c_index_figure, write_report
 
     c_index_figure(summary, oracle, out / "c_index.png")
@@ -336,6 +365,7 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         "cosine_hazard_ratio": hazard,
         "prior_residuals": None if prior_swap is None else {**prior_swap, "models": list(PRIOR_MODELS.values())},
         "kaplan_meier_cosine": km.to_json(),
+        "normative_figures": figures,
         "folds": [list(map(int, f)) for f in folds],
         "timings": timings,
     }
