@@ -19,6 +19,9 @@ from ndae.errors import NdaeError
 
 # Simulated patients drawn from one anatomy: each is one more image to render and store.
 MAX_PATIENTS_PER_ANATOMY = 100
+# A seed every generator takes (NumPy's legacy seed is 32-bit, torch's 64-bit, Flower's run config
+# int64), with room for the offsets the training adds to it.
+MAX_SEED = 2**32 - 1
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

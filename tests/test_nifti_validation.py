@@ -14,7 +14,8 @@ from ndae.errors import InvalidImageError
 
 
 def _save(path, data, affine=None):
-    nib.save(nib.Nifti1Image(data, np.eye(4) * 2 + np.diag([0, 0, 0, -1]) if affine is None else affine), str(path))
+    # 5 mm voxels: the 32 x 32 x 24 volume spans a head's field of view (160 x 160 x 120 mm).
+    nib.save(nib.Nifti1Image(data, np.diag([5.0, 5.0, 5.0, 1.0]) if affine is None else affine), str(path))
     return path
 
 

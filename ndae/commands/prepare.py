@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ndae.cli_types import jobs
+from ndae.data.prepare_pool import MAX_DEFAULT_JOBS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,6 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--registration", choices=("auto", "affine", "none"), default="auto",
                         help="auto: register unless the image is already on the MNI output grid")
     parser.add_argument("--figure", action="store_true", help="also write <out>/<first subject>.png (three views + mask)")
+    parser.add_argument("--jobs", type=jobs, default=None,
+                        help="subjects prepared at once, each in its own process with one thread "
+                             f"(default: the cores there are, at most {MAX_DEFAULT_JOBS}); the cache and the "
+                             "errors reported do not depend on it")
     parser.set_defaults(func=run)
 
 
@@ -33,12 +40,14 @@ def run(args) -> int:
     from ndae.data.cache import default_cache_dir, load_prepared, prepare_manifest
     from ndae.data.figures import plot_prepared_subject
     from ndae.data.manifest import read_manifest
+    from ndae.data.prepare_pool import default_prepare_jobs
     from ndae.data.preprocess import PrepareConfig
     from ndae.data.subject_ids import subject_file
 
     manifest = read_manifest(args.manifest)
     out = args.out if args.out is not None else default_cache_dir(args.manifest)
-    counts = prepare_manifest(manifest, out, PrepareConfig(registration=args.registration))
+    workers = args.jobs if args.jobs is not None else default_prepare_jobs()
+    counts = prepare_manifest(manifest, out, PrepareConfig(registration=args.registration), jobs=workers)
     print(f"prepared {counts['prepared']} subject(s), reused {counts['cached']} from the cache in {out}")
     if args.out is not None and args.out.resolve() != default_cache_dir(args.manifest).resolve():
         print(f"not the manifest's default cache: pass --cache {out} to train/encode/evaluate "

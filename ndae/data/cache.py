@@ -9,13 +9,22 @@ manifest's absolute path>`) is where `ndae prepare` writes unless given `--out`,
 `train`, `encode`, `evaluate`, `deviations --maps`, `audit --empirical` and a SuperNode without
 a `cache-dir` read unless given another folder. File names come from `subject_ids.subject_file`
 only, so no subject id can name a file outside the cache.
+
+The cache holds patient images: its folders are made 0700 and its files written 0600 (each a
+temporary file renamed into place, so a full or read-only disk leaves nothing half-written and
+stops the run with one error naming the folder). The `.npz` bytes depend only on the arrays (no
+time stamps), so a parallel run (`jobs` > 1, see `ndae.data.prepare_pool`) writes the same
+files as a serial one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import zipfile
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +35,10 @@ from ndae.data.nifti import check_image_file
 from ndae.data.preprocess import PrepareConfig, PreparedSubject, prepare_subject
 from ndae.data.subject_ids import subject_file
 from ndae.errors import InvalidImageError, ManifestError, NdaeError
-from ndae.io import atomic_save_npz, atomic_write_json
+from ndae.io import atomic_write_bytes, atomic_write_json
+
+# A fixed zip time stamp: numpy's savez stamps each member with the current time.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def default_cache_dir(manifest_path: str | Path) -> Path:
@@ -74,18 +86,56 @@ def is_cached(out_dir: Path, record: dict) -> bool:
 
 
 def save_prepared(out_dir: Path, prepared: PreparedSubject, record: dict) -> None:
+    """Write one subject (npz, then the JSON that marks it done), private; a write that fails
+    (disk full, read-only) leaves no partial file and ends in one `NdaeError` naming the folder."""
     json_path, npz_path = _paths(out_dir, prepared.subject)
-    atomic_save_npz(
-        npz_path,
-        image=prepared.image.astype(np.float16),  # 3 significant digits: ample for [-1, 1] MRI
-        mask=prepared.mask,
-        labels=prepared.labels,
-        slices=prepared.slices,
-        slice_z_mm=prepared.slice_z_mm,
-        grid_affine=prepared.grid_affine,
-        transform_mat=np.frombuffer(prepared.transform_mat, dtype=np.uint8),
-    )
-    atomic_write_json(json_path, {**record, "registered": prepared.registered, **prepared.meta})
+    arrays = {
+        "image": prepared.image.astype(np.float16),  # 3 significant digits: ample for [-1, 1] MRI
+        "mask": prepared.mask,
+        "labels": prepared.labels,
+        "slices": prepared.slices,
+        "slice_z_mm": prepared.slice_z_mm,
+        "grid_affine": prepared.grid_affine,
+        "transform_mat": np.frombuffer(prepared.transform_mat, dtype=np.uint8),
+    }
+    try:
+        make_private_dir(out_dir)
+        atomic_write_bytes(npz_path, npz_bytes(arrays), private=True)
+        atomic_write_json(json_path, {**record, "registered": prepared.registered, **prepared.meta}, private=True)
+    except OSError as error:
+        raise NdaeError(f"{out_dir}: cannot write the prepared subject {prepared.subject!r} "
+                        f"({error.strerror or error}); nothing half-written is left, the subjects "
+                        "already prepared are kept: free space or fix the folder's permissions and run again") from error
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """What `np.savez_compressed` writes, without its time stamps: equal arrays, equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` and its missing parents readable by the owner only (0700); a folder that
+    exists already is left as its owner set it."""
+    missing = []
+    current = Path(folder)
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:  # made by a concurrent run meanwhile
+            continue
+        os.chmod(path, 0o700)  # mkdir's mode passes through the umask; this does not
 
 
 def load_prepared(out_dir: str | Path, subject: str) -> PreparedSubject:
@@ -114,14 +164,20 @@ def load_prepared(out_dir: str | Path, subject: str) -> PreparedSubject:
 
 
 def prepare_manifest(
-    manifest: pd.DataFrame, out_dir: str | Path, config: PrepareConfig = PrepareConfig(), *, progress: bool = True
+    manifest: pd.DataFrame, out_dir: str | Path, config: PrepareConfig = PrepareConfig(), *, progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, int]:
     """Prepare every subject of a validated manifest into `out_dir`; returns counts.
 
     Every subject is tried: those that work are cached, and one `InvalidImageError` then lists
-    every image that did not (so a consortium member fixes them all in one go)."""
+    every image that did not (so a consortium member fixes them all in one go). `jobs` > 1
+    prepares that many subjects at once in worker processes; the files written and the errors
+    reported are the same as with one job."""
     from tqdm.auto import tqdm
 
+    from ndae.data.prepare_pool import check_prepare_jobs, ordered_map
+
+    jobs = check_prepare_jobs(jobs)
     out_dir = Path(out_dir)
     rows = [row for _, row in manifest.iterrows()]
     for row in rows:  # every file name is checked before anything is written
@@ -135,27 +191,51 @@ def prepare_manifest(
             records.append(None)
             failures.append(f"subject {row['subject']!r}: {error}")
     _refuse_identical_images(rows, records)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_private_dir(out_dir)
+    except OSError as error:
+        raise NdaeError(f"{out_dir}: cannot create the prepared-subject folder ({error.strerror or error})") from error
     counts = {"prepared": 0, "cached": 0}
-    for row, record in tqdm(list(zip(rows, records)), desc="prepare", unit="subject", disable=not progress):
+    todo = []
+    for row, record in zip(rows, records):
         if record is None:
             continue
         if is_cached(out_dir, record):
             counts["cached"] += 1
-            continue
-        try:
-            prepared = prepare_subject(row["image"], record["mask"], row["subject"], config)
-        except InvalidImageError as error:
-            failures.append(f"subject {row['subject']!r}: {error}")
-            continue
-        save_prepared(out_dir, prepared, record)
-        counts["prepared"] += 1
+        else:
+            todo.append((row["image"], record["mask"], row["subject"], config, record))
+    with ordered_map(_prepare_task, todo, jobs) as results:
+        bar = tqdm(total=len(todo), desc="prepare", unit="subject", disable=not progress)
+        for task in todo:
+            subject, record = task[2], task[4]
+            try:
+                prepared, problem = next(results)
+            except BrokenProcessPool as error:  # a worker killed (out of memory?) or crashed in a library
+                raise NdaeError(f"{task[0]}: a worker process died while preparing subject {subject!r} or one "
+                                f"beside it ({error}); the {counts['prepared']} subject(s) prepared so far are kept "
+                                "in the cache: run again with fewer --jobs") from error
+            bar.update()
+            if problem is not None:
+                failures.append(f"subject {subject!r}: {problem}")
+                continue
+            save_prepared(out_dir, prepared, record)
+            counts["prepared"] += 1
+        bar.close()
     if failures:
         done = counts["prepared"] + counts["cached"]
         listing = "\n  ".join(failures)
         raise InvalidImageError(f"{len(failures)} of {len(rows)} subject(s) could not be prepared "
                                 f"({done} others are in {out_dir}):\n  {listing}")
     return counts
+
+
+def _prepare_task(task: tuple) -> tuple[PreparedSubject | None, str | None]:
+    """One subject (in a worker process or in this one): the result, or why its image is unusable."""
+    image, mask, subject, config, _ = task
+    try:
+        return prepare_subject(image, mask, subject, config), None
+    except InvalidImageError as error:
+        return None, str(error)
 
 
 def _refuse_identical_images(rows: list[pd.Series], records: list[dict | None]) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from ndae.data.preprocess import PreparedSubject
-from ndae.io import atomic_save_figure
+from ndae.io import atomic_write_bytes
 
 
 def plot_prepared_subject(prepared: PreparedSubject, path: str | Path) -> None:
@@ -26,10 +27,14 @@ def plot_prepared_subject(prepared: PreparedSubject, path: str | Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(11, 4))
     for axis, (name, (image, mask)) in zip(axes, views.items()):
         # Arrays are RAS voxel order; transpose and flip so superior/anterior is up.
-        axis.imshow(image.T[::-1], cmap="gray", vmin=-1, vmax=1)
+        shown = axis.imshow(image.T[::-1], cmap="gray", vmin=-1, vmax=1)
         axis.contour(mask.T[::-1], levels=[0.5], colors="tab:orange", linewidths=0.8)
         axis.set_title(name)
         axis.axis("off")
+    figure.colorbar(shown, ax=list(axes), shrink=0.8, pad=0.01, label="normalised intensity (a.u.)")
     figure.suptitle(f"{prepared.subject}: prepared on the MNI152 2 mm grid (orange: brain mask)")
-    atomic_save_figure(path, figure)
+    # The figure shows a patient's brain: private like the cache it sits in.
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue(), private=True)

@@ -1,7 +1,9 @@
 """The manifest: the data contract of the whole system.
 
 CSV with columns `subject, site, image, age, sex, group` and optional `mask, time, event`.
-`group` is `control` or `als`; `time` in months (>= 0); `event` 0/1. Paths are absolute or
+`group` is `control` or `als`; `time` in months (>= 0); `event` 0 (censored) or 1 (event), never
+`true`/`yes`; `age` and `time` are plain decimal numbers (not Python's `4_0`, `inf`, `nan`). A NUL
+byte anywhere is refused (pandas would end the field there). Paths are absolute or
 relative to the manifest's folder. Validation reports every bad row at once (the first
 `MAX_LISTED` of them, with the count of the rest).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ GROUPS = ("control", "als")
 SEXES = ("M", "F")
 AGE_RANGE = (0.0, 120.0)
 MAX_LISTED = 100  # bad rows spelled out in one error; the rest are counted
+EVENT_ENCODING = "0 (censored) or 1 (event)"  # the only spellings accepted, also as 0.0 / 1.0
 
 
 def read_manifest(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
@@ -42,7 +46,8 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> pd.DataFrame
         raise ManifestError(f"{path}: {problem}")
     lines = _check_field_counts(path)
     try:
-        frame = pd.read_csv(path, dtype={"subject": str, "site": str, "sex": str, "group": str},
+        # The checked columns as text: pandas would otherwise turn `true` into 1 and `4_0` into 40.
+        frame = pd.read_csv(path, dtype={name: str for name in ("subject", "site", "sex", "group", "age", "time", "event")},
                             index_col=False, skip_blank_lines=False)
     except Exception as error:
         raise ManifestError(f"{path}: not a readable CSV ({error})") from error
@@ -70,80 +75,92 @@ def validate_manifest(
     base_dir = Path(base_dir)
     problems: list[str] = []
 
-    def bad(index: int, message: str) -> None:
-        problems.append(f"row {lines[index]} (subject {frame.at[index, 'subject']!r}): {message}")
+    subjects = frame["subject"].tolist()
 
-    duplicated = frame["subject"].duplicated(keep=False)
-    folded = frame["subject"].map(lambda s: s.casefold() if isinstance(s, str) else s)
-    first_by_folded: dict[str, int] = {}
+    def bad(index: int, message: str) -> None:
+        problems.append(f"row {lines[index]} (subject {subjects[index]!r}): {message}")
+
     for column in ("image", "mask"):
         if column in frame.columns:
-            frame[column] = [_resolve(base_dir, value) for value in frame[column]]
+            frame[column] = _resolve_all(base_dir, frame[column].tolist())
+    # Plain lists, not pandas rows: per-row pandas access made a 100,000-row manifest take a minute.
+    columns = {name: frame[name].tolist() for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in frame.columns}
+    absent = {name: frame[name].isna().tolist() for name in columns}
+    sites, groups, sexes, images = columns["site"], columns["group"], columns["sex"], columns["image"]
+    masks, times, events = columns.get("mask"), columns.get("time"), columns.get("event")
+    ages = [_as_float(value) for value in columns["age"]]
+    time_values = ([None if gap else _as_float(value) for value, gap in zip(times, absent["time"])]
+                   if times is not None else None)
+    event_values = ([None if gap else _as_event(value) for value, gap in zip(events, absent["event"])]
+                    if events is not None else None)
+    seen_subjects: dict[str, int] = {}
+    for index, subject in enumerate(subjects):
+        if isinstance(subject, str):
+            seen_subjects[subject] = seen_subjects.get(subject, 0) + 1
+    first_by_folded: dict[str, int] = {}
     file_problems: dict[str, str | None] = {}  # each distinct file is checked once
     image_owner: dict[object, int] = {}
-    for index, row in frame.iterrows():
-        subject = row["subject"]
-        problem = id_problem(None if pd.isna(subject) else subject)
+    for index, subject in enumerate(subjects):
+        problem = id_problem(None if absent["subject"][index] else subject)
         if problem == "is empty":
             bad(index, "empty subject")
         elif problem:
             bad(index, f"subject {problem}")
-        elif duplicated[index]:
+        elif seen_subjects[subject] > 1:
             bad(index, "duplicate subject")
-        elif folded[index] in first_by_folded:
-            other = first_by_folded[folded[index]]
-            bad(index, f"duplicate subject: {subject!r} and row {lines[other]}'s {frame.at[other, 'subject']!r} "
+        elif subject.casefold() in first_by_folded:
+            other = first_by_folded[subject.casefold()]
+            bad(index, f"duplicate subject: {subject!r} and row {lines[other]}'s {subjects[other]!r} "
                        "differ only in case (one file on a case-insensitive disk)")
         else:
-            first_by_folded[folded[index]] = index
-        problem = id_problem(None if pd.isna(row["site"]) else row["site"])
+            first_by_folded[subject.casefold()] = index
+        problem = id_problem(None if absent["site"][index] else sites[index])
         if problem == "is empty":
             bad(index, "empty site")
         elif problem:
             bad(index, f"site {problem}")
-        if row["group"] not in GROUPS:
-            bad(index, f"group {row['group']!r} is not one of {', '.join(GROUPS)}")
-        if row["sex"] not in SEXES:
-            bad(index, f"sex {row['sex']!r} is not one of {', '.join(SEXES)}")
-        age = _as_float(row["age"])
+        if groups[index] not in GROUPS:
+            bad(index, f"group {groups[index]!r} is not one of {', '.join(GROUPS)}")
+        if sexes[index] not in SEXES:
+            bad(index, f"sex {sexes[index]!r} is not one of {', '.join(SEXES)}")
+        age = ages[index]
         if age is None or not (AGE_RANGE[0] <= age <= AGE_RANGE[1]):
-            bad(index, f"age {row['age']!r} is not a number in {AGE_RANGE[0]:g}–{AGE_RANGE[1]:g}")
-        if pd.isna(row["image"]):
+            bad(index, f"age {_shown(columns['age'][index])} is not a number in {AGE_RANGE[0]:g}–{AGE_RANGE[1]:g}")
+        image = images[index]
+        if absent["image"][index]:
             bad(index, "image path is empty")
         elif check_files:
-            problem = _file_problem(row["image"], file_problems)
+            problem = _file_problem(image, file_problems)
             if problem:
-                bad(index, _describe("image", row["image"], problem))
+                bad(index, _describe("image", image, problem))
             else:
-                key = _file_identity(row["image"])
+                key = _file_identity(image)
                 if key in image_owner:
                     other = image_owner[key]
-                    bad(index, f"image {row['image']} is also the image of row {lines[other]} "
-                               f"(subject {frame.at[other, 'subject']!r}): each row needs its own scan")
+                    bad(index, f"image {image} is also the image of row {lines[other]} "
+                               f"(subject {subjects[other]!r}): each row needs its own scan")
                 else:
                     image_owner[key] = index
-        if "mask" in frame.columns and not pd.isna(row["mask"]) and check_files:
-            problem = _file_problem(row["mask"], file_problems)
+        if masks is not None and not absent["mask"][index] and check_files:
+            problem = _file_problem(masks[index], file_problems)
             if problem:
-                bad(index, _describe("mask", row["mask"], problem))
-        if "time" in frame.columns and not pd.isna(row["time"]):
-            time = _as_float(row["time"])
-            if time is None or time < 0:
-                bad(index, f"time {row['time']!r} must be a number of months >= 0")
-        if "event" in frame.columns and not pd.isna(row["event"]):
-            if _as_float(row["event"]) not in (0.0, 1.0):
-                bad(index, f"event {row['event']!r} must be 0 or 1")
-        if row["group"] == "als" and "time" in frame.columns and pd.isna(row["time"]):
+                bad(index, _describe("mask", masks[index], problem))
+        if times is not None and not absent["time"][index]:
+            if time_values[index] is None or time_values[index] < 0:
+                bad(index, f"time {_shown(times[index])} must be a number of months >= 0")
+        if events is not None and not absent["event"][index] and event_values[index] is None:
+            bad(index, f"event {_shown(events[index])} must be {EVENT_ENCODING}")
+        if groups[index] == "als" and times is not None and absent["time"][index]:
             bad(index, "an ALS patient needs a time (months)")
-        if row["group"] == "als" and "event" in frame.columns and pd.isna(row["event"]):
+        if groups[index] == "als" and events is not None and absent["event"][index]:
             bad(index, "an ALS patient needs an event (0/1)")
     if problems:
         raise ManifestError(f"{source}: {len(problems)} bad row(s):\n  {_listing(problems)}")
-    frame["age"] = frame["age"].astype(float)
-    if "time" in frame.columns:
-        frame["time"] = frame["time"].astype(float)
-    if "event" in frame.columns:
-        frame["event"] = frame["event"].astype("Int64")
+    frame["age"] = np.asarray(ages, float)
+    if time_values is not None:
+        frame["time"] = np.asarray([np.nan if value is None else value for value in time_values], float)
+    if event_values is not None:
+        frame["event"] = pd.array(event_values, dtype="Int64")
     return frame
 
 
@@ -179,6 +196,8 @@ def _check_field_counts(path: Path) -> list[int]:
             header = next(reader, None)
             if header is None:
                 raise ManifestError(f"{path}: empty file (no header)")
+            if any("\0" in name for name in header):
+                raise ManifestError(f"{path}: the header contains a NUL byte (a binary file, or a damaged CSV)")
             repeated = sorted({name for name in header if header.count(name) > 1})
             if repeated:
                 raise ManifestError(f"{path}: column(s) named twice in the header: {', '.join(repeated)}")
@@ -188,6 +207,10 @@ def _check_field_counts(path: Path) -> list[int]:
                 if len(record) > len(header):
                     problems.append(f"row {reader.line_num}: {len(record)} fields, the header has {len(header)} "
                                     "(an unquoted comma in a value?)")
+                # pandas ends a field at a NUL byte: "s1\0evil" would be read as "s1".
+                for name, value in zip(header, record):
+                    if "\0" in value:
+                        problems.append(f"row {reader.line_num}: column {name!r} contains a NUL byte")
     except (UnicodeDecodeError, csv.Error) as error:
         raise ManifestError(f"{path}: not a readable UTF-8 CSV ({error})") from error
     if problems:
@@ -222,8 +245,10 @@ def _listing(problems: list[str]) -> str:
 def _resolve(base_dir: Path, value) -> str | float:
     if pd.isna(value) or str(value).strip() == "":
         return np.nan
-    value = Path(str(value))
-    return str(value if value.is_absolute() else (base_dir / value).resolve())
+    text = str(value)
+    if os.path.isabs(text):
+        return str(Path(text))
+    return os.path.realpath(os.path.join(base_dir, text))  # what Path.resolve() gives, faster
 
 
 def _relative(base: Path, value) -> str | float:
@@ -235,9 +260,46 @@ def _relative(base: Path, value) -> str | float:
         return str(value)
 
 
+# A decimal number as people and spreadsheets write it. Python's float() also takes "4_0" (40),
+# "nan", "inf" and "infinity"; pandas would take "true" as 1: none of those is a number here.
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _resolve_all(base_dir: Path, values: list) -> list:
+    """`_resolve` of each value; a path named by many rows is resolved once."""
+    resolved: dict[str, str | float] = {}
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            out.append(_resolve(base_dir, value))
+            continue
+        if value not in resolved:
+            resolved[value] = _resolve(base_dir, value)
+        out.append(resolved[value])
+    return out
+
+
 def _as_float(value) -> float | None:
-    try:
+    """A finite number from a number or its plain decimal spelling (surrounding spaces allowed);
+    None for anything else (booleans included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
         number = float(value)
-    except (TypeError, ValueError):
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value)
+    else:
         return None
     return number if np.isfinite(number) else None
+
+
+def _as_event(value) -> int | None:
+    number = _as_float(value)
+    return int(number) if number in (0.0, 1.0) else None
+
+
+def _shown(value) -> str:
+    """A value for an error message: a plain number as written, anything else quoted."""
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        return value.strip()
+    return repr(value)

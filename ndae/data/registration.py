@@ -16,6 +16,11 @@ import numpy as np
 
 from ndae.data.template import Grid, mni_template
 
+# One ITK thread: a multi-threaded registration sums its metric in a varying order and so gives
+# slightly different transforms run to run. ITK reads this once, at its first use in the process,
+# so it is set when this module (the only one that calls ANTs) is imported; an explicit setting wins.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
 
 @dataclass
 class AffineRegistration:
@@ -62,13 +67,14 @@ def register_to_mni(brain: nib.Nifti1Image, *, skull_stripped: bool = True) -> A
     """
     import ants
 
+    _seed_ants()
     template, template_mask = mni_template()
     fixed_data = template.get_fdata(dtype=np.float32)
     if skull_stripped:
         fixed_data = fixed_data * (template_mask.get_fdata() > 0)
     fixed = _to_ants(nib.Nifti1Image(fixed_data, template.affine))
     moving = _to_ants(brain)
-    result = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=1)
+    result = ants.registration(fixed, moving, type_of_transform="Affine")
     transform_path = result["fwdtransforms"][0]
     try:
         return AffineRegistration(Path(transform_path).read_bytes())
@@ -76,6 +82,21 @@ def register_to_mni(brain: nib.Nifti1Image, *, skull_stripped: bool = True) -> A
         for path in result["fwdtransforms"] + result["invtransforms"]:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def _seed_ants() -> None:
+    """A fixed sampling seed (with one ITK thread, above), so a scan registers to the same bytes
+    in every run and with any number of `prepare` jobs. `ants.registration` ignores a
+    `random_seed` argument (it reads the package setting); the setter also reseeds numpy's and
+    Python's global generators, whose states are put back."""
+    import random
+
+    from ants.config import set_ants_deterministic
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    set_ants_deterministic(True, seed_value=1)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def _to_ants(image: nib.Nifti1Image):
