@@ -130,15 +130,19 @@ def lock_folder(folder: Path, command: str) -> int:
     path = folder / LOCK_NAME
     for _ in range(5):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # never inherited by children
+            # never inherited by children; never through a symlink (its target would be truncated)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as error:
+            if os.path.islink(path):
+                raise RunFolderError(f"{folder}: its lock file {path} is a symbolic link; remove it (nothing was "
+                                     "written)") from None
             raise RunFolderError(f"{folder}: cannot write here ({error.strerror}); choose a writable output "
                                  "folder") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace")
-            if _holder_is_gone(holder) and _same_file(fd, path):
+            if _holder_is_gone(holder) and not _taken_since(fd, holder) and _same_file(fd, path):
                 os.close(fd)
                 path.unlink(missing_ok=True)  # the orphans keep their old file; this run locks a new one
                 continue
@@ -180,6 +184,31 @@ def _holder_is_gone(holder: str) -> bool:
     started = re.search(r"^started (\d+)$", holder, re.MULTILINE)
     now = _start_time(pid)
     return bool(started and now and now != started.group(1))
+
+
+def _taken_since(fd: int, holder: str) -> bool:
+    """Whether a live process other than the one the record names holds the lock: a new holder,
+    between its flock and writing its own record, leaves the dead run's record in the file; that
+    lock is live. Leftover children of the dead holder show in /proc/locks as the PID the record
+    names (the flock belongs to the open file that PID locked). False where /proc/locks cannot tell."""
+    import re
+
+    from ndae.child_processes import alive
+
+    named = re.match(r"pid (\d+) ", holder)
+    try:
+        info = os.fstat(fd)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and where in fields and "->" not in fields:  # "->": a waiter, not a holder
+            pid = fields[fields.index(where) - 1]
+            if pid.isdigit() and int(pid) > 0 and (not named or int(pid) != int(named.group(1))) and alive(int(pid)):
+                return True
+    return False
 
 
 def _same_file(fd: int, path: Path) -> bool:

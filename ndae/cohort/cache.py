@@ -83,6 +83,9 @@ def cached_cohort(healthy_manifest: str | Path, config: CohortConfig, *, root: P
 
     folder = cohort_cache_dir(config, healthy_manifest, root)
     with _locked(folder.with_name(folder.name + ".lock")):
+        # Whoever simulates this cohort holds this lock: a scratch folder of it is a killed run's.
+        for stale in folder.parent.glob(f"{folder.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if _complete(folder):
             log(f"[cohort] reusing the cached cohort {folder} (same parameters; delete it to simulate again)")
             return folder, False

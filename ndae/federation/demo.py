@@ -46,6 +46,10 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
     check_demo_arguments(settings, jobs)
     out = Path(out).expanduser().resolve()
     cohort_dir = out / "cohort"
+    if cohort and Path(settings["cohort"]).is_relative_to(out):
+        # --force deletes the run's outputs, out/cohort among them: the cohort given would be lost.
+        raise NdaeError(f"--cohort {settings['cohort']}: is inside the run folder --out {out} (whose outputs "
+                        "--force deletes); give a cohort outside it, or drop --cohort to use the cached one")
     # A killed run with these settings is continued without --resume (the lock says nothing runs it);
     # a folder of other files, / or $HOME is refused before anything is written into it.
     claim = claim_output(out, command="demo", settings=settings, outputs=DEMO_OUTPUTS, resume=resume, force=force,
@@ -148,13 +152,14 @@ def check_demo_arguments(settings: dict, jobs: int) -> None:
 
     if settings["preset"] not in PRESETS:
         raise NdaeError(f"--preset {settings['preset']!r}: unknown DAE preset; choose one of {', '.join(PRESETS)}")
-    from ndae.cli_types import MAX_PATIENTS_PER_ANATOMY, check_int, check_jobs
+    from ndae.cli_types import MAX_PATIENTS_PER_ANATOMY, MAX_SEED, check_int, check_jobs
 
     for option, value, least in (("--sites", settings["sites"], 1), ("--rounds", settings["rounds"], 0),
                                  ("--local-epochs", settings["local_epochs"], 1),
-                                 ("--audit-canaries", settings["audit_canaries"], 0), ("--seed", settings["seed"], 0)):
+                                 ("--audit-canaries", settings["audit_canaries"], 0)):
         if int(value) < least:
             raise NdaeError(f"{option} must be at least {least}, got {value}")
+    check_int("--seed", settings["seed"], 0, MAX_SEED)
     check_jobs("--jobs", jobs)
     check_int("--patients-per-anatomy", settings["patients_per_anatomy"], 1, MAX_PATIENTS_PER_ANATOMY)
     if settings["max_subjects"] is not None and settings["max_subjects"] < max(2, settings["sites"]):

@@ -61,12 +61,18 @@ def record_site_ledger(run_dir: str | os.PathLike, heads: dict[str, dict], reply
 
 
 def _is_full_ledger(path: Path, head: Mapping[str, Any], read_ledger) -> bool:
+    """Whether `path` is the site's own ledger up to `head` or beyond: it may have grown since
+    the site replied (another run of the site), and must then not be cut back to the reply."""
+    from ndae.privacy.ledger import GENESIS_HASH
+
     if not path.is_file():
         return False
     try:
-        return len(read_ledger(path, head["final_hash"])) == head["entries"]
+        entries = read_ledger(path)
     except LedgerError:
         return False
+    count = head["entries"]
+    return len(entries) >= count and (entries[count - 1]["hash"] if count else GENESIS_HASH) == head["final_hash"]
 
 
 def insecure_seed_lines(privacy: Mapping[str, Mapping] | None) -> list[str]:
