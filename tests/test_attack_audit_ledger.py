@@ -215,3 +215,17 @@ def test_a_head_and_copy_of_another_run_are_named_in_a_warning(consortium):
     report = audit_run(run, keys_dir=consortium["registry"])
     assert report["runs"] == {"site-a": RUN, "site-b": "run-other"}
     assert any("name different runs (site-a: run-new, site-b: run-other)" in w for w in report["warnings"])
+
+
+def test_one_sites_ledger_reply_that_does_not_verify_is_recorded_missing_and_the_others_are_kept(tmp_path):
+    """A malformed reply from one site (a hostile or broken node) must not end the run for every
+    site: that site's ledger is not recorded (so the audit fails it) and the others' are."""
+    replies = one_run(tmp_path, RUN, 0.25)
+    bad = dict(replies[SITES[0]]["privacy"])
+    bad["ledger-text"] = bad["ledger-text"].replace("0.25", "0.26")  # an excerpt that no longer hashes to the head
+    replies[SITES[0]] = {"privacy": bad}
+    run_dir, heads, missing = tmp_path / "run", {}, []
+    record_replies(run_dir, heads, replies, missing, log=lambda _: None)
+    assert set(heads) == {SITES[1]}
+    assert [m["site"] for m in missing] == [SITES[0]] and "does not verify" in missing[0]["reason"]
+    assert not (run_dir / "privacy" / f"{SITES[0]}.jsonl").exists()

@@ -99,4 +99,9 @@ def record_replies(run_dir: str | os.PathLike, heads: dict[str, dict], replies: 
             missing.append({"phase": "privacy", "round": 0, "site": site,
                             "reason": f"sent the ledger head of site {claimed!r}: ignored"})
             continue
-        record_site_ledger(run_dir, heads, content["privacy"])
+        try:
+            record_site_ledger(run_dir, heads, content["privacy"])
+        except LedgerError as error:  # one site's bad reply must not end the run for every site
+            log(f"site {site!r}: {error}; its ledger is not recorded (the audit will fail this site)")
+            missing.append({"phase": "privacy", "round": 0, "site": site,
+                            "reason": "sent a ledger reply that does not verify: not recorded"})
