@@ -19,8 +19,10 @@ from ndae.federation.server.preflight import NoCohortError, check_simulation_coh
 app = ServerApp()
 
 # What `flwr run .` starts on a default (local) SuperLink and leaves running after the run.
-STOP_HINT = ("`flwr run .` left Flower's local SuperLink running (processes flower-superlink and "
-             "flower-superexec) for the next run; stop them with: pkill -f flower-superexec; pkill -f flower-superlink")
+# Only the local simulation SuperLink that `flwr run` starts matches this pattern, not a deployed
+# SuperLink of the same user; its flower-superexec exits with it (Flower passes it --parent-pid).
+STOP_HINT = ("`flwr run .` left Flower's local simulation SuperLink running (flower-superlink, with its "
+             "flower-superexec) for the next run; stop it with: pkill -f 'flower-superlink --insecure --simulation'")
 
 
 def _info(message: str) -> None:

@@ -162,7 +162,7 @@ def test_a_bare_flwr_run_simulation_runs_the_small_demo_cohort_and_names_its_rep
     text = caplog.text
     assert f"{SMALL_COHORT_SUBJECTS} subjects, 2 sites" in text
     assert f"report: {tmp_path / 'run' / 'report.md'}" in text and "flower-superlink" in text
-    assert text.rstrip().splitlines()[-1].endswith("pkill -f flower-superlink")
+    assert text.rstrip().splitlines()[-1].endswith("pkill -f 'flower-superlink --insecure --simulation'")
     # each simulated ClientApp finds the same folder from its node config
     node = {"partition-id": 1, "num-partitions": 2}
     assert simulated_node_cohort(node, "", int(config["seed"])) == str(cohort)

@@ -215,7 +215,13 @@ def test_a_reference_model_is_checked_like_the_model_before_anything_is_counted(
     context, ledger = make()
     with pytest.raises(NdaeError, match=why):
         _ask(context, [0.5, 0.02], ["cosine", "age"], reference)
-    assert QUERIES_KEY not in context.state and not ledger.exists()  # refused: not answered, not counted
+    if why != r"\|beta x sd\|":
+        assert QUERIES_KEY not in context.state and not ledger.exists()  # refused: not answered, not counted
+    else:  # the bound depends on the patients' spread: the refusal is an answer, counted and recorded
+        from ndae.privacy.ledger import read_ledger
+
+        (entry,) = read_ledger(ledger)
+        assert int(context.state[QUERIES_KEY]["cox"]) == 2 and entry["details"]["refused"] == "beta-bound"
 
 
 def test_the_two_evaluations_must_fit_in_the_sites_query_limit(site_context):

@@ -176,6 +176,6 @@ def test_bare_flwr_run_stream_runs_the_small_demo_cohort_to_a_report(tmp_path):
     output = done.stdout + done.stderr
     assert "uv sync took" in output and "No additional application dependencies needed installation" in output
     assert "simulating the small demo cohort" in output and "Traceback" not in output, output[-3000:]
-    assert f"report: {run_dir / 'report.md'}" in output and "pkill -f flower-superlink" in output
+    assert f"report: {run_dir / 'report.md'}" in output and "pkill -f 'flower-superlink --insecure --simulation'" in output
     assert (run_dir / "report.md").read_text().splitlines()[2].startswith("**Verdict")
     assert seconds < 900, seconds

@@ -5,7 +5,10 @@ It uses exactly what a consortium uses (`ndae.deploy.pki`, `deploy/start-superli
 authentication on, so the CI test and a first-time operator exercise the same path:
 
     python -m ndae.deploy.loopback --app /path/to/ndae-fed --cohort /path/to/cohort \
-        --run-config 'rounds=0 min-sites=3 run-dir="/tmp/rehearsal/run"'
+        --run-config 'rounds=0 min-sites=3 privacy=true run-dir="/tmp/rehearsal/run"'
+
+Its SuperNodes are deployed ones (`deploy/start-supernode.sh` names their `site-dir`), so they
+refuse a non-private job unless `--node-config 'require-privacy=false'` opts out.
 
 Every process is started in its own session and stopped by its PID (children found through
 /proc first, since Flower detaches its `flower-superexec`); every wait is bounded.

@@ -113,6 +113,10 @@ def private_moments(
     if reserved:
         raise NdaeError(f"public fields {reserved} are statistics of the data: they cannot pass unnoised")
     _check_public_range(public)
+    # Clipping bounds a finite row only (NaN survives any scaling, and one NaN makes the whole sum
+    # NaN): a record with a non-finite value contributes a zero row, which is within every bound.
+    X = np.where(np.isfinite(X).all(axis=1, keepdims=True), X, np.eye(1, X.shape[1]))
+    Y = np.where(np.isfinite(Y).all(axis=1, keepdims=True), Y, 0.0)
     Xc = clip_design_rows(X, covariate_clip)
     Yc, _ = clip_rows(Y, latent_clip)  # the count stays here: it is not released
     sigma = moments_noise_sd(covariate_clip, latent_clip, noise_multiplier, split)

@@ -26,12 +26,17 @@ from ndae.survival.cox import hazard_ratio_table
 
 SiteTerms = dict[str, np.ndarray]
 
-# Information along a Newton step below this fraction of its value at beta = 0 means a monotone
-# likelihood (separation). Measured on 60 perfectly ordered events: the ratio falls ~3x per Newton
-# step and passes 1e-3 at |beta·sd| ≈ 25, long before the sites' bound (|beta·sd| ≤ 100) and the
-# overflow (~200); a finite fit keeps it near 0.1-1 (a binary covariate needs a hazard ratio of
-# ~e^8 to reach it: that is separation in all but name).
-MONOTONE_INFORMATION_RATIO = 1e-3
+# Information along a Newton step below this fraction of ONE EVENT's share of its value at beta = 0
+# means a monotone likelihood (separation). Per event, because a finite fit keeps at least about
+# one event's worth of information (a binary covariate with a single event in one arm: the
+# information at the MLE is ~1, whatever the number of other events), while a monotone likelihood
+# loses it geometrically, by ~e per Newton step (tests/test_attack_site_cox_refusal.py checks the
+# margin on both sides: an extreme finite fit passes, separation is refused within a few steps).
+MONOTONE_INFORMATION_RATIO = 0.05
+# The longest Newton step, in sd units of the linear predictor (measured with one event's share of
+# the information at beta = 0): a step from a flat start can overshoot a finite but extreme MLE
+# far into the flat tail beyond it, and each step back is another message round to every site.
+MAX_STANDARDISED_STEP = 5.0
 
 
 def site_partial_likelihood_terms(
@@ -199,7 +204,8 @@ class FederatedCoxFitter:
         if self.events_ == 0 or not np.any(total["hessian"]):  # no event: the likelihood is flat
             raise NdaeError("federated Cox: no events at any site")
         objective, gradient, hessian = self._penalised(total, beta)
-        information_at_zero = -total["hessian"]
+        # one event's share of the information at beta = 0 (see MONOTONE_INFORMATION_RATIO)
+        information_at_zero = -total["hessian"] / self._events_at_most(self.log_likelihood_null_)
         self.n_rounds_ = 1
         converged = False
         for _ in range(self.max_steps):
@@ -207,6 +213,8 @@ class FederatedCoxFitter:
                 delta = np.linalg.solve(-hessian, gradient)
             except np.linalg.LinAlgError as error:
                 raise NdaeError(f"federated Cox: singular Hessian (collinear covariates among {self.covariates}?)") from error
+            if self.penalizer == 0:
+                delta = self._bounded_step(delta, gradient, information_at_zero)
             step = 1.0
             # Newton step, halved while the (penalised) likelihood would decrease.
             while True:
@@ -221,7 +229,7 @@ class FederatedCoxFitter:
                                     f"direction keeps the likelihood finite and rising (covariates {self.covariates})")
                 step /= 2
             moved = step * delta
-            self._refuse_monotone_likelihood(moved, new_hessian, information_at_zero)
+            self._refuse_monotone_likelihood(candidate, moved, new_gradient, new_hessian, information_at_zero)
             beta, total = candidate, total_candidate
             objective, gradient, hessian = new_objective, new_gradient, new_hessian
             if np.linalg.norm(step * delta) < self.tolerance:
@@ -249,18 +257,58 @@ class FederatedCoxFitter:
         return df[self.covariates].to_numpy(dtype=float) @ self.params_.to_numpy()
 
     # -- internals ---------------------------------------------------------------------------
-    def _refuse_monotone_likelihood(self, moved: np.ndarray, hessian: np.ndarray, information_at_zero: np.ndarray) -> None:
+    @staticmethod
+    def _bounded_step(delta: np.ndarray, gradient: np.ndarray, information_at_zero: np.ndarray) -> np.ndarray:
+        """The Newton step, at most MAX_STANDARDISED_STEP long. In the flat tail beyond an
+        overshot MLE the Hessian is zero to rounding and can point the step downhill: there
+        the step follows the gradient instead (the line search then halves it back)."""
+        def length(vector: np.ndarray) -> float:
+            return float(np.sqrt(max(vector @ information_at_zero @ vector, 0.0)))
+
+        if not float(delta @ gradient) > 0 and np.any(gradient) and length(gradient) > 0:
+            delta = gradient * (MAX_STANDARDISED_STEP / length(gradient))
+        if length(delta) > MAX_STANDARDISED_STEP:
+            delta = delta * (MAX_STANDARDISED_STEP / length(delta))
+        return delta
+
+    def _events_at_most(self, log_likelihood_null: float) -> float:
+        """The number of events when every site sent its count; else the most events the log
+        partial likelihood at beta = 0 allows (private sites withhold counts). In each site's
+        stratum the k-th last event's risk set holds at least k rows (Efron's tie terms too), so
+        -l_s(0) >= log(D_s!); summed over S sites, by convexity, -l(0) >= S log((D/S)!). An upper
+        bound makes one event's share smaller, so the refusal below can only come later."""
+        from scipy.special import gammaln
+
+        if self.events_ is not None:
+            return float(max(self.events_, 1))
+        sites, budget = len(self.sites_), max(-float(log_likelihood_null), 0.0)
+        low, high = 1.0, 2.0
+        while sites * gammaln(high / sites + 1.0) <= budget:
+            low, high = high, 2.0 * high
+        while high - low > 1e-6 * high:
+            middle = (low + high) / 2
+            low, high = (middle, high) if sites * gammaln(middle / sites + 1.0) <= budget else (low, middle)
+        return high
+
+    def _refuse_monotone_likelihood(self, beta: np.ndarray, moved: np.ndarray, gradient: np.ndarray,
+                                    hessian: np.ndarray, information_at_zero: np.ndarray) -> None:
         """Stop at the first sign of a monotone likelihood (a covariate, or a combination, orders
         the events perfectly, so the MLE is at infinity): the information along the step has all
-        but vanished compared with its value at beta = 0. Otherwise Newton walks on to huge beta,
+        but vanished compared with one event's share of it at beta = 0. Otherwise Newton walks on to huge beta,
         each step one more message round to every site, until exp() overflows or the sites refuse
-        the coefficients. The ratio is scale-free, so no site need share a standard deviation; a
-        finite fit keeps it far above the threshold. A ridge penalty keeps the likelihood strictly concave: nothing to detect."""
+        the coefficients. The ratio is scale-free in the covariates and in the number of events,
+        so no site need share a standard deviation or a count; a finite fit keeps it far above the
+        threshold. A ridge penalty keeps the likelihood strictly concave: nothing to detect."""
         if self.penalizer > 0 or not np.any(moved):
             return
         start = float(moved @ information_at_zero @ moved)
         now = float(moved @ -hessian @ moved)
-        if start > 0 and now < MONOTONE_INFORMATION_RATIO * start:
+        # Past a finite MLE the information vanishes too (a step overshot it into the flat tail):
+        # there the likelihood falls further out, or the step is on its way back towards zero.
+        # A monotone likelihood still rises (or is flat to the last bit) further out, on a path
+        # that only leads away from zero.
+        outwards = float(gradient @ moved) >= 0 and float(moved @ information_at_zero @ beta) > 0
+        if start > 0 and now < MONOTONE_INFORMATION_RATIO * start and outwards:
             weight = np.abs(moved) * np.sqrt(np.clip(np.diag(information_at_zero), 0, None))
             named = [c for c, w in zip(self.covariates, weight) if w >= 0.3 * weight.max()]
             raise NdaeError(

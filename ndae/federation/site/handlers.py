@@ -17,10 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from ndae.federation.config import FederationConfig
 from ndae.federation.records import (
-    INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, VOXELWISE_KEY, arrays_to_record, config_to_normative, frame_to_record,
+    INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, PRIOR_KEY, VOXELWISE_KEY, arrays_to_record, frame_to_record,
 )
 from ndae.federation.site import task as site_task
-from ndae.federation.site.context import FEATURES_KEY, STATE_KEY, flag, site_of, site_privacy
+from ndae.federation.site.context import (
+    FEATURES_KEY, STATE_KEY, SiteRefusal, errors_without_data, flag, site_of, site_privacy,
+)
 # The Cox queries and the prior residual query live in their own modules; the dispatch table
 # below names every handler.
 from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
@@ -74,20 +76,25 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     config, policy, site = site_of(context)
     site_task.check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
+    from ndae.federation.site.prior_residual_queries import checked_design
+
+    # The design is applied to the controls' covariate table: one that reads `subject` would fail
+    # naming subjects. Checked on its own (public) content first.
+    design = checked_design(settings, site.name, "the normative statistics query's design")
     if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
         from ndae.federation.site.private_releases import private_normative_statistics
         from ndae.federation.site.privacy import ledger_reply
 
         privacy = site_privacy(config, policy, context, site)
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
-                                                json.loads(settings["design"]), privacy, device=config.device)
+                                                design, privacy, device=config.device)
         return Message(RecordDict({"stats": arrays_to_record(stats),
                                    "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
     reply = {}
     for weights_key, stats_key in (("dae", "stats"), (INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY)):
         if weights_key in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
             stats = site_task.normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
-                                                   json.loads(settings["design"]), device=config.device)
+                                                   design, device=config.device)
             reply[stats_key] = arrays_to_record(stats)
     return Message(RecordDict(reply), reply_to=message)
 
@@ -126,9 +133,12 @@ def handle_deviations(message: Message, context: Context) -> Message:
             "scores in this run (node config allow-pooled-scores / survival-modes); use survival-mode federated")
     if VOXELWISE_KEY in message.content:  # refused before any data is read
         _refuse_voxelwise_in_private_run(config, site.name)
-    features = [str(f) for f in settings["features"]]
-    normative = config_to_normative(message.content["normative"])
-    dae_config = json.loads(settings["dae-config"])
+    from ndae.federation.site.prior_residual_queries import checked_dae_config, checked_normative_model
+
+    dae_config = checked_dae_config(settings, site.name)
+    features = _requested_features(settings, site, dae_config, prior=PRIOR_KEY in message.content)
+    # The z_sem model is applied to the patients' covariate table: checked on its own content first.
+    normative = checked_normative_model(message.content, site.name, dae_config)
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
     table = site_task.patient_survival_table(site, message.content["dae"], dae_config, normative, features,
                                              device=config.device, extra=prior_features)
@@ -137,14 +147,19 @@ def handle_deviations(message: Message, context: Context) -> Message:
     if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
         from ndae.errors import NdaeError
         from ndae.federation.records import config_to_voxelwise
+        from ndae.federation.site.survival_queries import is_voxelwise_score
         from ndae.federation.site.voxelwise import patient_voxelwise_features
 
         try:  # the baseline is a yardstick: if it fails here, the site still answers with its NDAE scores
             voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
             voxel_columns = [c for c in voxel.columns if c != "subject"]
+            if not all(is_voxelwise_score(c) for c in voxel_columns) or set(voxel_columns) & set(table.columns):
+                raise NdaeError("the voxel-wise baseline's columns are not region scores")
             table = table.merge(voxel, on="subject", how="left", validate="one_to_one")
         except (NdaeError, OSError, ValueError, KeyError) as error:
-            voxelwise_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            # A deployed site's error texts (cache paths, subject ids) stay in its log, as in `errors_without_data`.
+            text = "" if policy.deployed else (str(error).splitlines()[0][:200] if str(error) else "")
+            voxelwise_error = f"{type(error).__name__}: {text}" if text else type(error).__name__
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
     # what Cox queries may name: the run's scores (and the baseline's, when the server sent it)
     context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
@@ -174,7 +189,31 @@ def handle_deviations(message: Message, context: Context) -> Message:
     return Message(RecordDict(reply), reply_to=message)
 
 
-HANDLERS = {
+def _requested_features(settings, site, dae_config: dict, *, prior: bool) -> list[str]:
+    """The deviation scores the server names for the Cox model, checked against what the site's
+    own code computes before any patient is read: the z_sem scores, and with the prior residual
+    model the region z-scores of the atlas the site's slices cut. The deviation table also holds
+    the subject id, follow-up and covariates: none of them may become a feature."""
+    from ndae.deviation.scores import SCORE_COLUMNS
+
+    try:
+        features = [str(f) for f in settings["features"]]
+    except (KeyError, TypeError) as error:
+        raise SiteRefusal(f"the deviations query needs a list 'features' ({type(error).__name__})") from None
+    allowed = list(SCORE_COLUMNS)
+    if prior:
+        from ndae.federation.site.prior_residual_queries import prior_score_columns
+
+        allowed += prior_score_columns(site, dae_config)
+    bad = [f for f in features if f not in allowed]
+    if bad or len(set(features)) != len(features):
+        raise SiteRefusal(f"survival-features {[f[:80] for f in bad[:10]] or 'repeated'} are not deviation scores "
+                          f"this site computes (or are repeated); available: {allowed}")
+    return features
+
+
+# Every handler's error reaches the server as the site's refusal or as its type only.
+HANDLERS = {name: errors_without_data(handler) for name, handler in {
     "query.site_info": handle_site_info,
     "train": handle_train,
     "query.normative_stats": handle_normative_stats,
@@ -183,7 +222,7 @@ HANDLERS = {
     "query.deviations": handle_deviations,
     "query.cox_terms": handle_cox_terms,
     "query.risk_summary": handle_risk_summary,
-}
+}.items()}
 
 
 def build_client_app():
@@ -191,7 +230,7 @@ def build_client_app():
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
-    app.train()(handle_train)
+    app.train()(HANDLERS["train"])
     for message_type, handler in HANDLERS.items():
         if message_type.startswith("query."):
             app.query(message_type.split(".", 1)[1])(handler)

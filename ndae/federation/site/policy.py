@@ -10,7 +10,9 @@ Node config keys (all optional; the defaults are what a careful site would choos
 
 | key | default | meaning |
 |---|---|---|
-| require-privacy | true if the node config sets any other privacy key, else false | refuse any run with privacy=false |
+| require-privacy | true on a deployed SuperNode (node config `site-dir`, or `NDAE_SITE_DIR` set by
+  `deploy/start-supernode.sh`) or if the node config sets any other privacy key; else false (a
+  simulated node) | refuse any run with privacy=false |
 | budget-epsilon | 10 | lifetime ε over every run on this site's data |
 | budget-delta | δ | lifetime δ |
 | delta | 1e-5 | δ of every release (`ndae.privacy.delta`) |
@@ -19,7 +21,8 @@ Node config keys (all optional; the defaults are what a careful site would choos
 | signing-key-file | <privacy-dir>/<site>.signing.key | the key that signs the ledger head |
 | allow-pooled-scores | unset | true: patients' scores may leave (pseudonymised); false: never; unset: only in non-private runs |
 | survival-modes | pooled,federated | the survival modes this site takes part in |
-| max-cox-queries | 60 | Cox likelihood evaluations one run may ask of this site |
+| max-cox-queries | 60 | Cox likelihood evaluations this site answers over its lifetime (private runs:
+  counted in its ledger, refusals for the β bound included; non-private runs: per run) |
 | min-dp-batch-size | 8 | DP-SGD batch at least this (the sample rate 1/ceil(n/B) then reveals n only to within B) |
 | max-audit-canaries | 256 | canaries one run may ask the site to train on |
 | public-counts | false | in a private run, send exact numbers of controls/patients/events |
@@ -29,6 +32,7 @@ Node config keys (all optional; the defaults are what a careful site would choos
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +40,7 @@ from typing import Any, Mapping
 from ndae.errors import NdaeError
 from ndae.privacy.delta import DEFAULT_DELTA
 
-__all__ = ["SitePolicy", "PolicyViolation", "SITE_ONLY_KEYS", "POLICY_KEYS"]
+__all__ = ["SitePolicy", "PolicyViolation", "SITE_ONLY_KEYS", "POLICY_KEYS", "is_deployed"]
 
 SURVIVAL_MODES = ("pooled", "federated")
 # Keys only the site sets: a run config naming one is refused (the server may not choose them).
@@ -52,6 +56,19 @@ _OTHER_NODE_KEYS = ("manifest", "partition-id", "num-partitions", "cache-dir", "
 
 class PolicyViolation(NdaeError):
     """The run config asks this site for more than its policy allows."""
+
+
+# `deploy/start-supernode.sh` names the site's folder in the node config and exports it for its
+# launch wrapper (`ndae.deploy.approved_clientapp`), which every task of a deployed SuperNode
+# passes through; a simulated node (Flower's simulation, `InProcessGrid`) has neither.
+DEPLOYED_NODE_KEY = "site-dir"
+DEPLOYED_ENV = "NDAE_SITE_DIR"
+
+
+def is_deployed(node_config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this node serves a real site (started as deploy/README.md shows)."""
+    environ = os.environ if environ is None else environ
+    return bool(str(node_config.get(DEPLOYED_NODE_KEY, "") or "").strip() or environ.get(DEPLOYED_ENV, "").strip())
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -92,6 +109,7 @@ class SitePolicy:
     max_audit_canaries: int = 256
     public_counts: bool = False
     insecure_seed: int | None = None
+    deployed: bool = False  # a real site's SuperNode (`is_deployed`), not a simulated node
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> "SitePolicy":
@@ -121,10 +139,13 @@ class SitePolicy:
             whole[key] = int(number)
         # A site that sets any privacy key has a privacy policy: it must not be downgraded to a
         # non-private run by a run config saying privacy=false (it may still say so explicitly).
+        # A deployed SuperNode holds real patients: private unless its administrator opts out.
         declares_policy = any(k in node_config for k in POLICY_KEYS if k != "require-privacy")
+        deployed = is_deployed(node_config)
         if seed is not None and not str(seed).strip().lstrip("-").isdigit():
             raise NdaeError(f"node config 'insecure-reproducible-seed': expected an integer, got {seed!r}")
-        return cls(require_privacy=_bool("require-privacy", get("require-privacy", declares_policy)),
+        return cls(require_privacy=_bool("require-privacy", get("require-privacy", declares_policy or deployed)),
+                   deployed=deployed,
                    budget_epsilon=budget_epsilon, budget_delta=budget_delta, delta=delta,
                    max_epsilon_per_run=max_run, privacy_dir=str(get("privacy-dir", "") or ""),
                    signing_key_file=str(get("signing-key-file", "") or ""),

@@ -24,7 +24,8 @@ from ndae.federation.site import task as site_task
 from ndae.federation.site.context import PRIOR_SWAP_KEY, site_of, site_privacy
 from ndae.federation.site.policy import PolicyViolation
 
-__all__ = ["handle_prior_residual_stats", "patient_prior_features"]
+__all__ = ["handle_prior_residual_stats", "patient_prior_features", "checked_design", "checked_dae_config",
+           "checked_normative_model", "prior_score_columns"]
 
 _log = logging.getLogger("ndae.site")
 
@@ -55,16 +56,49 @@ def _check_design(spec, site_name: str, what: str) -> None:
         raise _refuse(site_name, f"{what}: its design has {spec.n_columns} columns (at most {MAX_DESIGN_COLUMNS})")
 
 
-def _design(settings, site_name: str) -> dict:
+def checked_design(settings, site_name: str, what: str = "the prior residual query's design") -> dict:
+    """The design a statistics query sends, refused unless it reads only age and sex."""
     from ndae.normative import DesignSpec
 
     try:
         spec = DesignSpec.from_dict(json.loads(settings["design"]))
     except (NdaeError, TypeError, ValueError, KeyError) as error:
-        raise _refuse(site_name, f"the prior residual query's design ({type(error).__name__}: "
+        raise _refuse(site_name, f"{what} ({type(error).__name__}: "
                                  f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
-    _check_design(spec, site_name, "the prior residual query's design")
+    _check_design(spec, site_name, what)
     return spec.to_dict()
+
+
+_design = checked_design
+
+
+def checked_dae_config(settings, site_name: str) -> dict:
+    try:
+        dae_config = json.loads(settings["dae-config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise _refuse(site_name, f"the query's DAE config ({type(error).__name__})") from None
+    if not isinstance(dae_config, dict):
+        raise _refuse(site_name, "the query's DAE config: not a JSON object")
+    return dae_config
+
+
+def checked_normative_model(content, site_name: str, dae_config: dict):
+    """The normative model of z_sem a query sends (`normative`), checked on its own content."""
+    if "normative" not in content:
+        raise _refuse(site_name, "a query without the normative model of z_sem ('normative')")
+    return _model(content["normative"], site_name, "the normative model of z_sem in the query",
+                  _z_sem_dim(dae_config, site_name))
+
+
+def prior_score_columns(site, dae_config: dict) -> list[str]:
+    """The patients' prior residual z-score columns this site computes for a DAE config (the
+    atlas regions its slices cut: no subject is read)."""
+    from ndae.federation.site.prior_residuals import prior_region_columns
+
+    try:
+        return ["z_" + c for c in prior_region_columns(site, dae_config)]
+    except (NdaeError, TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+        raise _refuse(site_name=site.name, why=f"the query's DAE config ({type(error).__name__})") from None
 
 
 def _model(record, site_name: str, what: str, features: list[str] | int, dae_config: dict | None = None):

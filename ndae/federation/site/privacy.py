@@ -9,8 +9,8 @@
   and spend through `SitePrivacy`.
 - `record_declared`: a release that is not DP but that the site's policy allows (Cox likelihood
   terms, concordance counts, consented pooled scores): in the ledger, with what it held, outside ε.
-- `ledger_reply`: what the server learns about the ledger: its text (release metadata, no
-  record), head, ε, δ, and the head signed with the site's key.
+- `ledger_reply`: what the server learns about the ledger: this run's excerpt of it (release
+  metadata, no record), and the head, bound to the run, signed with the site's key.
 
 """
 
@@ -31,7 +31,7 @@ from ndae.privacy.randomness import SiteRandomness
 
 _log = logging.getLogger("ndae.site")
 
-__all__ = ["SitePrivacy", "PRIOR_RESIDUAL_STATISTIC", "record_declared", "ledger_reply", "site_canaries", "run_id", "PrivacyBudgetExceeded",
+__all__ = ["SitePrivacy", "PRIOR_RESIDUAL_STATISTIC", "record_declared", "append_declared", "ledger_reply", "site_canaries", "run_id", "PrivacyBudgetExceeded",
            "pseudonymised_rows", "POOLED_ROW_CONTENT"]
 
 from ndae.privacy.ledger import ACCOUNTED_MECHANISMS as ACCOUNTED  # with an ε; the others are declared releases
@@ -71,7 +71,15 @@ class SitePrivacy:
                  flower_run_id: int | None = None) -> "SitePrivacy":
         from ndae.privacy.delta import check_delta
 
-        check_delta(policy.delta, n_controls)
+        try:
+            check_delta(policy.delta, n_controls)
+        except NdaeError as error:  # its text holds the number of records (and a bound that gives it)
+            _log.warning("site %r: %s", site_name, error)
+            from ndae.federation.site.context import SiteRefusal
+
+            raise SiteRefusal(f"site {site_name!r}: node config 'delta' = {policy.delta:g} is too large for the "
+                              "number of this site's records (delta must be at most 1/n^1.1; the bound is in the "
+                              "site's log)") from None
         return cls(site=site_name, records=int(n_controls), policy=policy,
                    privacy_dir=policy.resolve_privacy_dir(manifest),
                    noise_multiplier=float(config.noise_multiplier), max_grad_norm=float(config.max_grad_norm),
@@ -157,14 +165,35 @@ class SitePrivacy:
             return self._check(account, event)
         except PrivacyBudgetExceeded as error:
             _log.warning("%s", error)
+            target = (f", and no further than this run's target-epsilon {self.target_epsilon:g}"
+                      if self.target_epsilon > 0 else "")
             raise PrivacyBudgetExceeded(
                 f"site {self.site!r} refuses this {event.mechanism} release: it would exceed the site's privacy "
                 f"budget (lifetime epsilon {self.budget_epsilon:g} at delta {self.budget_delta:g}, at most "
-                f"{self.policy.max_epsilon_per_run:g} per run; node config budget-epsilon / max-epsilon-per-run; "
-                "details in the site's log)") from None
+                f"{self.policy.max_epsilon_per_run:g} per run{target}; node config budget-epsilon / "
+                "max-epsilon-per-run, run config target-epsilon; details in the site's log)") from None
+
+    def check_round(self, account, round_number: int, rounds: int) -> None:
+        """A DP-SGD round must be one the run declared (run config `rounds`) and not one this run
+        already trained: the noise was planned for that many rounds. Counted in the ledger, so a
+        server replaying a round number or sending more rounds is refused before any step."""
+        trained = [e for e in account.entries
+                   if e.get("mechanism") == "dp-sgd" and e.get("details", {}).get("run") == self.run]
+        done = {e.get("details", {}).get("round") for e in trained}
+        if not 1 <= round_number <= rounds or len(trained) >= rounds or round_number in done:
+            raise PrivacyBudgetExceeded(
+                f"site {self.site!r} refuses DP-SGD round {round_number}: this run declared run config "
+                f"'rounds' = {rounds} and has trained {len(trained)} of them; each round is trained once")
 
     def _check(self, account, event) -> float:
         after = account.check_within(self.budget_epsilon, self.budget_delta, event)
+        # target-epsilon is what this run declared it would bring the site to (earlier runs
+        # included: the noise is solved for it); nothing may take the site past it. The slack
+        # covers the solver's float arithmetic only.
+        if self.target_epsilon > 0 and not after <= self.target_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"site {self.site!r}: {event.mechanism} would bring epsilon to {after:.4f}, past this run's "
+                f"target-epsilon {self.target_epsilon:g} (ledger {self.ledger})")
         this_run = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in account.entries
                     if e["mechanism"] in ACCOUNTED and e.get("details", {}).get("run") == self.run]
         from ndae.privacy.accountant import epsilon_of
@@ -207,23 +236,36 @@ def _signing_key(privacy: SitePrivacy):
 
 
 def ledger_reply(privacy: SitePrivacy) -> dict[str, Any]:
-    """What the server learns about the site's ledger: head hash, length, ε, the ledger text
-    (release metadata only, no record, no count unless declared public) so the run directory
-    can keep an auditable copy, and the head signed with the site's key."""
-    from ndae.privacy.ledger import GENESIS_HASH, read_ledger
-    from ndae.privacy.signing import public_key_text, sign_head
+    """What the server learns about the site's ledger: an excerpt for this run (`ledger_excerpt`:
+    this run's lines and the DP releases ε is composed from; another run's declared releases only
+    as redacted stubs; no path), and the head signed with the site's key, bound to this run, its
+    sequence (this run's line count), the site's ε, its budget and whether the noise was secure."""
+    from ndae.privacy.ledger import GENESIS_HASH, canonical_json, ledger_excerpt, read_ledger
+    from ndae.privacy.signing import public_key_text, sign_signed_head
 
-    entries = read_ledger(privacy.ledger)
+    # Lines first, then the verified entries: a ledger only grows at its end, so the first
+    # len(lines) entries are exactly those lines, whatever was appended in between (no lock is
+    # taken here: a caller may hold the ledger's).
+    # Split at b"\n" only, as `read_ledger` does: str.splitlines also splits at U+2028 and friends,
+    # which canonical JSON leaves unescaped, and would pair another run's text with this run's entry.
+    raw = privacy.ledger.read_bytes() if privacy.ledger.exists() else b""
+    lines = [line.decode("utf-8") + "\n" for line in raw.split(b"\n")[:-1]]
+    entries = read_ledger(privacy.ledger)[: len(lines)]
     epsilon = _spent(privacy, entries)
-    head = entries[-1]["hash"] if entries else GENESIS_HASH
     key = _signing_key(privacy)
-    return {"privacy-site": privacy.site, "ledger-head": head, "ledger-entries": len(entries),
+    head = {"site": privacy.site, "entries": len(entries),
+            "final_hash": entries[-1]["hash"] if entries else GENESIS_HASH, "run": privacy.run,
+            "run_entries": sum(1 for e in entries if e.get("details", {}).get("run") == privacy.run),
+            "epsilon": float(epsilon) if math.isfinite(epsilon) else "inf", "delta": float(privacy.budget_delta),
+            "budget_epsilon": float(privacy.budget_epsilon) if math.isfinite(privacy.budget_epsilon) else "inf",
+            "insecure_seed": not privacy.randomness.secure, "private": True}
+    return {"privacy-site": privacy.site, "ledger-head": head["final_hash"], "ledger-entries": len(entries),
             "epsilon": float(epsilon) if math.isfinite(epsilon) else -1.0,
             "delta": privacy.budget_delta, "budget-epsilon": privacy.budget_epsilon if math.isfinite(
                 privacy.budget_epsilon) else -1.0,
-            "ledger-path": str(privacy.ledger.resolve()),
-            "ledger-text": privacy.ledger.read_text() if privacy.ledger.exists() else "",
-            "ledger-signature": sign_head(key, privacy.site, head, len(entries)),
+            "signed-head": canonical_json(head),
+            "ledger-text": ledger_excerpt(lines, entries, privacy.run),
+            "ledger-signature": sign_signed_head(key, head),
             "signing-public-key": public_key_text(key)}
 
 
@@ -232,17 +274,22 @@ def record_declared(privacy: SitePrivacy, mechanism: str, **details: Any) -> dic
 
     The entry carries what was released (e.g. the Cox β asked about and the aggregates sent),
     so that the site can show afterwards exactly what left it."""
-    from ndae.privacy.ledger import append_entry, ledger_lock
-
-    from ndae.privacy.ledger import read_ledger
+    from ndae.privacy.ledger import ledger_lock, read_ledger
 
     with ledger_lock(privacy.ledger):
-        entries = read_ledger(privacy.ledger)
-        accountant = entries[-1]["accountant"] if entries else "rdp"
-        return append_entry(privacy.ledger, site=privacy.site, mechanism=mechanism, noise_multiplier=0.0, clip=0.0,
-                            sample_rate=1.0, steps=1, records_touched=privacy._records_for_ledger(),
-                            delta=privacy.budget_delta, epsilon_spent_so_far=_spent(privacy, entries),
-                            accountant=accountant, details=privacy.details(**details))
+        return append_declared(privacy, read_ledger(privacy.ledger), mechanism, **details)
+
+
+def append_declared(privacy: SitePrivacy, entries: list[dict], mechanism: str, **details: Any) -> dict:
+    """`record_declared` for a caller that holds the ledger's lock and has read its `entries`
+    (so that counting earlier entries and writing this one cannot interleave with another writer)."""
+    from ndae.privacy.ledger import append_entry
+
+    accountant = entries[-1]["accountant"] if entries else "rdp"
+    return append_entry(privacy.ledger, site=privacy.site, mechanism=mechanism, noise_multiplier=0.0, clip=0.0,
+                        sample_rate=1.0, steps=1, records_touched=privacy._records_for_ledger(),
+                        delta=privacy.budget_delta, epsilon_spent_so_far=_spent(privacy, entries),
+                        accountant=accountant, details=privacy.details(**details))
 
 
 def _spent(privacy: SitePrivacy, entries: list[dict]) -> float:

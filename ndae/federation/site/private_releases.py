@@ -40,11 +40,14 @@ def _planned_noise_multiplier(privacy: SitePrivacy, account, sample_rate: float,
     try:
         return noise_multiplier_for_budget(privacy.target_epsilon, privacy.budget_delta, sample_rate,
                                            steps_per_round * rounds, planned)
-    except NdaeError as error:
+    except NdaeError as error:  # its text holds the ε already spent: the site's log only
+        import logging
+
+        logging.getLogger("ndae.site").warning("site %r: %s (ledger %s)", privacy.site, error, privacy.ledger)
         raise PrivacyBudgetExceeded(
             f"site {privacy.site!r}: no DP-SGD noise reaches target-epsilon {privacy.target_epsilon:g} at delta "
-            f"{privacy.budget_delta:g} after earlier runs and this run's moments releases ({error}; ledger "
-            f"{privacy.ledger})") from None
+            f"{privacy.budget_delta:g} after earlier runs and this run's moments releases (details in the "
+            "site's log)") from None
 
 
 def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *, round_number: int, rounds: int,
@@ -59,6 +62,7 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     from ndae.privacy.dp_sgd_loop import DenoisingCriterion, dp_epochs
     from ndae.privacy.opacus_training import make_private, poisson_sample_rate
 
+    privacy.check_round(privacy.accountant(), round_number, rounds)  # before anything is read
     dev = resolve_device(device)
     model, ema, x, ages = start_local_round(site, weights, dae_config, ema_step, device, canaries)
     cfg, n = model.config, int(x.shape[0])
