@@ -20,9 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features", nargs="+", default=None, help="score columns to use (default: every numeric column)")
     parser.add_argument("--strata", nargs="+", default=None, help="stratify the baseline hazard, e.g. --strata site")
-    parser.add_argument("--penalizer", type=cli_types.finite_float(0.0), default=0.0, help="L2 penalty as in lifelines (default 0)")
+    parser.add_argument("--penalizer", type=cli_types.finite_float(0.0), default=0.0,
+                        help="L2 penalty as in lifelines (default 0)")
     parser.add_argument("--folds", type=cli_types.int_range(2), default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=cli_types.int_range(0), default=0, help="seed for folds and bootstrap (default 0)")
+    parser.add_argument("--seed", type=cli_types.int_range(0), default=0,
+                        help="seed for folds and bootstrap (default 0)")
     from ndae.run_folder import add_rerun_flags
 
     add_rerun_flags(parser, can_resume=False)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {key: value for key, value in vars(args).items() if key not in ("func", "force")}
     claim = claim_output(args.out, command="survival", settings=settings, force=args.force, can_resume=False,
                          outputs=("cox.json", "hazard_ratios.csv", "metrics.json", "km_*.png", "time_dependent_auc.png",
-                                  "brier_score.png", "calibration.png", "report.md"))
+                                  "brier_score.png", "calibration.png", "report.md", "report.html"))
     with claim:
         metrics = run_survival_analysis(args.deviations, args.manifest, args.out, features=args.features,
                                         strata=args.strata, penalizer=args.penalizer, folds=args.folds,

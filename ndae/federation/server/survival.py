@@ -96,34 +96,34 @@ def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
     atomic_write_text(out / "hazard_ratios.csv", fitter.summary.to_csv(index=False))
 
 
-def km_from_counts(rows: np.ndarray, path: Path) -> dict[str, Any]:
-    """Kaplan–Meier curves from summed (group, month, event, count) rows; writes the PNG."""
+def km_from_counts(rows: np.ndarray, path: Path, covariates: list[str] | None = None) -> dict[str, Any]:
+    """Kaplan–Meier curves from summed (group, month, event, count) rows; writes the PNG (censor
+    marks and at-risk table from the same counts). `covariates`: those of the Cox risk the sites
+    split on, named in the figure."""
     from lifelines import KaplanMeierFitter
-    from matplotlib.figure import Figure
+
+    from ndae.survival.figures import plot_kaplan_meier
 
     frame = pd.DataFrame(np.asarray(rows).reshape(-1, 4), columns=["group", "month", "event", "count"])
     result: dict[str, Any] = {"figure": path.name, "grouping": "tertiles of x·beta within each site",
                               "median_survival_months": {}, "group_sizes": {}}
     if frame.empty:
         return result
-    figure = Figure(figsize=(6, 4))
-    axis = figure.subplots()
-    for index, (label, colour) in enumerate(zip(TERTILES, ("tab:blue", "tab:orange", "tab:red"))):
+    risk = f"Cox risk x·β ({', '.join(covariates)})" if covariates else "Cox risk x·β"
+    curves = []
+    for index, label in enumerate(TERTILES):
         part = frame[frame["group"] == index]
         if part.empty:
             continue
         n = int(part["count"].sum())
-        fitter = KaplanMeierFitter(label=f"{label} risk (n={n})").fit(
-            part["month"], part["event"], weights=part["count"])
-        fitter.plot_survival_function(ax=axis, color=colour, ci_show=False)
+        fitter = KaplanMeierFitter(label=f"{label} third (n={n})").fit(part["month"], part["event"], weights=part["count"])
+        curves.append((fitter.label, fitter))
         median = float(fitter.median_survival_time_)
         result["median_survival_months"][label] = median if np.isfinite(median) else None
         result["group_sizes"][label] = n
-    axis.set_xlabel("time (months)")
-    axis.set_ylabel("survival probability")
-    axis.set_ylim(0, 1.02)
-    axis.set_title("Kaplan–Meier by within-site tertile of Cox risk (aggregated counts)")
-    atomic_save_figure(path, figure)
+    result["grouping"] = f"tertiles of the {risk} within each site"
+    plot_kaplan_meier(curves, path, "Kaplan–Meier from the sites' summed counts", split_on=f"thirds within each site of the {risk}",
+                      ci_show=False)
     return result
 
 
@@ -140,8 +140,14 @@ def pooled_survival_extras(table: pd.DataFrame, beta: np.ndarray, covariates: li
     extras: dict[str, Any] = {"c_index_pooled": {"estimate": validated["apparent"], **validated}}
     if len(table) >= 6:
         km = kaplan_meier_by_tertile(table, "risk", path=out / "km_risk.png",
-                                     title="Kaplan–Meier by tertile of Cox risk (pooled)")
-        extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png"}
+                                     title="Kaplan–Meier by tertile of Cox risk (pooled)",
+                                     split_on=f"Cox risk x·β ({', '.join(covariates)})")
+        extras["km_pooled"] = {**km.to_json(), "figure": "km_risk.png", "split_on": covariates}
+    from ndae.survival.time_dependent import time_dependent_metrics
+
+    reference = [c for c in covariates if c in CLINICAL]
+    models = {"covariates only": reference, "full model": covariates} if reference else {"full model": covariates}
+    extras["time_dependent"] = time_dependent_metrics(table, models, out, strata=["site"])
     return extras
 
 
