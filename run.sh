@@ -9,11 +9,13 @@ PYTHON=${PYTHON:-python3}
 VENV=${NDAE_VENV:-.venv}
 
 if [ ! -x "$VENV/bin/ndae" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    echo "== installing ndae-fed into $VENV (first run only: a few minutes)"
+    echo "== installing ndae-fed into $VENV (first run only: a few minutes; pip's progress follows)"
     [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch>=2.4,<2.14 (in pyproject.toml) takes the local CPU wheel here, not GBs of CUDA packages.
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    # Not --quiet: a first-time user must see that minutes of install are progress, not a hang.
+    "$VENV/bin/python" -m pip install -e ".[test]"
+    echo "== installed"
     touch "$VENV/.installed"
 fi
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # NDAE_VENV may be absolute
