@@ -7,8 +7,13 @@ is written atomically, the JSON last, so a half-finished subject is simply redon
 One cache per manifest: `default_cache_dir(manifest)` (`$NDAE_CACHE/prepared/<key of the
 manifest's absolute path>`) is where `ndae prepare` writes unless given `--out`, and where
 `train`, `encode`, `evaluate`, `deviations --maps`, `audit --empirical` and a SuperNode without
-a `cache-dir` read unless given another folder. File names come from `subject_ids.subject_file`
-only, so no subject id can name a file outside the cache.
+a `cache-dir` read unless given another folder. Simulated sites (`ndae demo`, `flwr run .` in
+simulation) share `simulation_cache_root()` instead, one folder per cohort site named by what the
+cohort holds, not where its copy lies (`ndae.federation.site.data.site_cache_dir`), so a rerun
+prepares nothing. Whatever the folder, a subject is reused only while its image's and mask's
+SHA-256 and the preprocessing settings match its record: a changed scan or setting is prepared
+again, never served stale. File names come from `subject_ids.subject_file` only, so no subject id
+can name a file outside the cache.
 
 The cache holds patient images: its folders are made 0700 and its files written 0600 (each a
 temporary file renamed into place, so a full or read-only disk leaves nothing half-written and
@@ -45,6 +50,11 @@ def default_cache_dir(manifest_path: str | Path) -> Path:
     """The manifest's prepared-subject folder when no other is given (see the module docstring)."""
     key = hashlib.sha256(str(Path(manifest_path).resolve()).encode()).hexdigest()[:12]
     return cache_root() / "prepared" / key
+
+
+def simulation_cache_root() -> Path:
+    """Where simulated sites keep their prepared subjects when the run config names no cache-dir."""
+    return cache_root() / "prepared" / "simulated"
 
 
 def file_sha256(path: str | Path) -> str:

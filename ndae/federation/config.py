@@ -30,7 +30,8 @@ PRIOR_FEATURE_GROUPS = {"prior": "z_prior_", "prior-own": "z_prior_own_"}
 class FederationConfig:
     run_dir: str = "runs/federated"  # where the server writes the run directory
     cohort_dir: str = ""  # simulation only: node i reads cohort_dir/sites/<i-th site>/manifest.csv
-    # Simulated nodes only: their prepared-slice cache root ("" = each manifest's own cache). A real
+    # Simulated nodes only: their prepared-slice cache root ("" = the simulation cache shared by every
+    # run, `ndae.data.cache.simulation_cache_root`; one folder per cohort site inside it). A real
     # site (node config names its manifest) ignores it: its node config's cache-dir decides.
     cache_dir: str = ""
     dae_preset: str = "tiny"
@@ -75,8 +76,8 @@ class FederationConfig:
     max_cox_queries: int = 0  # fewer Cox likelihood queries per site than the site allows (0 = the site's)
     dp_mode: str = "hooks"  # Opacus per-sample gradients: hooks (fastest on the tiny DAE), functorch, ghost
     moments_noise_multiplier: float = 5.0  # Gaussian noise on the moments, in units of their sensitivity
-    moments_covariate_clip: float = 2.5  # L2 clip of each control's design row (intercept, age basis, sex): ~1.5-2.3
-    moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem (tiny DAE: ‖z_sem‖ ≈ 2.6; raise for paper)
+    moments_covariate_clip: float = 2.5  # L2 clip of each control's design row (intercept, age basis, sex): above its usual norm
+    moments_latent_clip: float = 3.0  # L2 clip of each control's raw z_sem: above the tiny DAE's usual ‖z_sem‖ (docs/privacy.md); raise for paper
     audit_canaries: int = 0  # > 0: each site adds this many synthetic canaries (half trained on) for `ndae audit --canaries`
     # Test hooks, not for a consortium: make one site raise in one phase (and training round), or
     # stop the server right after a round's checkpoint as if it had been killed. Flower refuses

@@ -4,8 +4,9 @@ A Flower user expects `flwr run .` to run something small and end with its resul
 `cohort-dir` in the run config, a simulation uses the demo's cohort at a small size, one site per
 simulated SuperNode, from the cohort cache (`ndae.cohort.cache`): the ServerApp makes it before
 it asks any site anything, and each simulated ClientApp finds the same folder from its node config
-(`num-partitions`) and the run's seed, so no path has to travel in a message. A deployment's sites
-name their manifests in their node configs and never use it.
+(`num-partitions`) and the run's seed, so no path has to travel in a message; their prepared
+subjects are kept in the simulation cache (`ndae.federation.site.data.site_cache_dir`) and reused
+the same way. A deployment's sites name their manifests in their node configs and never use it.
 """
 
 from __future__ import annotations

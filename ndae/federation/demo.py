@@ -32,7 +32,9 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
     The cohort is made once: `cohort` names an existing one (from `ndae cohort` or an earlier
     demo), else the demo's is taken from the cohort cache (`ndae.cohort.cache`) and simulated
     only when no cohort of these parameters is there. Either way the run gets its own hard-linked
-    copy in `out/cohort` (a private site's ledger is written beside its manifest)."""
+    copy in `out/cohort` (a private site's ledger is written beside its manifest). The sites'
+    prepared subjects are not the run's: they live in the simulation cache shared by every run of
+    the cohort (`ndae.federation.site.data.site_cache_dir`), so a rerun prepares nothing."""
     from ndae.cohort import CohortConfig
     from ndae.cohort.cache import cached_cohort, link_cohort
     from ndae.run_folder import claim_output
@@ -86,7 +88,7 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
             link_cohort(source, cohort_dir)
         log(f"[demo] cohort ready ({time.time() - started:.0f} s): {cohort_dir}")
         n_sites = sum(1 for p in (cohort_dir / "sites").iterdir() if (p / "manifest.csv").exists())
-        config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir), cache_dir=str(out / "cache"),
+        config = FederationConfig(run_dir=str(out), cohort_dir=str(cohort_dir),
                                   dae_preset=preset, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                                   survival_mode=survival_mode, seed=seed, min_sites=min(2, n_sites),
                                   privacy=privacy, target_epsilon=target_epsilon if privacy else 0.0,
@@ -94,9 +96,16 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
         if in_process:
             from ndae.federation.inprocess import InProcessGrid
             from ndae.federation.server.phases import run_federation
+            from ndae.federation.site.data import site_cache_dir
 
             manifests = sorted((cohort_dir / "sites").glob("*/manifest.csv"))
-            run_federation(InProcessGrid(manifests, config.to_run_config()), config, log=log)
+            grid = InProcessGrid(manifests, config.to_run_config())
+            for context in grid.contexts.values():
+                # In process each site is a node naming its manifest (the run's copy), whose own cache
+                # would be this run's alone: give it the folder its simulated node shares across runs.
+                folder = site_cache_dir({}, context.node_config["manifest"], config.cache_dir)
+                context.node_config = {**context.node_config, "cache-dir": str(folder)}
+            run_federation(grid, config, log=log)
         else:
             from ndae.federation.simulation import run_simulation
 
@@ -106,7 +115,7 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
                 f"(logs in {out / 'logs'}) ...")
             with RunWatcher(out, rounds, n_sites, log=log):
                 run_simulation(config.to_run_config(), n_sites)
-        add_demo_sections(out, cohort_dir)
+        add_demo_sections(out, cohort_dir, config.cache_dir)
         claim.finish()
     from ndae.progress import duration
 
@@ -123,6 +132,7 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
 DEMO_SURVIVAL_FEATURES = "prior"
 
 # What a demo writes into its run folder (deleted by --force; any of them marks a previous run).
+# "cache": where runs made before the shared simulation cache kept their prepared subjects.
 DEMO_OUTPUTS = ("cohort", "cache", "logs", "privacy", "dae", "normative", "normative_prior", "survival", "config.json",
                 "status.json", "summary.json", "metrics.jsonl", "deviations.csv", "report.md", "failure.md",
                 "report.html", "failure.html", "figures", "prepared_subject.png")
@@ -208,13 +218,13 @@ def _usable_cohort(cohort_dir: Path, expected: dict, log) -> bool:
     return True
 
 
-def add_demo_sections(out: Path, cohort_dir: Path) -> None:
-    """Append what only the simulation knows to the report: the oracle C* and the example figures."""
+def add_demo_sections(out: Path, cohort_dir: Path, cache_dir: str = "") -> None:
+    """Append what only the simulation knows to the report: the oracle C* and the example figures.
+    `cache_dir`: the run config's cache root (where the sites' prepared subjects are)."""
     import json
 
     from ndae.data.figures import plot_prepared_subject
     from ndae.data.manifest import read_manifest
-    from ndae.data.preprocess import prepare_subject
     from ndae.io import atomic_write_text
 
     cohort = json.loads((cohort_dir / "cohort.json").read_text())
@@ -229,7 +239,7 @@ def add_demo_sections(out: Path, cohort_dir: Path) -> None:
             achieved = " " + _same_pairs_sentence(pd.read_csv(cohort_dir / "truth.csv"), *within)
 
     first = read_manifest(cohort_dir / "manifest.csv").iloc[0]
-    prepared = prepare_subject(first["image"], first.get("mask"), first["subject"])
+    prepared = _prepared_example(cohort_dir, first, cache_dir)
     plot_prepared_subject(prepared, out / "prepared_subject.png")
 
     section = (
@@ -246,6 +256,19 @@ def add_demo_sections(out: Path, cohort_dir: Path) -> None:
     )
     report = out / "report.md"
     atomic_write_text(report, report.read_text().rstrip() + "\n" + section)
+
+
+def _prepared_example(cohort_dir: Path, row, cache_dir: str):
+    """The subject of `row` as its site prepared it for the federation (read from the site's cache),
+    prepared here only when that cache does not hold it as it is now."""
+    import ndae.data.preprocess  # looked up at call time, so tests can count the preparations
+    from ndae.data.cache import is_cached, load_prepared, provenance
+    from ndae.federation.site.data import site_cache_dir
+
+    folder = site_cache_dir({}, cohort_dir / "sites" / str(row["site"]) / "manifest.csv", cache_dir)
+    if is_cached(folder, provenance(row, ndae.data.preprocess.PrepareConfig())):
+        return load_prepared(folder, row["subject"])
+    return ndae.data.preprocess.prepare_subject(row["image"], row.get("mask"), row["subject"])
 
 
 def _find_c_index(summary: dict) -> tuple[dict, dict] | None:

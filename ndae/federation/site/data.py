@@ -67,9 +67,11 @@ def site_cache_dir(node_config: Mapping[str, Any], manifest_path: str | Path, re
       run config's `cache-dir` (`requested`) is ignored there: the server may not choose where a
       hospital writes;
     - else (a simulated node: Flower's node config holds only `partition-id`, and whoever writes
-      the run config owns every node) `requested/<key of the manifest>`, or the manifest's cache.
+      the run config owns every node) `<requested, else ndae.data.cache.simulation_cache_root()>/
+      <key of the cohort site>` (`simulated_site_key`): one folder shared by every run of the
+      same cohort, whichever copy of it the run reads.
     """
-    from ndae.data.cache import default_cache_dir
+    from ndae.data.cache import default_cache_dir, simulation_cache_root
 
     manifest_path = Path(manifest_path).resolve()
     own = str(node_config.get("cache-dir", "") or "").strip()
@@ -82,15 +84,31 @@ def site_cache_dir(node_config: Mapping[str, Any], manifest_path: str | Path, re
                 "run config cache-dir=%r ignored: a site's cache is its node config's cache-dir, else its "
                 "manifest's default (%s)", requested, default_cache_dir(manifest_path))
         return default_cache_dir(manifest_path)
-    if requested:
-        return Path(requested).expanduser() / hashlib.sha256(str(manifest_path).encode()).hexdigest()[:12]
-    return default_cache_dir(manifest_path)
+    root = Path(requested).expanduser() if requested else simulation_cache_root()
+    return root / simulated_site_key(manifest_path)
+
+
+def simulated_site_key(manifest_path: Path) -> str:
+    """A simulated site's cache folder name, from what its cohort holds rather than where it lies:
+    the site manifest's bytes (its image paths are relative to it) and the `cohort.json` of the
+    cohort it belongs to (`<cohort>/sites/<site>/manifest.csv`: its parameters, disease model and
+    measured site effects). Every copy of a cohort (the cohort cache's, each demo run's hard-linked
+    one) thus shares one folder, and two cohorts whose site manifests happen to match do not.
+    Sharing is safe: a subject in the folder is reused only while its scan's SHA-256 and the
+    preprocessing settings match its record (`ndae.data.cache.is_cached`)."""
+    digest = hashlib.sha256()
+    cohort = manifest_path.parent.parent.parent
+    for path in (manifest_path, cohort / "cohort.json"):
+        # Not a regular file (absent, a folder, a FIFO): never read; `load_site` names the problem.
+        digest.update(path.read_bytes() if path.is_file() else str(path).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
 
 
 def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: str | Path | None = None) -> SiteData:
     """The site's prepared slices (memoised per process: every phase reads the same data), from
-    `prepared_dir` (what `site_cache_dir` chose), else `cache_dir/<key of the manifest>` when a
-    cache root is given, else the manifest's default cache."""
+    `prepared_dir` (what `site_cache_dir` chose), else the folder a simulated node would use
+    (`cache_dir` as the run config's cache root)."""
     from ndae.data.dataset import load_slice_dataset
 
     path = Path(manifest_path).resolve()
