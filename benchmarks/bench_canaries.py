@@ -99,7 +99,7 @@ def render() -> Path:
              "under DP). Audit (`ndae audit RUN --canaries`): −denoising loss of the global DAE at 32 fixed (t, noise) "
              "draws with t in [0.02, 0.2]·T; the auditor guesses 'in' for the top k and 'out' for the bottom k scores "
              "(k = m/16, m/8, m/4, m/2, Bonferroni over the four); ε lower bound at 95 % confidence, δ = the site's "
-             "ledger δ (1e-5 without DP). Synthetic cohort (`ndae.federation.synthetic`).", ""]
+             "ledger δ (1e-5 without DP). Synthetic cohort (`ndae.testing.synthetic_cohort`).", ""]
     for name in SCENARIOS:
         path = RESULTS_DIR / f"canaries_{name}.json"
         if not path.exists():
@@ -140,7 +140,7 @@ def main() -> None:
     if args.render_only:
         print(render().read_text())
         return
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     settings = dict(SCENARIOS[args.scenario])
     for key in settings:

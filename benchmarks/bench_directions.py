@@ -1,5 +1,5 @@
-"""Issue 16's directions side by side: which DAE preset's deviations find the disease, on more than one
-disease setting. Writes benchmarks/results/directions.md (+ directions.json) and, per preset and
+"""The DAE variants side by side: which DAE preset's deviations find the disease, on more than one
+disease setting (more than one, so no variant is tuned to one setting's strongest effect). Writes benchmarks/results/directions.md (+ directions.json) and, per preset and
 setting, the whole survival benchmark under benchmarks/results/directions/.
 
     python -m benchmarks.bench_directions                          # default grid, resumable

@@ -45,7 +45,7 @@ def central(cohort: Path, cache: Path, rounds: int, epochs: int, batch_size: int
     from ndae.federation.server.survival import fit_pooled_cox
     from ndae.federation.server.phases import dae_config_for
     from ndae.federation.config import FederationConfig
-    from ndae.federation.site.task import local_steps
+    from ndae.federation.site.training import local_steps
     from ndae.model import EMA, batch_iterator, build_model, encode, make_optimizer, prepare_images, train_steps
     from ndae.normative import NormativeModel
     from ndae.survival.analysis import patient_table
@@ -129,7 +129,7 @@ def split_cohort(source: Path, out: Path, sites: int, fraction: float = 1.0) -> 
 def warm_caches(cohort: Path, cache: Path) -> None:
     """Prepare every subject into the caches the central run and the sites read, before any timing."""
     from ndae.data.dataset import load_slice_dataset
-    from ndae.federation.site.task import load_site
+    from ndae.federation.site.data import load_site
 
     load_slice_dataset(cohort / "manifest.csv", cache, progress=False)
     for manifest in sorted((cohort / "sites").glob("*/manifest.csv")):
@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # inherited by the spawned runs
     torch.set_num_threads(args.threads)
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     started, load_start = time.time(), os.getloadavg()[0]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-federation-"))
@@ -271,7 +271,7 @@ def write_report(args, runs: dict, configs: list, n_all: int, total_minutes: flo
     lines = [f"torch threads {args.threads}. Engines: `inprocess` delivers the same Message-API apps in one process "
              "(federation overhead without process start-up); `flwr` runs them through `flwr run` on a simulation "
              "SuperLink with Ray (what `ndae demo` runs; includes SuperLink and Ray start-up).",
-             f"Data: synthetic on-grid cohort (`ndae.federation.synthetic`), {n_all} subjects "
+             f"Data: synthetic on-grid cohort (`ndae.testing.synthetic_cohort`), {n_all} subjects "
              f"(half controls), the same subjects re-split into K sites (round-robin within controls and within "
              f"patients). DAE `tiny`, batch {args.batch_size}, "
              f"{args.rounds} rounds × {args.epochs} local epochs (federated) vs {args.rounds * args.epochs} epochs "

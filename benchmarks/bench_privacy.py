@@ -10,7 +10,7 @@ raw numbers in results/privacy_randomness.json).
 Every DP variant trains through `ndae.privacy.dp_sgd_loop` (the loop a site runs); plain training
 through `ndae.model.train_steps`.
 
-The cohort is the small synthetic one (ndae.federation.synthetic): every site trains on part of
+The cohort is the small synthetic one (ndae.testing.synthetic_cohort): every site trains on part of
 its controls and holds the rest out as non-members for the membership test. The federation runs in
 process (InProcessGrid, the real ClientApp/ServerApp code), federated survival mode for every ε.
 """
@@ -357,7 +357,7 @@ def write_randomness(result: dict) -> Path:
 
 
 def make_cohort(root: Path, controls: int, train_controls: int, patients: int, seed: int) -> None:
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     make_synthetic_cohort(root / "cohort", sites=len(SITES), controls_per_site=controls, patients_per_site=patients,
                           seed=seed)

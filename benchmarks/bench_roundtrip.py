@@ -9,7 +9,7 @@ decodes N_HELD held-out slices at 10, 20 and 50 DDIM steps under each rule:
 - `diffae`: the library's sampler, `clip_denoised=True` (Diff-AE: x̂₀ clamped to [-1, 1] and ε
   recomputed from it, in both directions; inversion evaluates ε at the current level's t).
 - `unclipped`: the library's sampler with `clip_denoised=False` (the new grid walk, no clipping).
-- `old`: the sampler before issue 26, reproduced below (`old_invert`/`old_decode`): inversion from a
+- `old`: the sampler before it followed Diff-AE, reproduced below (`old_invert`/`old_decode`): inversion from a
   level with ᾱ = 1, ε evaluated at the *next* level's t, never clipped; decoding unclipped (the old
   config default `clip_denoised=False`).
 - `old_clamp`: `old` with the old decoding's `clip_denoised=True`, which clamped x̂₀ but kept the
@@ -47,7 +47,7 @@ def _t(value: int, x):
 
 
 def _old_step(x, epsilon, a_from: float, a_to: float, clip: bool):
-    """The pre-issue-26 `GaussianDiffusion._step`: x̂₀ optionally clamped, the network's ε kept."""
+    """The old (pre-Diff-AE) `GaussianDiffusion._step`: x̂₀ optionally clamped, the network's ε kept."""
     x0 = (x - (1.0 - a_from) ** 0.5 * epsilon) / a_from ** 0.5
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
@@ -59,7 +59,7 @@ def _old_alpha(diffusion, grid, level: int) -> float:
 
 
 def old_invert(diffusion, epsilon_fn, x_start, steps: int):
-    """The pre-issue-26 `ddim_invert`: from level -1 (ᾱ = 1) up to S-1, ε at the next level's t, no clip."""
+    """The old (pre-Diff-AE) `ddim_invert`: from level -1 (ᾱ = 1) up to S-1, ε at the next level's t, no clip."""
     import torch
 
     grid = diffusion.ddim_timesteps(steps)
@@ -72,7 +72,7 @@ def old_invert(diffusion, epsilon_fn, x_start, steps: int):
 
 
 def old_decode(diffusion, epsilon_fn, x_T, steps: int, clip: bool = False):
-    """The pre-issue-26 `ddim_sample` (clip: clamp x̂₀, keep the network's ε)."""
+    """The old (pre-Diff-AE) `ddim_sample` (clip: clamp x̂₀, keep the network's ε)."""
     import torch
 
     grid = diffusion.ddim_timesteps(steps)
@@ -282,7 +282,7 @@ def markdown(results: dict) -> str:
     lines += ["", "Test thresholds (tests/test_dae_training.py, `diffae` mean − 2 sd): "
               + ", ".join(f"{s} steps {thr[str(s)]:.2f} dB" for s in steps) + ".", "",
               "Rules: `diffae` = library, clip_denoised=True (x̂₀ clamped, ε recomputed, both directions); "
-              "`unclipped` = library, clip_denoised=False; `old` = pre-issue-26 sampler (inversion from ᾱ = 1 "
+              "`unclipped` = library, clip_denoised=False; `old` = the pre-Diff-AE sampler (inversion from ᾱ = 1 "
               "with ε at the next level's t, nothing clipped); `old_clamp` = `old` with the old decoding's "
               "clamp-x̂₀-keep-ε; `diffae_reference` = literal port of phizaz/diffae's DDIM loops "
               "(S inversion evaluations, the last to ᾱ = 0)."]

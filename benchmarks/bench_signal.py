@@ -2,9 +2,9 @@
 
     python -m benchmarks.bench_signal [--seeds 0 1 2 3 4] [--steps 200]
 
-Each seed draws a new toy cohort (`ndae.evaluation.toy`: ellipsoid brains whose precentral
+Each seed draws a new toy cohort (`ndae.testing.toy_cohort`: ellipsoid brains whose precentral
 cortex, internal capsule and ventricles change with severity) and trains a new `tiny` DAE on
-its controls; `ndae.evaluation.signal.ndae_signal` scores the patients and a shuffled-latent
+its controls; `ndae.testing.signal_check.ndae_signal` scores the patients and a shuffled-latent
 control. The distribution of ρ over seeds sets the threshold of `tests/test_ndae_signal.py`
 (which runs the same chain on the same cohort size): results/signal.json keeps the raw numbers.
 """
@@ -27,8 +27,8 @@ COHORT = {"n_controls": 24, "n_patients": 48}
 def run(seeds, steps: int, work: str) -> dict:
     import torch
 
-    from ndae.evaluation.signal import ndae_signal
-    from ndae.evaluation.toy import write_toy_cohort
+    from ndae.testing.signal_check import ndae_signal
+    from ndae.testing.toy_cohort import write_toy_cohort
 
     torch.set_num_threads(1)
     runs = []

@@ -8,7 +8,7 @@ all runs, and the sd of the per-run means. Writes `benchmarks/results/survival.m
 results beside it (`survival.json`: runs, the summary table and the per-fold rows), from which
 `--render-only` rewrites the section.
 
-Truth-aware metrics (issue 15.2), per model of every run, computed here from the run's
+Truth-aware metrics (`ndae.evaluation.truth_metrics`: the cohort's truth makes them possible), per model of every run, computed here from the run's
 patients.csv and the cohort's truth by `benchmarks/truth_eval.py` (so they do not depend on which
 of them the `ndae evaluate` version reports): observed CV Harrell's / Uno's C on folds grouped by
 source anatomy, expected C over `--draws` fresh survival draws from the cohort's stored survival
@@ -428,7 +428,7 @@ def _reference_of(model: str) -> tuple[str, str | None, str | None]:
 
 
 def truth_section(raw: dict) -> list[str]:
-    """The truth-aware metrics (issue 15.2) over all runs, and their computed reading."""
+    """The truth-aware metrics over all runs, and their computed reading."""
     rows = raw.get("truth_summary")
     if not rows:
         return ["(This run predates the truth-aware metrics: no expected C, risk concordance or paired CIs.)", ""]

@@ -1,5 +1,5 @@
-"""The section of `benchmarks/bench_directions.py`: per DAE preset and disease setting, the goal of
-issue 16 stated from the saved numbers (every cell's `bench_survival` raw results, <cell>.json).
+"""The section of `benchmarks/bench_directions.py`: per DAE preset and disease setting, whether the
+NDAE finds the disease, stated from the saved numbers (every cell's `bench_survival` raw results, <cell>.json).
 
 Goal points, each decided here from the numbers, never typed:
 1. the best single NDAE score's |ρ| with the true severity ≥ 0.6, and above every baseline's
@@ -156,11 +156,12 @@ def _met(flag: bool | None) -> str:
 
 
 ARCHIVE_NOTE = {
-    "directions_issue16": ("## NDAE directions before issue 26 (old sampler, centred cosine; kept for comparison)",
-                           "These cells were measured with the DDIM sampler that kept the network's ε after "
-                           "clamping x̂₀ and never clipped the inversion, and with the cosine computed on centred "
-                           "latents (issue 26 found both wrong); they are not re-run. The current cells are in "
-                           "'NDAE directions'."),
+    "directions_old_sampler": ("## NDAE directions before the sampler and cosine fixes (old sampler, centred cosine; "
+                               "kept for comparison)",
+                               "These cells were measured with the DDIM sampler that kept the network's ε after "
+                               "clamping x̂₀ and never clipped the inversion, and with the cosine computed on centred "
+                               "latents (both since found wrong: docs/dae.md); they are not re-run. The current cells "
+                               "are in 'NDAE directions'."),
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 from ndae.io import atomic_write_text
 
-ORDER = ["survival", "directions", "directions_issue16", "prior_vs_filter", "zsem_use", "roundtrip", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
+ORDER = ["survival", "directions", "directions_old_sampler", "prior_vs_filter", "zsem_use", "roundtrip", "signal", "modes", "federation", "privacy", "privacy_randomness", "dp_moments", "canaries", "dae", "dae_z16", "cohort", "registration"]
 # Benchmarks run more than once, with these extra arguments each (default: once, no arguments).
 # (Other DAE presets' survival runs are cells of bench_directions, on the same cohorts.)
 RUNS = {"dae": [[], ["--z-sem-dim", "16", "--section", "dae_z16"]]}
@@ -32,10 +32,10 @@ def available() -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
-# Sections measured before issue 26's fixes and not re-run since: the note goes under their title, so
-# a reader does not take their sampler-dependent or cosine numbers as current.
-BEFORE_ISSUE_26 = {
-    name: "*Measured before issue 26: with the old DDIM sampler (x̂₀ clamped but the network's ε kept, an "
+# Sections measured before the sampler and cosine fixes and not re-run since: the note goes under
+# their title, so a reader does not take their sampler-dependent or cosine numbers as current.
+BEFORE_SAMPLER_FIX = {
+    name: "*Measured before the sampler and cosine fixes: with the old DDIM sampler (x̂₀ clamped but the network's ε kept, an "
           "unclipped inversion) and the centred cosine. Not re-run; the current sampler is measured in "
           "\"Round trip\", the current scores in \"NDAE directions\".*"
     for name in ("modes", "federation", "signal", "dae", "dae_z16")
@@ -43,7 +43,7 @@ BEFORE_ISSUE_26 = {
 
 
 def _with_note(name: str, text: str) -> str:
-    note = BEFORE_ISSUE_26.get(name)
+    note = BEFORE_SAMPLER_FIX.get(name)
     if not note or note in text:
         return text
     head, _, rest = text.partition("\n")

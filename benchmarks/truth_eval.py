@@ -1,7 +1,8 @@
 """Truth-aware per-model metrics for the survival benchmarks (bench_survival, bench_modes).
 
 One place where a benchmark turns a patients' table + the simulated cohort's truth into the
-metrics of issue 15.2, all from `ndae.evaluation.truth_metrics`:
+truth-aware metrics (only a simulated cohort has a truth to score against), all from
+`ndae.evaluation.truth_metrics`:
 
 - observed CV Harrell's and Uno's C, folds grouped by source anatomy (`grouped_cv`), the SAME
   folds for every model of a cohort;
@@ -207,8 +208,8 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
                 entry["draws"] = tm.paired_difference(expected[name], expected[reference])
                 entry["per_draw"] = [float(v) for v in expected[name].per_draw - expected[reference].per_draw]
             if reference != references[0]:
-                # the resampling CI of the observed C costs ~2 ms per fold and resample (scikit-survival's
-                # input checks): against the first reference only
+                # the resampling CI of the observed C is slow (scikit-survival's input checks run per fold
+                # and resample; docs/evaluation.md): against the first reference only
                 out[name].setdefault("versus", {})[reference] = entry
                 continue
             with warnings.catch_warnings():

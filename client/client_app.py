@@ -1,4 +1,4 @@
-"""Flower ClientApp of ndae-fed: one hospital. The work is in `ndae.federation.site.task`.
+"""Flower ClientApp of ndae-fed: one hospital. The work is in `ndae.federation.site` (its handlers).
 
 The site's manifest comes from the SuperNode's node config (`manifest = "/path/manifest.csv"`);
 in simulation, node i reads `cohort-dir/sites/<i-th site>/manifest.csv`.

@@ -21,9 +21,9 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import PRIOR_KEY, normative_to_config, record_to_arrays, record_to_frame
 from ndae.federation.site.privacy import PRIOR_RESIDUAL_STATISTIC
-from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.normative import DesignSpec, NormativeModel
 from ndae.privacy.ledger import read_ledger
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
 SUBJECT_ID = re.compile(r"S1\d{3}")  # the synthetic cohort's subject ids
@@ -40,7 +40,8 @@ def world(tmp_path_factory):
     from ndae.federation.records import ema_weights_record
     from ndae.federation.server.strategy import dae_config_for
     from ndae.federation.site.prior_residuals import prior_region_means
-    from ndae.federation.site.task import covariates, load_site, site_cache_dir
+    from ndae.federation.site.data import load_site, site_cache_dir
+    from ndae.federation.site.statistics import covariates
     from ndae.federation.site.training import build_dae
 
     root = tmp_path_factory.mktemp("attack-prior")

@@ -22,9 +22,9 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import normative_to_config
 from ndae.federation.site.context import FEATURES_KEY, STATE_KEY
-from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.normative import DesignSpec, NormativeModel
 from ndae.privacy.ledger import read_ledger
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
 SUBJECT_ID = re.compile(r"S1\d{3}")  # the synthetic cohort's subject ids
@@ -41,7 +41,8 @@ def _one_thread():
 def world(tmp_path_factory):
     from ndae.federation.records import ema_weights_record
     from ndae.federation.server.strategy import dae_config_for
-    from ndae.federation.site.task import covariates, load_site, site_cache_dir
+    from ndae.federation.site.data import load_site, site_cache_dir
+    from ndae.federation.site.statistics import covariates
     from ndae.federation.site.training import build_dae
 
     root = tmp_path_factory.mktemp("attack-site")

@@ -13,7 +13,7 @@ from ndae.baselines import (
 )
 from ndae.baselines.autoencoder import AutoencoderTraining
 from ndae.baselines.regional import REGIONS
-from ndae.evaluation.toy import toy_subject
+from ndae.testing.toy_cohort import toy_subject
 
 
 def _covariates(n: int, rng: np.random.Generator, sites: int = 2) -> pd.DataFrame:

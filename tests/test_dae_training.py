@@ -7,7 +7,7 @@ Why these checks and thresholds:
   denoise (ε-MSE at mid noise well below 1, the MSE of ε̂ ≡ 0) and that the inferred x_T beats a
   random x_T by a wide margin.
 - PSNR threshold (brain mask, 50 DDIM steps): after this budget we measured 26.8 dB on the demo's
-  held-out slices with the old sampler (about 36 dB with Diff-AE's since issue 26; the round-trip
+  held-out slices with the old sampler (about 36 dB with Diff-AE's, which the sampler now follows; the round-trip
   test at the end holds the measured thresholds at 10, 20 and 50 steps). We assert 24 dB,
   an RMS error ≤ 2·10^(-24/20) ≈ 0.13 of the [-1, 1] range inside the brain: grey matter, white
   matter and CSF (≈ 0.6 apart) stay distinct, while a half-trained model (≈ 20 dB) fails.
@@ -123,7 +123,7 @@ def test_own_z_sem_denoises_at_least_as_well_as_another(trained):
     assert wins >= 0.5
 
 
-# ---- the sampler's round trip (issue 26) ---------------------------------------------------------
+# ---- the sampler's round trip ---------------------------------------------------------------------
 def test_round_trip_psnr_clears_the_measured_thresholds_and_the_old_sampler_does_not(trained):
     """benchmarks/bench_roundtrip.py trained this very model (same seed, split, steps, batch) over 5
     seeds; the thresholds are its measured mean − 2 sd at 10, 20 and 50 DDIM steps under the Diff-AE

@@ -1,4 +1,4 @@
-"""The DDIM sampler follows Diff-AE (phizaz/diffae diffusion/base.py, issue 26).
+"""The DDIM sampler follows Diff-AE (phizaz/diffae diffusion/base.py).
 
 - The rule, by hand: x̂₀ = (x − √(1−ᾱ) ε)/√ᾱ is clamped to [-1, 1] and ε is recomputed from the
   clamped x̂₀, ε' = (x − √ᾱ x̂₀)/√(1−ᾱ), before the move x' = √ᾱ' x̂₀ + √(1−ᾱ') ε', in decoding
@@ -111,8 +111,8 @@ def test_inversion_evaluates_epsilon_at_the_current_level(steps):
     assert [t for t, _ in calls] == grid
 
 
-def test_a_config_stored_before_issue_26_is_moved_to_the_diffae_rule():
-    """Run directories saved before issue 26 stored clip_denoised = False (then the default) and no
+def test_a_config_stored_before_the_sampler_key_is_moved_to_the_diffae_rule():
+    """Run directories saved before the sampler followed Diff-AE stored clip_denoised = False (then the default) and no
     `sampler` key; loading one must not silently decode with the old, broken walk."""
     from ndae.model.config import DAEConfig, preset
 

@@ -151,6 +151,8 @@ def test_a_bare_flwr_run_simulation_runs_the_small_demo_cohort_and_names_its_rep
     monkeypatch.setattr(ndae.cohort, "generate_cohort", _fake_generate(calls))
     monkeypatch.setattr(server_app, "run_federation", lambda grid, config, log: ran.append(config))
     monkeypatch.delenv("FLWR_HOME", raising=False)
+    # Its own cache: the stand-in cohort must not be found later by a real bare `flwr run .`.
+    monkeypatch.setenv("NDAE_CACHE", str(tmp_path / "ndae-cache"))
     config = {**FederationConfig(run_dir=str(tmp_path / "run")).to_run_config(), "cohort-dir": ""}
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
     with caplog.at_level(logging.INFO, logger="flwr"):
@@ -158,6 +160,7 @@ def test_a_bare_flwr_run_simulation_runs_the_small_demo_cohort_and_names_its_rep
         server_app.main(Grid(), context)  # the second run reuses the cohort
     assert len(calls) == 1 and len(ran) == 2
     cohort = Path(ran[0]["cohort-dir"])
+    assert cohort.is_relative_to(tmp_path / "ndae-cache")
     assert (cohort / "sites" / "site2" / "manifest.csv").exists() and ran[1]["cohort-dir"] == str(cohort)
     text = caplog.text
     assert f"{SMALL_COHORT_SUBJECTS} subjects, 2 sites" in text

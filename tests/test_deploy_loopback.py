@@ -36,7 +36,7 @@ RUN_CONFIG = ("rounds=0 local-epochs=1 batch-size=4 seed=3 min-sites=3 round-tim
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("consortium")
     make_synthetic_cohort(root / "cohort", sites=len(SITES), controls_per_site=5, patients_per_site=6, seed=1)

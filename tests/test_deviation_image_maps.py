@@ -26,9 +26,9 @@ def test_slices_to_volume_inverts_slice_extraction():
 
 @pytest.mark.slow
 def test_maps_on_grid_and_in_native_space(tmp_path, ixi_dir):
-    from ndae.evaluation.toy import write_toy_cohort
     from ndae.model.run import encode_run, train_run
     from ndae.normative.files import fit_normative
+    from ndae.testing.toy_cohort import write_toy_cohort
 
     manifest_path, _ = write_toy_cohort(tmp_path / "toy", n_controls=8, n_patients=2, sites=1, seed=0)
     manifest = pd.read_csv(manifest_path)

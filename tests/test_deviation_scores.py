@@ -80,7 +80,7 @@ def test_paper_cosine_by_hand_for_a_known_model():
 
 
 def test_centred_cosine_moves_with_age_and_the_paper_cosine_does_not(fitted):
-    """Issue 26's measured cause: centring leaves the expectation only its covariate effect, so for
+    """Why the centred cosine was replaced: centring leaves the expectation only its covariate effect, so for
     healthy subjects the centred cosine grows with |age − mean age| (how well the subject's
     deviation lines up with the age direction). The paper's cosine asks how far the latent turns
     from its own expectation, which healthy subjects of every age do alike."""

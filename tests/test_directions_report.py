@@ -1,4 +1,4 @@
-"""benchmarks/directions_report.py decides issue 16's goal points from the numbers: a cell whose
+"""benchmarks/directions_report.py decides the directions' goal points from the numbers: a cell whose
 numbers meet a point says so, one that misses it by a little does not."""
 
 import json

@@ -15,7 +15,7 @@ from ndae.errors import NdaeError
 from ndae.evaluation.comparison import cross_validate_models, model_feature_sets, summarise
 from ndae.evaluation.inputs import check_manifest, read_truth
 from ndae.evaluation.pipeline import EvaluationOptions
-from ndae.evaluation.toy import write_toy_cohort
+from ndae.testing.toy_cohort import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE centred cosine", "NDAE Mahalanobis", "NDAE deviation scores",
           "NDAE prior residual", "NDAE prior residual (own z_sem)", "regional normative z",
@@ -84,7 +84,7 @@ def test_truth_must_cover_every_patient(toy_cohort, tmp_path):
 
 def test_cox_on_the_true_predictor_reaches_c_star_on_shared_folds():
     from ndae.survival.oracle import oracle_c_index
-    from ndae.survival.simulate import simulate_weibull_cox
+    from tests.survival_simulation import simulate_weibull_cox
 
     table = simulate_weibull_cox(400, beta=[0.8, 0.0], seed=5)
     table["noise"] = np.random.default_rng(0).normal(size=len(table))
@@ -137,7 +137,7 @@ def test_evaluate_end_to_end_writes_every_model_and_c_star(toy_cohort, tmp_path)
     assert np.isfinite(features.to_numpy(float)).all()
     assert len(result["folds"]) == 3 and sum(len(f) for f in result["folds"]) == len(patients)
 
-    # -- issue 15: truth-aware evaluation ------------------------------------------------------
+    # -- truth-aware evaluation (the toy cohort's truth) ---------------------------------------
     by_model = {}
     for m in result["models"]:
         by_model.setdefault(m["model"], {})[m["variant"]] = m["features"].split(", ")

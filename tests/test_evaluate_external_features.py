@@ -25,7 +25,7 @@ SMOKE = ["--allow-cpu", "--preset", "tiny", "--bench-presets", "tiny", "--bench-
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from ndae.evaluation.toy import write_toy_cohort
+    from ndae.testing.toy_cohort import write_toy_cohort
     from tests.test_evaluate import add_cohort_truth
 
     folder = tmp_path_factory.mktemp("gpu-toy")

@@ -1,4 +1,4 @@
-"""`ndae evaluate`'s issue-15 pieces without the DAE: held-out controls, grouped shared folds,
+"""`ndae evaluate`'s truth-aware pieces without the DAE: held-out controls, grouped shared folds,
 nested covariates, and the truth-aware metrics (expected C skipped without a survival model).
 The whole pipeline is checked end to end in tests/test_evaluate.py."""
 
@@ -67,7 +67,7 @@ def test_calibration_of_standard_normal_z():
 
 
 def _survival_table(n=120, seed=5, beta=(0.8, 0.3)):
-    from ndae.survival.simulate import simulate_weibull_cox
+    from tests.survival_simulation import simulate_weibull_cox
 
     table = simulate_weibull_cox(n, beta=list(beta), seed=seed)
     table["subject"] = [f"P{i:03d}" for i in range(len(table))]

@@ -19,7 +19,7 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
 from ndae.federation.server.phases import FederationError, SimulatedKill, run_federation
-from ndae.federation.synthetic import make_synthetic_cohort
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 

@@ -1,4 +1,4 @@
-"""What the imaging adds over the covariates (issue 15.6): the full vs the covariates-only Cox
+"""What the imaging adds over the covariates: the full vs the covariates-only Cox
 model's Harrell's C on the same pairs, with a CI computed from per-site aggregates only."""
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def site_context(tmp_path_factory):
     from ndae.federation.inprocess import _set_task_identity
     from ndae.federation.records import frame_to_record
     from ndae.federation.site.context import FEATURES_KEY, STATE_KEY
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     _set_task_identity()  # messages built outside a ServerApp process need one
     root = tmp_path_factory.mktemp("added-value")

@@ -10,7 +10,7 @@ import pytest
 from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
 from ndae.federation.simulation import run_simulation
-from ndae.federation.synthetic import make_synthetic_cohort
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 
 def _processes_named(fragment: str) -> list[int]:

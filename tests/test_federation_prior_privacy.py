@@ -19,9 +19,9 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.server.phases import run_federation
 from ndae.federation.site.privacy import PRIOR_RESIDUAL_STATISTIC
-from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.ledger import ACCOUNTED_MECHANISMS, read_ledger
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
@@ -122,7 +122,8 @@ def test_the_released_statistics_differ_from_the_exact_ones_by_the_declared_nois
     release minus them is noise of the sd the run config declares (not 0, not a fraction of it)."""
     from ndae.federation.records import ema_weights_record
     from ndae.federation.site.prior_residuals import prior_region_means
-    from ndae.federation.site.task import covariates, load_site, site_cache_dir
+    from ndae.federation.site.data import load_site, site_cache_dir
+    from ndae.federation.site.statistics import covariates
     from ndae.model import load_checkpoint
     from ndae.normative import DesignSpec, NormativeModel
     from ndae.normative.design import clip_design_rows

@@ -21,7 +21,7 @@ from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.server.errors import FederationError
 from ndae.federation.server.phases import run_federation
 from ndae.federation.server.prior_residual_phase import survival_features
-from ndae.federation.synthetic import make_synthetic_cohort
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 FEATURES = "mahalanobis,z_prior_precentral"  # 18 patients: one region keeps the Cox model estimable

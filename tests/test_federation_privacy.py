@@ -16,11 +16,11 @@ import torch
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.server.phases import FederationError, run_federation
-from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.accountant import epsilon_of
 from ndae.privacy.audit import audit_run
 from ndae.privacy.delta import DEFAULT_DELTA
 from ndae.privacy.ledger import ACCOUNTED_MECHANISMS, read_ledger
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 BUDGET = 50.0

@@ -1,4 +1,4 @@
-"""The chain carries the disease (issue 15.7): on the toy strong-effect cohort, the NDAE
+"""The chain carries the disease: on the toy strong-effect cohort, the NDAE
 Mahalanobis score correlates with the true severity, and the same chain with the patients'
 latents shuffled among them does not.
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_signal import COHORT
-from ndae.evaluation.signal import ndae_signal
-from ndae.evaluation.toy import write_toy_cohort
+from ndae.testing.signal_check import ndae_signal
+from ndae.testing.toy_cohort import write_toy_cohort
 
 MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "signal.json"
 

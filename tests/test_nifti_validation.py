@@ -113,7 +113,7 @@ def test_ixi_stored_psr_ends_up_ras_with_landmarks_in_place(ixi_dir):
     assert centroid(182, 183)[2] > centroid(35)[2] + 20
 
 
-# ---- the cheap checks that run before anything hashes or loads a file (issue 14) --------------
+# ---- the cheap checks that run before anything hashes or loads a file ---------------------------
 def test_truncated_uncompressed_nifti_is_refused_from_its_header(tmp_path, brain_like):
     whole = _save(tmp_path / "whole.nii", brain_like)
     cut = tmp_path / "cut.nii"

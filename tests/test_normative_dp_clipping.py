@@ -75,7 +75,7 @@ def test_patients_are_clipped_like_controls_under_a_dp_model(fitted):
         assert np.linalg.norm(model.design_matrix(patients), axis=1).max() <= COVARIATE_CLIP + 1e-12
         mean, _ = model.predict_standardised(patients)
         np.testing.assert_allclose(mean, model.design_matrix(patients) @ model.beta.T
-                                   + model.site_offset[model._site_index(patients)])
+                                   + model.site_offset[model.site_index(patients)])
 
 
 def test_a_plain_model_clips_no_one(fitted):

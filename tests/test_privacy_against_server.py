@@ -20,9 +20,9 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.server.phases import run_federation
 from ndae.federation.site.policy import PolicyViolation
-from ndae.federation.synthetic import make_synthetic_cohort
 from ndae.privacy.delta import DEFAULT_DELTA
 from ndae.privacy.ledger import read_ledger
+from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}  # 5 controls a site buy little at the default 10
@@ -123,7 +123,7 @@ def test_two_identical_private_runs_release_different_noise_only_an_insecure_see
 
 
 def test_the_old_seed_derivation_no_longer_removes_the_moments_noise(private_run, cohort):
-    """The attack of the issue: rebuild the site's noise from the run config's seed and the site
+    """The attack on the old seed derivation (a seed the server knows): rebuild the site's noise from the run config's seed and the site
     name, subtract it, and read the exact statistics. Now the residual is the full noise."""
     from ndae.privacy.dp_moments import moments_noise_sd
 
@@ -271,7 +271,8 @@ def _deviations_context(cohort, tmp_path, node_config, **request):
     from ndae.federation.site.handlers import handle_deviations
     from ndae.federation.records import dae_to_record, normative_to_config
     from ndae.federation.server.phases import dae_config_for
-    from ndae.federation.site.task import load_site, normative_statistics
+    from ndae.federation.site.data import load_site
+    from ndae.federation.site.statistics import normative_statistics
     from ndae.model import EMA, build_model
     from ndae.normative import DesignSpec, NormativeModel, SufficientStats
 
@@ -417,7 +418,7 @@ def test_a_hostile_server_gets_no_extra_statistics_from_a_private_site(cohort, t
     from ndae.federation.records import INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, VOXELWISE_KEY, dae_to_record
     from ndae.federation.server.phases import dae_config_for
     from ndae.federation.site.handlers import handle_normative_stats, handle_voxelwise_stats
-    from ndae.federation.site.task import load_site
+    from ndae.federation.site.data import load_site
     from ndae.model import EMA, build_model
     from ndae.normative import DesignSpec
 

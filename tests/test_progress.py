@@ -97,7 +97,7 @@ def test_each_federated_round_is_logged_with_sites_answered_elapsed_and_eta(tmp_
     from ndae.federation.config import FederationConfig
     from ndae.federation.inprocess import InProcessGrid
     from ndae.federation.server.phases import SimulatedKill, run_federation
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     monkeypatch.setenv("NDAE_TEST_HOOKS", "1")
     make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=2, seed=1)

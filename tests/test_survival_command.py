@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ndae.cli import main
-from ndae.survival.simulate import simulate_weibull_cox
+from tests.survival_simulation import simulate_weibull_cox
 
 
 @pytest.fixture()

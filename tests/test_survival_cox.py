@@ -8,7 +8,7 @@ import pytest
 
 from ndae.errors import NdaeError
 from ndae.survival.cox import CoxModel
-from ndae.survival.simulate import simulate_weibull_cox
+from tests.survival_simulation import simulate_weibull_cox
 
 TRUE_BETA = [0.7, -0.5]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ndae.survival.simulate import simulate_weibull_cox
+from tests.survival_simulation import simulate_weibull_cox
 
 
 @pytest.fixture(scope="module")

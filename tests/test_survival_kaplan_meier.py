@@ -5,7 +5,7 @@ import pytest
 
 from ndae.errors import NdaeError
 from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
-from ndae.survival.simulate import simulate_weibull_cox
+from tests.survival_simulation import simulate_weibull_cox
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -27,7 +27,8 @@ def calibration(run_dir: Path, cohort: Path, cache_dir: str, folds: int, seed: i
     from sklearn.model_selection import StratifiedKFold
 
     from ndae.deviation.scores import deviation_table, mahalanobis
-    from ndae.federation.site.task import covariates, load_site
+    from ndae.federation.site.data import load_site
+    from ndae.federation.site.statistics import covariates
     from ndae.model import encode, load_checkpoint
     from ndae.normative import NormativeModel
     from ndae.normative.calibration import calibration_table

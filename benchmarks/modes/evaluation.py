@@ -59,7 +59,8 @@ def site_scores(run_dir: Path, cohort: Path, cache_dir: str) -> pd.DataFrame:
     """The patients' deviation scores as the sites of a federated-Cox run hold them (that run
     writes no deviations.csv): its own checkpoint's EMA encoder and its own normative model."""
     from ndae.deviation.scores import deviation_table
-    from ndae.federation.site.task import covariates, load_site
+    from ndae.federation.site.data import load_site
+    from ndae.federation.site.statistics import covariates
     from ndae.model import encode, load_checkpoint
     from ndae.normative import NormativeModel
 
@@ -202,7 +203,7 @@ def prepared_folders(cohort: Path, cache_dir: str) -> dict[str, Path]:
     """Where each subject's prepared images are: its site's folder of the shared cache (a
     simulated node's `cache_dir/<key of its manifest>`, as the runs prepared them)."""
     from ndae.data.manifest import read_manifest
-    from ndae.federation.site.task import site_cache_dir
+    from ndae.federation.site.data import site_cache_dir
 
     folders = {}
     for manifest in site_manifests(cohort):

@@ -124,7 +124,7 @@ def specs_for(args, seed: int, cohort: Path, central: Path) -> tuple[list[dict],
 
 def prewarm(manifests: list[str], cache_dir: str) -> None:
     """Prepare every site's slice cache once here, not concurrently in the workers."""
-    from ndae.federation.site.task import load_site
+    from ndae.federation.site.data import load_site
 
     for manifest in manifests:
         load_site(manifest, cache_dir)

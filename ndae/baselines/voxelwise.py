@@ -15,11 +15,11 @@ label maps were moved to by the project's preprocessing (ANTs affine, `genericLa
 interpolation). The voxels modelled are the atlas's brain voxels: fixed by the atlas, not by any
 site's data, so every site sums the same voxels.
 
-Cost: the per-voxel random-intercept EM costs ≈ 4 µs per voxel and iteration (2 cores), so all
-235k brain voxels at 2 mm × 200 iterations take ≈ 3 min. By default every second voxel along each
-axis is modelled (`stride=2`: 29k voxels, a regular 1-in-8 sample of every region) with 50 EM
-iterations: seconds. A region's mean z over that sample estimates its mean over all voxels;
-`stride=1` models every voxel.
+Cost: the per-voxel random-intercept EM runs per voxel and iteration, so all 235k brain voxels at
+2 mm × 200 iterations take minutes (timings: docs/evaluation.md). By default every second voxel
+along each axis is modelled (`stride=2`: 29k voxels, a regular 1-in-8 sample of every region) with
+50 EM iterations, 32 times less work. A region's mean z over that sample estimates its mean over
+all voxels; `stride=1` models every voxel.
 
 High-pass variant (`highpass_sigma`, e.g. `HIGHPASS_SIGMA` = 4 voxels = 8 mm): the same atlas and
 the same per-voxel normative model, fitted and scored on high-passed images: each image minus its
@@ -31,8 +31,8 @@ global contrast, site offsets that survive normalisation) move every raw voxel z
 together, while the high-passed voxels keep the local contrast (cortex against its neighbourhood)
 where focal atrophy shows. The high-pass of a subject uses that subject's image alone, so it
 runs at each hospital and the per-site sufficient statistics still sum exactly to the pooled
-fit. Its features are `z_highpass_voxel_<region>` (`HIGHPASS_FEATURE_PREFIX`). The blur costs
-≈ 0.05–0.1 s per image (two Gaussian filters over the box around the atlas's brain, 2 cores).
+fit. Its features are `z_highpass_voxel_<region>` (`HIGHPASS_FEATURE_PREFIX`). The blur is two
+Gaussian filters over the box around the atlas's brain per image (its cost: docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -103,12 +103,14 @@ def cached_cohort(healthy_manifest: str | Path, config: CohortConfig, *, root: P
 
 def link_cohort(source: Path, target: Path) -> None:
     """A run's own copy of a complete cohort: hard links (a copy across file systems), without
-    any site's privacy folder; cohort.json, the completion marker, last."""
+    what a site wrote there itself (its privacy folder, its example maps); cohort.json, the
+    completion marker, last."""
     source, target = Path(source), Path(target)
     marker = source / "cohort.json"
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
-        site_privacy = len(relative.parts) > 2 and relative.parts[0] == "sites" and relative.parts[2] == "privacy"
+        site_privacy = (len(relative.parts) > 2 and relative.parts[0] == "sites"
+                        and relative.parts[2] in ("privacy", "example_maps"))
         if path.is_dir() or path == marker or site_privacy or relative.name.startswith(".ndae"):
             continue
         destination = target / relative

@@ -72,7 +72,7 @@ def _mild() -> DiseaseModel:
 
 
 # Named disease settings (`ndae cohort --disease`). Models are judged on more than one, so that no
-# choice is tuned to the default's strongest effect (issue 16).
+# choice is tuned to the default's strongest effect.
 DISEASE_SETTINGS = {"als": DiseaseModel, "cortex-only": _cortex_only, "mild": _mild}
 DEFAULT_DISEASE = "als"
 

@@ -1,8 +1,9 @@
-"""`ndae audit RUN_DIR`: verify the run's privacy ledgers and budgets; the first line is the
-verdict, OK, FAILED or NOT PRIVATE with its reason (exit 1 on any failure and on noise drawn from
-the test-only seed; a run that config.json says is not private and no site signed: NOT PRIVATE, exit 0);
-`--canaries`: also the one-run canary audit of the trained DAE (runs trained with audit-canaries);
-`--empirical`: also a membership-inference test of the trained DAE (run at a site: it reads data)."""
+"""`ndae audit --run RUN_DIR` (or `ndae audit RUN_DIR`): verify the run's privacy ledgers and
+budgets; the first line is the verdict, OK, FAILED or NOT PRIVATE with its reason (exit 1 on any
+failure and on noise drawn from the test-only seed; a run that config.json says is not private and
+no site signed: NOT PRIVATE, exit 0); `--canaries`: also the one-run canary audit of the trained
+DAE (runs trained with audit-canaries); `--empirical`: also a membership-inference test of the
+trained DAE (run at a site: it reads data)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def register(subparsers) -> None:
         "signatures against the consortium's registered keys; every site of that registry must then have "
         "signed a head in this run.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    # --run as in every other command that reads a run; the positional form is the older one, kept
+    parser.add_argument("--run", dest="run_dir", metavar="RUN_DIR", default=None, help="the run folder")
+    parser.add_argument("run_dir_positional", metavar="RUN_DIR", nargs="?", default=None,
+                        help="the run folder (the same as --run)")
     parser.add_argument("--budget-epsilon", type=float, default=None, help="per-site epsilon budget")
     parser.add_argument("--budget-delta", type=float, default=None,
                         help="per-site delta (default: the delta each site recorded in privacy/heads.json, "
@@ -54,6 +58,7 @@ def run(args) -> int:
 
     from ndae.privacy.audit import reported_budgets
 
+    args.run_dir = _run_folder(args.run_dir, args.run_dir_positional)
     if not Path(args.run_dir).is_dir():
         raise NdaeError(f"{args.run_dir}: run directory does not exist")
     _check_budget_flags(args.budget_epsilon, args.budget_delta)
@@ -88,6 +93,17 @@ def run(args) -> int:
         if args.empirical:
             print(format_empirical(report["empirical"]))
     return 0 if ok else 1
+
+
+def _run_folder(flag: str | None, positional: str | None) -> str:
+    """The run folder, given as --run or positionally (once)."""
+    from ndae.errors import NdaeError
+
+    if flag is None and positional is None:
+        raise NdaeError("which run? give its folder: ndae audit --run RUN_DIR")
+    if flag is not None and positional is not None and flag != positional:
+        raise NdaeError(f"two run folders given, --run {flag} and {positional}: give one")
+    return flag if flag is not None else positional
 
 
 def _check_budget_flags(epsilon: float | None, delta: float | None) -> None:

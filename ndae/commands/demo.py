@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ndae.federation.config import STRATEGIES, SURVIVAL_MODES
 from ndae.federation.demo import DEFAULT_LOCAL_EPOCHS, DEFAULT_PATIENTS_PER_ANATOMY, DEFAULT_ROUNDS
 
 
@@ -23,17 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"federated DAE rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--local-epochs", type=int, default=DEFAULT_LOCAL_EPOCHS,
                         help=f"local epochs per round (default {DEFAULT_LOCAL_EPOCHS})")
-    parser.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedadam", "fedprox"))
-    parser.add_argument("--survival-mode", default="auto", choices=("auto", "pooled", "federated"),
+    parser.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
+    parser.add_argument("--survival-mode", default="auto", choices=SURVIVAL_MODES,
                         help="auto: federated in a private run, pooled otherwise")
     parser.add_argument("--privacy", action="store_true",
                         help="privacy-audited run: DP-SGD at every site, noised normative moments, per-site ledgers "
-                        "(check afterwards with `ndae audit RUN`)")
+                        "(check afterwards with `ndae audit --run RUN`)")
     parser.add_argument("--target-epsilon", type=float, default=None,
                         help="with --privacy: the epsilon this run may spend per site (default 8)")
     parser.add_argument("--audit-canaries", type=int, default=0, metavar="M",
                         help="every site also trains on M synthetic canaries (each with probability 1/2), "
-                        "for the one-run audit `ndae audit RUN --canaries` (default 0: none)")
+                        "for the one-run audit `ndae audit --run RUN --canaries` (default 0: none)")
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the demo scans")

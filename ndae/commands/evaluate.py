@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ndae import cli_types
+from ndae.cli_deprecated import add_deprecated_spelling
 from ndae.presets import PRESETS
 
 
@@ -28,8 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truth", type=cli_types.csv_file, default=None,
                         help="truth.csv with subject, risk (true linear predictor)")
     parser.add_argument("--out", required=True, help="output folder (a run directory)")
-    parser.add_argument("--config", default="tiny", help=f"DAE preset: {', '.join(PRESETS)} (tiny and tiny-ventricle "
+    # dest "config": the key the run folder's settings (resume, rerun checks) have always used
+    parser.add_argument("--preset", dest="config", metavar="PRESET", default="tiny",
+                        help=f"DAE preset: {', '.join(PRESETS)} (tiny and tiny-ventricle "
                         "run on a CPU, the paper presets want a GPU; default tiny)")
+    add_deprecated_spelling(parser, "--config", "--preset")
     parser.add_argument("--steps", type=cli_types.int_range(1), default=None,
                         help="DAE training steps (default: the preset's)")
     parser.add_argument("--inversion-steps", type=cli_types.int_range(1), default=None,

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ndae import cli_types
+from ndae.cli_deprecated import add_deprecated_spelling
 from ndae.presets import PRESETS
 
 
@@ -17,9 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "RUN/dae/loss_curve.png and RUN/dae/reconstruction.png.",
     )
     parser.add_argument("--manifest", required=True, help="manifest.csv (subject, site, image, age, sex, group)")
-    parser.add_argument("--config", default="tiny", help=f"preset: {', '.join(PRESETS)} (tiny: CPU, 4 slices at "
+    # dest "config": the key the run folder's settings (resume, rerun checks) have always used
+    parser.add_argument("--preset", dest="config", metavar="PRESET", default="tiny",
+                        help=f"DAE preset: {', '.join(PRESETS)} (tiny: CPU, 4 slices at "
                         "48x40; tiny-age: its decoder conditioned on age; tiny-native: the slices at 96x80; "
                         "tiny-ventricle: the lateral-ventricle slice at 64x56; paper, paper3d: GPU; default: tiny)")
+    add_deprecated_spelling(parser, "--config", "--preset")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--steps", type=cli_types.int_range(1), default=None,
                         help="training steps (default: the preset's)")

@@ -9,9 +9,9 @@ the DAE's slices cut (`ndae.baselines.voxelwise` atlas, `load_atlas`). The calle
 these region means against the training controls with a normative model of their own (as for
 z_sem), so a patient's feature is how unusual the DAE's deviation is in that region.
 
-Cost: DDIM inversion plus two decodes, `steps` U-Net evaluations each, per subject. At 10 steps
-the `tiny` DAE's round trip is far from the image (8.6 dB PSNR after 200 training steps, against
-29 dB at 50 steps; measured on a bench_survival run), which is why the step count is explicit.
+Cost: DDIM inversion plus two decodes, `steps` U-Net evaluations each, per subject. The round
+trip's fidelity grows with the step count (benchmarks/results/roundtrip.md) and so does the cost,
+which is why the step count is explicit.
 """
 
 from __future__ import annotations

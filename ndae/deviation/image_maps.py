@@ -21,7 +21,7 @@ from ndae.data.cache import load_prepared
 from ndae.data.dataset import default_cache_dir, load_slice_dataset
 from ndae.data.preprocess import extract_axial_slices
 from ndae.data.template import output_grid
-from ndae.deviation.maps import deviation_map, regional_summary, save_deviation_png
+from ndae.deviation.maps import deviation_map, regional_summary, save_deviation_nifti, save_deviation_png
 from ndae.errors import NdaeError
 from ndae.io import atomic_save_nifti, atomic_write_text
 
@@ -96,13 +96,14 @@ def write_deviation_maps(run: str | Path, manifest: str | Path, out: str | Path 
         summary.insert(0, "subject", subject)
         rows.append(summary)
         volume = slices_to_volume(subject_map, prepared.slice_z_mm, grid)
-        atomic_save_nifti(out / f"{subject}_deviation_mni.nii.gz", nib.Nifti1Image(volume, grid.affine))
+        save_deviation_nifti(out / f"{subject}_deviation_mni.nii.gz", volume, grid.affine)
         registration = prepared.registration()
         if native and registration is not None:
             from ndae.data.nifti import load_nifti
 
             native_image = load_nifti(data.manifest["image"].iloc[index])
             native_map = registration.to_native(volume, grid, native_image)
+            # Written as ANTs returns it, in the native image's own voxel type (not cast to float32).
             atomic_save_nifti(out / f"{subject}_deviation_native.nii.gz", nib.Nifti1Image(native_map, native_image.affine))
         panels = np.concatenate(list(subject_map), axis=1)  # the C slices side by side
         background = np.concatenate(list(prepared.slices), axis=1)

@@ -99,14 +99,10 @@ def save_deviation_png(
     deviation: np.ndarray,
     background: np.ndarray | None = None,
     title: str | None = None,
+    label: str = "reconstruction − normative",
 ) -> Path:
     """A PNG with a symmetric diverging colour scale (blue below, red above normative);
     3-D maps show the three middle orthogonal slices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     data = as_numpy(deviation)
     back = None if background is None else as_numpy(background)
     if data.ndim == 2:
@@ -119,9 +115,35 @@ def save_deviation_png(
         ]
     else:
         raise NdaeError(f"a deviation map must be 2-D or 3-D to plot, got {data.shape}")
-    limit = float(np.nanmax(np.abs(data))) or 1.0
-    figure, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 4), squeeze=False)
-    for axis, (image, under) in zip(axes[0], slices):
+    figure = deviation_figure(slices, title=title, label=label)
+    import matplotlib.pyplot as plt  # after deviation_figure chose the Agg backend
+
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+    return Path(path)
+
+
+def deviation_figure(
+    panels: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    title: str | None = None,
+    label: str = "reconstruction − normative",
+    panel_titles: Sequence[str] | None = None,
+):
+    """The panels (map, background or None; shown transposed, origin lower) side by side on one
+    symmetric diverging scale with one colourbar labelled `label`. Returned, not saved, so a
+    caller can check or save it; close it with `matplotlib.pyplot.close`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(as_numpy(image), None if under is None else as_numpy(under)) for image, under in panels]
+    if not panels:
+        raise NdaeError("a deviation figure needs at least one panel")
+    limit = max(float(np.nanmax(np.abs(image))) if image.size else 0.0 for image, _ in panels) or 1.0
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for index, (axis, (image, under)) in enumerate(zip(axes[0], panels)):
         if under is not None:
             axis.imshow(under.T, cmap="gray", origin="lower")
         shown = axis.imshow(
@@ -129,9 +151,9 @@ def save_deviation_png(
             alpha=0.7 if under is not None else 1.0,
         )
         axis.axis("off")
-    figure.colorbar(shown, ax=list(axes[0]), shrink=0.8, label="reconstruction − normative")
+        if panel_titles is not None:
+            axis.set_title(panel_titles[index])
+    figure.colorbar(shown, ax=list(axes[0]), shrink=0.8, label=label)
     if title:
         figure.suptitle(title)
-    atomic_save_figure(path, figure)
-    plt.close(figure)
-    return Path(path)
+    return figure

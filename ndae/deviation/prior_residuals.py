@@ -23,7 +23,7 @@ random numbers), so subjects differ by their images, not by their noise.
 The swap test (`z_sem_swap_effect`): how much x̂₀ moves when the subject's own z_sem is replaced by
 another subject's, relative to the residual itself. Near zero, the decoder ignores z_sem and the
 "normative" conditioning is empty: the residual is then a learned denoiser's, not a normative one
-(issue 26 measured this on a 200-step `tiny`); the report says so.
+(as after a short `tiny` training: docs/dae.md); the report says so.
 
 2-D DAEs only (the atlas is summarised on the prepared axial slices).
 """

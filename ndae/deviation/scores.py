@@ -7,11 +7,11 @@
   both vectors, as in the paper. Values sit close to 1; what ranks subjects is how far the
   subject's latent turns away from its expectation, relative to the size of the typical latent.
   Higher = more typical.
-- `cosine_centred`: the variant this project computed as "cosine" before issue 26, both vectors
-  centred on the controls' mean first. Centring removes the shared mean from the expectation too,
-  so what is left of it is the covariate effect alone (≈ 0 at the controls' mean age): the score
-  asks whether the subject's deviation points along the age direction, and moved with
-  |age − mean age| rather than with the disease (issue 26). Kept, under its own name, to show that.
+- `cosine_centred`: the variant this project once computed as "cosine", both vectors centred on
+  the controls' mean first. Centring removes the shared mean from the expectation too, so what is
+  left of it is the covariate effect alone (≈ 0 at the controls' mean age): the score asks whether
+  the subject's deviation points along the age direction, and moved with |age − mean age| rather
+  than with the disease (docs/dae.md). Kept, under its own name, to show that.
 - per-dimension z-scores (predictive mean and variance of the model) and their summaries:
   `mean_abs_z`, `max_abs_z`, `count_abs_z_gt_2`.
 - `mahalanobis`: √(eᵀ Σ⁻¹ e) of the standardised residual e = std(z_sem) − std(expected).
@@ -59,14 +59,20 @@ def scaled(model: NormativeModel, Y: np.ndarray) -> np.ndarray:
 def normative_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
     """The paper's cosine: z_sem against the normative expected z_sem for the subject's covariates,
     both divided by the controls' sd, the shared mean kept."""
-    z_sem = model._check_Y(z_sem, len(covariates))  # a 1-D vector would be clipped element by element
-    expected, _ = model.predict(covariates)
-    return cosine_similarity(scaled(model, z_sem), expected / model.control_sd)
+    z_sem = model.check_latents(z_sem, len(covariates))  # a 1-D vector would be clipped element by element
+    expected, _ = model.predict_standardised(covariates)
+    return _cosine_to_normative(model, z_sem, expected)
+
+
+def _cosine_to_normative(model: NormativeModel, Y: np.ndarray, expected_standardised: np.ndarray) -> np.ndarray:
+    """The paper's cosine from the standardised expectation `deviation_table` already has:
+    expected + mean/sd is the normative latent in sd units with its mean kept (= predict()/sd)."""
+    return cosine_similarity(scaled(model, Y), expected_standardised + model.control_mean / model.control_sd)
 
 
 def centred_cosine(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
-    """The pre-issue-26 variant: both vectors centred on the controls' mean, then scaled."""
-    z_sem = model._check_Y(z_sem, len(covariates))
+    """The former variant: both vectors centred on the controls' mean, then scaled."""
+    z_sem = model.check_latents(z_sem, len(covariates))
     expected, _ = model.predict_standardised(covariates)
     return cosine_similarity(model.standardise(z_sem), expected)
 
@@ -116,7 +122,7 @@ def _positive_definite(covariance: np.ndarray, relative_floor: float = 1e-6) -> 
 
 def mahalanobis(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarray) -> np.ndarray:
     expected, _ = model.predict_standardised(covariates)
-    known = model._site_index(covariates) >= 0
+    known = model.site_index(covariates) >= 0
     return _mahalanobis(model, model.standardise(z_sem) - expected, known)
 
 
@@ -146,16 +152,15 @@ def deviation_table(
         raise NdaeError(f"{len(subjects)} subjects but {len(covariates)} covariate rows")
     if len(set(subjects)) != len(subjects):
         raise NdaeError("subject ids must be unique in the deviation table")
-    Y = model._check_Y(Y, len(covariates))
+    Y = model.check_latents(Y, len(covariates))
     expected, variance = model.predict_standardised(covariates)  # once: one range warning
     residual = model.standardise(Y) - expected
     z = residual / np.sqrt(variance)
     table = pd.DataFrame({"subject": subjects})
-    # expected + mean/sd is the normative latent in sd units with its mean kept (= predict()/sd)
-    table["cosine"] = cosine_similarity(scaled(model, Y), expected + model.control_mean / model.control_sd)
+    table["cosine"] = _cosine_to_normative(model, Y, expected)
     table["cosine_centred"] = cosine_similarity(model.standardise(Y), expected)
     table = pd.concat([table, z_summaries(z)], axis=1)
-    table["mahalanobis"] = _mahalanobis(model, residual, model._site_index(covariates) >= 0)
+    table["mahalanobis"] = _mahalanobis(model, residual, model.site_index(covariates) >= 0)
     if include_z:
         z_columns = pd.DataFrame(z, columns=[f"z_{name}" for name in model.feature_names])
         table = pd.concat([table, z_columns], axis=1)

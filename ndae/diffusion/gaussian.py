@@ -15,7 +15,7 @@ is clamped to the data range [-1, 1] and ε is then *recomputed* from the clampe
 (`_predict_eps_from_xstart`) before the DDIM update. With the linear schedule ᾱ_999 = 4e-5, an ε
 error is multiplied by up to 1/√ᾱ ≈ 157 in x̂₀: clamping x̂₀ but keeping the network's ε (what this
 module did before) still carries that error into the next state, and not clipping the inversion
-let it grow along the walk (issue 26: a `tiny` round trip at 10 steps went from 5.6 to 22.9 dB).
+let it grow along the walk, which ruined the round trip at few steps (benchmarks/results/roundtrip.md).
 Clipping makes the round trip inexact for a network whose x̂₀ leaves [-1, 1], which is why the
 exact-inverse property holds only with `clip=False` (kept for that check).
 """
@@ -72,14 +72,10 @@ class GaussianDiffusion:
         mse = (epsilon_pred.float() - noise.float()).pow(2).flatten(1).mean(1)
         return mse * self.loss_weights(t)
 
-    def training_loss(self, epsilon_fn: EpsilonFn, x_start: torch.Tensor, t: torch.Tensor,
-                      noise: torch.Tensor) -> torch.Tensor:
-        return self.per_sample_loss(epsilon_fn(self.q_sample(x_start, t, noise), t), noise, t).mean()
-
     # ---- DDIM ---------------------------------------------------------------------------------
     def ddim_timesteps(self, steps: int) -> list[int]:
         """S timesteps evenly spread over [0, T-1]. (A grid denser at low noise, DDIM's "quad",
-        inverted worse here: 11 vs 20 dB after a short run; the error comes from the high-noise steps.)"""
+        inverted worse here, docs/dae.md: the error comes from the high-noise steps.)"""
         steps = max(1, min(int(steps), self.timesteps))
         return sorted(set(torch.linspace(0, self.timesteps - 1, steps).round().long().tolist()))
 

@@ -89,20 +89,20 @@ def cosine_hazard_ratio(table: pd.DataFrame, penalizer: float = 0.0, save_to: Pa
     """HR per unit of the cosine score (the NDAE paper's report) and per patients' SD, from a
     Cox model on the cosine alone over all patients; 95 % Wald CI. `save_to`: cox.json and
     hazard_ratios.csv of that model (fitted on the cosine standardised over the patients)."""
-    from ndae.survival.cox import CoxModel
+    from ndae.survival.cox import CoxModel, hazard_ratio_table
 
     # Fitted per SD: the paper's cosine keeps the latent's shared mean, so it sits near 1 with a
-    # tiny spread across patients (sd ~1e-4 on a `tiny` DAE) and a fit per unit overflows. The
+    # tiny spread across patients (docs/dae.md) and a fit per unit overflows. The
     # per-unit ratio follows as coef / sd and is reported as not finite where it overflows.
     sd = float(table["cosine"].std(ddof=1))
     mean = float(table["cosine"].mean())
     scaled = table.assign(cosine=(table["cosine"] - mean) / (sd if sd > 0 else 1.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = CoxModel(penalizer=penalizer).fit(scaled, ["cosine"])
+        model = CoxModel(penalizer=penalizer).fit(scaled, "time", "event", covariates=["cosine"])
     if save_to is not None:
         model.save(save_to)
-    row = model.hazard_ratios().iloc[0]
+    row = hazard_ratio_table(model.params_, model.standard_errors_, model.alpha).iloc[0]
     coef_sd, se_sd = float(row["coef"]), float(row["se"])
     coef, se = (coef_sd / sd, se_sd / sd) if sd > 0 else (float("nan"), float("nan"))
     with np.errstate(over="ignore"):

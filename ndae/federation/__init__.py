@@ -8,7 +8,8 @@
   `records` (DAE weights, tables and normative models <-> Flower records), `site_reasons` (a site's
   refusal as one line), `inprocess` (a Grid that calls the real ClientApp in this process: tests,
   benchmarks), `simulation` (`flwr run` against a private simulation-mode SuperLink: `ndae demo`),
-  `demo` (`ndae demo` in library form), `synthetic` (a tiny synthetic cohort for tests).
+  `demo` (`ndae demo` in library form). The small synthetic cohort of the tests and benchmarks is
+  `ndae.testing.synthetic_cohort`.
 """
 
 from ndae.federation.config import FederationConfig

@@ -116,6 +116,9 @@ def run_demo(out: str | Path, *, sites: int = 3, rounds: int = DEFAULT_ROUNDS,
             with RunWatcher(out, rounds, n_sites, log=log):
                 run_simulation(config.to_run_config(), n_sites)
         add_demo_sections(out, cohort_dir, config.cache_dir)
+        from ndae.reporting.site_example_maps import append_example_maps_section
+
+        append_example_maps_section(out, cohort_dir)  # where each site wrote its maps (they stay there)
         claim.finish()
     from ndae.progress import duration
 

@@ -6,7 +6,6 @@ the same number a central computation gives.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -147,7 +146,3 @@ def config_to_voxelwise(record: ConfigRecord):
                         f"{baseline.stride} has {len(baseline.voxels)}")
     baseline.model_, baseline.informative_ = model, informative.astype(bool)
     return baseline
-
-
-def to_json_bytes(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -40,16 +40,17 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     # Per-sample ε-loss weight min(1/ᾱ_t, cap): emphasises high noise, where the decoder must
-    # use z_sem (measured: +0.9 dB reconstruction, 2x larger z_sem-swap effect; docs/dae.md). None: plain MSE.
+    # use z_sem, so the decoder relies on z_sem more (docs/dae.md). None: plain MSE.
     loss_weight_cap: float | None = 10.0
     sample_steps: int = 50  # DDIM steps for decoding and for inversion to x_T
     # Diff-AE's sampler: x̂₀ clamped to [-1, 1] and ε recomputed from it, in decoding and inversion
     # (ndae.diffusion.gaussian). False: the same walk unclipped (exactly invertible for a network whose
-    # x̂₀ leaves [-1, 1], and ~16 dB worse at 10 steps: benchmarks/results/roundtrip.md).
+    # x̂₀ leaves [-1, 1], but a far worse round trip at few steps: benchmarks/results/roundtrip.md).
     clip_denoised: bool = True
-    # Which DDIM rule the config was written under. Configs stored before issue 26 have no such key
-    # and stored clip_denoised = False only because it was the default then: `from_dict` moves them to
-    # the Diff-AE rule, so an old run directory is not silently decoded with the broken sampler.
+    # Which DDIM rule the config was written under. Configs stored before the sampler followed
+    # Diff-AE have no such key and stored clip_denoised = False only because it was the default
+    # then: `from_dict` moves them to the Diff-AE rule, so an old run directory is not silently
+    # decoded with the broken sampler.
     sampler: str = "diffae"
 
 
@@ -57,7 +58,7 @@ class DiffusionConfig:
 class TrainConfig:
     steps: int = 600
     batch_size: int = 8  # short CPU budgets: more steps beat bigger batches
-    learning_rate: float = 1e-3  # short CPU runs, 200 steps × 8: 1e-3 → 30.9 dB inversion PSNR, 5e-4 → 20.5 dB
+    learning_rate: float = 1e-3  # high for short CPU runs: a lower rate round-trips worse at 200 steps (docs/dae.md)
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     ema_warmup: int = 10  # decay_t = min(decay, (1 + t) / (warmup + t)): early EMA follows weights
@@ -84,7 +85,7 @@ class DAEConfig:
             parts = {}
             for f, klass in (("model", ModelConfig), ("diffusion", DiffusionConfig), ("train", TrainConfig)):
                 values = dict(data.get(f, {}))
-                if f == "diffusion" and values and "sampler" not in values:  # stored before issue 26
+                if f == "diffusion" and values and "sampler" not in values:  # stored before the Diff-AE sampler
                     values.update(clip_denoised=True, sampler="diffae")
                 known = {x.name for x in fields(klass)}
                 unknown = set(values) - known
@@ -111,7 +112,7 @@ class DAEConfig:
 
 
 def preset(name: str) -> DAEConfig:
-    """`tiny` (CPU; 48×40 slices, ~1 M parameters, ~13 images/s training on one thread), `tiny-ventricle`
+    """`tiny` (CPU, one thread; 48×40 slices, ~1 M parameters), `tiny-ventricle`
     (`tiny` on the lateral-ventricle slice at 64×56, batch 16, 1000 steps), `paper` (GPU; native 96×80, 512-d z_sem)
     or `paper3d`."""
     if name == "tiny":
@@ -119,18 +120,18 @@ def preset(name: str) -> DAEConfig:
     if name == "tiny-age":
         # The paper's hierarchy on `tiny`: the decoder is told the age, so z_sem need not carry
         # what age explains and its deviations from the normative latent are more the disease's
-        # (a direction of issue 16; benchmarks/results/directions/).
+        # (one of the DAE variants compared in benchmarks/results/directions/).
         return DAEConfig(name="tiny-age", model=ModelConfig(age_conditioned=True))
     if name == "tiny-native":
         # `tiny` on the four prepared slices at their native 2 mm (96×80) instead of ~4 mm: the
-        # precentral cortex is 1-2 voxels thick at 2 mm and blurs away at 4 mm. ~4x the CPU time.
+        # precentral cortex is 1-2 voxels thick at 2 mm and blurs away at 4 mm. Four times the
+        # pixels, so several times the CPU time per step (docs/dae.md).
         return DAEConfig(name="tiny-native", model=ModelConfig(image_size=(96, 80)))
     if name == "tiny-ventricle":
         # `tiny` on the lateral-ventricle slice only (channel 1 of the default slice set), at 64×56
-        # with batch 16, 1000 steps: after 300 steps the decoder hardly uses z_sem (a swapped z_sem
-        # costs +0.2 % ε-error at t = 500-700), after 1000 steps it does (+17 %), and by then
-        # the latent beats its own initial weights on the ventricle-area probe for 3 of 3 seeds and on
-        # the age probe's MAE for 3 of 3 (r: one tie; benchmarks/results/dae.md, docs/dae.md).
+        # with batch 16, 1000 steps: after 300 steps the decoder hardly uses z_sem, after 1000 steps
+        # it does, and by then the latent beats its own initial weights on the ventricle-area and
+        # age probes (the measurements: docs/dae.md "What a CPU budget buys", benchmarks/results/dae.md).
         return DAEConfig(name="tiny-ventricle", model=ModelConfig(slice_channels=(1,), image_size=(64, 56)),
                          train=TrainConfig(steps=1000, batch_size=16))
     if name == "paper":

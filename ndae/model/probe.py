@@ -5,7 +5,7 @@ z_sem. Two details decide whether it measures anything (docs/dae.md, "Checking a
 each z_sem dimension is standardised (raw z_sem sits on a large shared mean with one dominant
 direction, which an unstandardised probe sees alone), and the ridge penalty is chosen inside each
 training fold only. The yardstick is the same encoder at the weights training started from:
-random convolutional features of a brain slice already predict age (r ≈ 0.6 on IXI), so a
+random convolutional features of a brain slice already predict age (docs/dae.md), so a
 trained latent carries meaning only where it beats its own initialisation.
 """
 

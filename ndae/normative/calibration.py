@@ -22,7 +22,7 @@ CENTRAL_95 = norm.ppf(0.975)
 
 def calibration_table(model: NormativeModel, covariates: pd.DataFrame, Y: np.ndarray) -> pd.DataFrame:
     """One row per feature with the metrics above."""
-    Y = model.clip_latent(model._check_Y(Y, len(covariates)))  # a DP model's clip (else unchanged)
+    Y = model.clip_latent(model.check_latents(Y, len(covariates)))  # a DP model's clip (else unchanged)
     mean, variance = model.predict(covariates)
     z = (Y - mean) / np.sqrt(variance)
     train_mean, train_variance = model.control_mean, model.control_sd**2

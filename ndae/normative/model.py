@@ -34,6 +34,11 @@ shrunk controls with unshrunk patients. Non-private models (no clip) are unchang
 without refitting β, σ², τ² (as PCNtoolkit's transfer does; `ndae.normative.transfer`).
 `save` / `load`: model.npz + model.json (`ndae.normative.model_files`).
 
+State: the model is a dataclass. Its options are the constructor's fields; every fitted attribute
+is declared below with its shape, None until `fit_stats` (or `load`) sets them all at once
+(`_set_fitted`), and the field's `stored_in` says which file keeps it: the save/load code reads
+the list from here.
+
 This module holds the model as a whole and what it predicts: `fit` / `from_stats`, `predict`,
 `predict_standardised`, `z_scores`, `standardise`, the DP clips, and the fitted range warnings.
 """
@@ -41,7 +46,9 @@ This module holds the model as a whole and what it predicts: `fit` / `from_stats
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -58,25 +65,55 @@ class OutOfRangeWarning(UserWarning):
     """A prediction for covariates outside the range the model was fitted on."""
 
 
-class NormativeModel:
-    """Bayesian linear normative model with random site intercepts; `fit` / `predict`."""
+def _fitted_field(stored_in: str, optional: bool = False) -> Any:
+    """A fitted attribute: None until fitted; `stored_in`: "npz" (an array in model.npz) or
+    "json" (model.json, each in its own format); `optional`: may stay None in a fitted model."""
+    # a factory, not a default: dataclasses then set it on the instance (a default stays on the class)
+    return field(default_factory=_none, init=False, metadata={"stored_in": stored_in, "optional": optional})
 
-    def __init__(
-        self,
-        design: DesignSpec | None = None,
-        prior_precision: float = 1e-3,
-        site_effects: bool = True,
-        n_iterations: int = 200,
-        site_column: str = "site",
-    ) -> None:
-        self.design = design or DesignSpec()
-        self.prior_precision = float(prior_precision)
-        self.site_effects = bool(site_effects)
-        self.n_iterations = int(n_iterations)
-        self.site_column = site_column
-        self.feature_names: list[str] | None = None
-        self.covariate_clip: float | None = None
-        self.latent_clip: float | None = None
+
+def _none() -> None:
+    return None
+
+
+@dataclass(eq=False, repr=False)  # a model compares by identity and prints no arrays
+class NormativeModel:
+    """Bayesian linear normative model with random site intercepts; `fit` / `predict`.
+
+    Shapes: d features, p design columns, S sites with controls, c continuous covariates; all on
+    the controls-standardised scale except `control_mean` / `control_sd` themselves."""
+
+    design: DesignSpec | None = None
+    prior_precision: float = 1e-3
+    site_effects: bool = True
+    n_iterations: int = 200
+    site_column: str = "site"
+    feature_names: list[str] | None = field(default_factory=_none, init=False)
+    # -- fitted (`ndae.normative.random_intercept.fit_random_intercept` returns one value per name)
+    control_mean: np.ndarray | None = _fitted_field("npz")  # (d,) the controls' mean of the raw latent
+    control_sd: np.ndarray | None = _fitted_field("npz")  # (d,) and its sd
+    beta: np.ndarray | None = _fitted_field("npz")  # (d, p)
+    beta_precision: np.ndarray | None = _fitted_field("npz")  # (d, p, p) A; posterior covariance of β = σ² A⁻¹
+    noise_variance: np.ndarray | None = _fitted_field("npz")  # (d,) σ²
+    site_variance: np.ndarray | None = _fitted_field("npz")  # (d,) τ², the variance of a new site's offset
+    site_names: list[str] | None = _fitted_field("json")  # the S sites with controls
+    site_n: np.ndarray | None = _fitted_field("npz")  # (S,) their controls
+    site_offset: np.ndarray | None = _fitted_field("npz")  # (S, d) u_s (BLUP)
+    site_offset_variance: np.ndarray | None = _fitted_field("npz")  # (S, d) Var(u_s | β)
+    site_shrinkage: np.ndarray | None = _fitted_field("npz")  # (S, d) ρ_s
+    site_mean_x: np.ndarray | None = _fitted_field("npz")  # (S, p) the site's mean design row
+    n_controls: float | None = _fitted_field("json")
+    covariate_min: np.ndarray | None = _fitted_field("npz")  # (c,) the fitted range of the continuous covariates
+    covariate_max: np.ndarray | None = _fitted_field("npz")  # (c,)
+    covariate_clip: float | None = _fitted_field("json", optional=True)  # DP fits only (see module docstring)
+    latent_clip: float | None = _fitted_field("json", optional=True)  # DP fits only
+    residual_covariance: np.ndarray | None = _fitted_field("npz", optional=True)  # (d, d); None without cross-products
+
+    def __post_init__(self) -> None:
+        self.design = self.design or DesignSpec()
+        self.prior_precision = float(self.prior_precision)
+        self.site_effects = bool(self.site_effects)
+        self.n_iterations = int(self.n_iterations)
         self._fitted = False
 
     # -- fitting ----------------------------------------------------------------------------
@@ -101,9 +138,30 @@ class NormativeModel:
         self.design = stats.design
         fitted = fit_random_intercept(stats, self.prior_precision, self.site_effects, self.n_iterations)
         self.feature_names = _feature_names(feature_names, stats.n_features)
-        vars(self).update(fitted)
-        self._fitted = True
+        self._set_fitted(fitted)
         return self
+
+    @classmethod
+    def fitted_fields(cls, stored_in: str | None = None) -> list[str]:
+        """The fitted attributes' names in declaration order (only those kept in `stored_in`)."""
+        return [item.name for item in fields(cls)
+                if "stored_in" in item.metadata and stored_in in (None, item.metadata["stored_in"])]
+
+    @classmethod
+    def optional_fields(cls) -> set[str]:
+        """The fitted attributes a fitted model may leave None (DP clips, residual covariance)."""
+        return {item.name for item in fields(cls) if item.metadata.get("optional")}
+
+    def _set_fitted(self, values: Mapping[str, Any]) -> None:
+        """Every fitted attribute at once, from a fit or from files: a name not declared above, or
+        one left out, is a bug in the code that produced `values`."""
+        declared = self.fitted_fields()
+        if set(values) != set(declared):
+            raise NdaeError(f"normative model: fitted values {sorted(set(values) ^ set(declared))} are not "
+                            "what NormativeModel declares")
+        for name in declared:
+            setattr(self, name, values[name])
+        self._fitted = True
 
     # -- prediction -------------------------------------------------------------------------
     def predict(self, covariates: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +175,7 @@ class NormativeModel:
         X = self.design_matrix(covariates)
         self._warn_out_of_range(covariates)
         mean = X @ self.beta.T
-        index = self._site_index(covariates)
+        index = self.site_index(covariates)
         known = index >= 0
         # u_s = ρ_s (ȳ_s − x̄_sᵀβ) + noise, so xᵀβ + u_s = (x − ρ_s x̄_s)ᵀβ + ...: the parameter
         # uncertainty of a known site's prediction uses x̃ = x − ρ_s x̄_s (β and u_s correlate)
@@ -137,7 +195,7 @@ class NormativeModel:
 
     def z_scores(self, covariates: pd.DataFrame, Y: np.ndarray) -> np.ndarray:
         mean, variance = self.predict(covariates)
-        Y = self.clip_latent(self._check_Y(Y, len(covariates)))
+        Y = self.clip_latent(self.check_latents(Y, len(covariates)))
         return (Y - mean) / np.sqrt(variance)
 
     def standardise(self, Y: np.ndarray) -> np.ndarray:
@@ -208,7 +266,9 @@ class NormativeModel:
         if not self._fitted:
             raise NdaeError("the normative model is not fitted: call fit() or from_stats() first")
 
-    def _check_Y(self, Y: np.ndarray, rows: int) -> np.ndarray:
+    def check_latents(self, Y: np.ndarray, rows: int) -> np.ndarray:
+        """`Y` as a float (rows, features) array: a 1-D vector is one feature's column; any other
+        shape is refused (before a 1-D row could be clipped element by element)."""
         Y = np.asarray(Y, dtype=np.float64)
         if Y.ndim == 1:
             Y = Y[:, None]
@@ -219,7 +279,9 @@ class NormativeModel:
             )
         return Y
 
-    def _site_index(self, covariates: pd.DataFrame) -> np.ndarray:
+    def site_index(self, covariates: pd.DataFrame) -> np.ndarray:
+        """Each row's index into `site_names`; -1 for a site without controls in the fit (or no
+        site column): the rows predicted as from a new, unseen site."""
         if self.site_column not in covariates.columns or not self.site_names:
             return np.full(len(covariates), -1)
         lookup = {name: i for i, name in enumerate(self.site_names)}

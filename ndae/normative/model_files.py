@@ -1,8 +1,10 @@
 """A fitted normative model on disk: `model.npz` (arrays) + `model.json` (what a person reads).
 
 model.json carries the design, feature names, sites, fitted covariate range, options, the DP clip
-norms and the sha256 of model.npz; loading refuses a version it does not know and an npz that
-does not match its json. Both files are written atomically.
+norms and the sha256 of model.npz; loading refuses a version it does not know, an npz that does
+not match its json, and arrays the model does not declare (or a required one missing). Which
+fitted attributes go in which file is declared once, on `NormativeModel`'s fields. Both files are
+written atomically.
 """
 
 from __future__ import annotations
@@ -23,16 +25,14 @@ if TYPE_CHECKING:
     from ndae.normative.model import NormativeModel
 
 MODEL_VERSION = 1
-ARRAYS = ("control_mean", "control_sd", "beta", "beta_precision", "noise_variance", "site_variance", "site_n",
-          "site_offset", "site_offset_variance", "site_shrinkage", "site_mean_x", "covariate_min", "covariate_max")
 
 
 def save_model(model: "NormativeModel", directory: str | Path) -> Path:
     """Write `model.npz` and `model.json` of a fitted model to `directory`."""
     directory = Path(directory)
-    arrays = {name: getattr(model, name) for name in ARRAYS}
-    if model.residual_covariance is not None:
-        arrays["residual_covariance"] = model.residual_covariance
+    # in declaration order (the order inside model.npz); an optional array that is None is left out
+    arrays = {name: getattr(model, name) for name in type(model).fitted_fields("npz")
+              if getattr(model, name) is not None or name not in type(model).optional_fields()}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     payload = buffer.getvalue()
@@ -92,16 +92,22 @@ def load_model(cls: type["NormativeModel"], directory: str | Path) -> "Normative
         n_iterations=meta["n_iterations"],
         site_column=meta["site_column"],
     )
+    declared = cls.fitted_fields("npz")
     with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-        for key in arrays.files:
-            setattr(model, key, arrays[key])
-    if "residual_covariance" not in arrays.files:
-        model.residual_covariance = None
-    model.feature_names = list(meta["feature_names"])
-    model.site_names = list(meta["sites"])
-    model.n_controls = float(meta["n_controls"])
+        unknown = [key for key in arrays.files if key not in declared]
+        if unknown:
+            raise NdaeError(f"{npz_path.name}: {unknown[:5]} are not arrays of a normative model")
+        missing = [key for key in declared if key not in arrays.files and key not in cls.optional_fields()]
+        if missing:
+            raise NdaeError(f"{npz_path.name}: no {missing[0]!r} array")
+        values = {key: arrays[key] if key in arrays.files else None for key in declared}
     clip = meta.get("clip") or {}
-    model.covariate_clip = None if clip.get("covariate") is None else float(clip["covariate"])
-    model.latent_clip = None if clip.get("latent") is None else float(clip["latent"])
-    model._fitted = True
+    values.update(
+        site_names=list(meta["sites"]),
+        n_controls=float(meta["n_controls"]),
+        covariate_clip=None if clip.get("covariate") is None else float(clip["covariate"]),
+        latent_clip=None if clip.get("latent") is None else float(clip["latent"]),
+    )
+    model.feature_names = list(meta["feature_names"])
+    model._set_fitted(values)
     return model

@@ -31,7 +31,7 @@ much larger than its spread (relative precision ≈ 1e-16·(mean/sd)²): fine fo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -304,9 +304,6 @@ class SufficientStats:
                 if "dp_noise_variance" in arrays else None
             ),
         )
-
-    def without_cross_products(self) -> "SufficientStats":
-        return replace(self, yty=None)
 
 
 def _optional_scalar(arrays: Mapping[str, np.ndarray], key: str) -> float | None:

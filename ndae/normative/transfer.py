@@ -26,7 +26,7 @@ def transfer_to_site(model: "NormativeModel", covariates: pd.DataFrame, Y: np.nd
     instead (an offset as large as the noise is a priori plausible) unless `site_variance` is given.
     """
     model._check_fitted()
-    Y = model._check_Y(Y, len(covariates))
+    Y = model.check_latents(Y, len(covariates))
     if site is None:
         if model.site_column not in covariates.columns:
             raise NdaeError(f"transfer needs a site name or a {model.site_column!r} column")

@@ -13,8 +13,8 @@ accountant (`accountant`, RDP by default). The audit
      its upper estimate, at most `eps_error` above the true value. Hence
         RDP-trained:  epsilon_PRV ≤ epsilon_reported + eps_error (+0.1 % for float noise),
         PRV-trained:  epsilon_reported ≤ epsilon_RDP + eps_error (+0.1 %).
-     A violation means one accountant is wrong about the composed mechanism. Typically RDP
-     exceeds PRV by 5–15 %; the ratio is reported.
+     A violation means one accountant is wrong about the composed mechanism. RDP is usually the
+     looser bound (docs/privacy.md); the ratio is reported.
   3. checks the budget with the same-kind accountant recomputed at the BUDGET's delta (not the
      delta the site wrote), so a site cannot pass by accounting at a looser delta.
 """

@@ -36,7 +36,7 @@ def postprocess_noisy_stats(stats, *, shrink_variances: bool = True):
       noise variance known (`dp_noise_variance`), shrunk toward their mean over features by the
       empirical-Bayes weight w_f = s²/(s² + noise_f) (s²: their spread beyond the noise), and
       floored at the noise sd of that mean (a variance the release cannot tell from 0 is not set
-      to 0: the old floor, 1e-6·n, collapsed predictive sds to ~2 %). Without noise variances
+      to 0: the old floor, 1e-6·n, collapsed the predictive sds; docs/privacy.md). Without noise variances
       (older payloads) the old rule: ΣY² ≥ (ΣY)²/n + 1e-6·n.
     - AdaSSP-style ridge on the covariate block of XᵀX (2σ√p, the noise's spectral norm).
     - YᵀY: the controls' covariance de-noised (`denoise_covariance`), then rescaled to the
@@ -96,8 +96,8 @@ def denoise_covariance(covariance: np.ndarray, noise_sd: float, trace: float) ->
     above that edge is a spike θ observed at λ = θ + noise_sd²·d/θ and is de-biased; the others
     are kept as observed but floored at a tenth of the bulk's mean level ((trace − spikes) /
     directions left; `trace`: the total variance, ΣY² − (ΣY)²/n after its own post-processing).
-    Replacing the whole bulk by that level instead (measured) halved the patients' Mahalanobis
-    rank correlation with the exact model: the bulk's directions still carry signal.
+    Replacing the whole bulk by that level instead lost much of the patients' Mahalanobis rank
+    correlation with the exact model (docs/privacy.md): the bulk's directions still carry signal.
     Positive definite by construction."""
     d = covariance.shape[0]
     values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)

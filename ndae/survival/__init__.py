@@ -9,10 +9,8 @@ from ndae.survival.federated_cox import (
 from ndae.survival.kaplan_meier import KaplanMeierResult, kaplan_meier_by_tertile
 from ndae.survival.metrics import (
     CrossValidationResult,
-    bootstrap_ci,
     cross_validate_cox,
     harrell_c_index,
-    harrell_c_index_ci,
     integrated_brier,
     time_dependent_auc,
     uno_c_index,
@@ -24,10 +22,8 @@ __all__ = [
     "CrossValidationResult",
     "FederatedCoxFitter",
     "KaplanMeierResult",
-    "bootstrap_ci",
     "cross_validate_cox",
     "harrell_c_index",
-    "harrell_c_index_ci",
     "hazard_ratio_table",
     "integrated_brier",
     "kaplan_meier_by_tertile",

@@ -105,7 +105,7 @@ def run_survival_analysis(
     # Clinical covariates that do not vary (e.g. one sex only) cannot be fitted: leave them out.
     clinical = [c for c in CLINICAL_COVARIATES if table[c].nunique() > 1]
     covariates = [*features, *clinical]
-    model = CoxModel(penalizer=penalizer, strata=strata).fit(table, covariates)
+    model = CoxModel(penalizer=penalizer, strata=strata).fit(table, "time", "event", covariates=covariates)
     model.save(out_dir)
 
     metrics: dict = {

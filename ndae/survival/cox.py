@@ -3,12 +3,19 @@
 Fits deviation scores + covariates on a table with `time` (months) and `event` (0/1), optionally
 stratified (e.g. `strata=["site"]`: one baseline hazard per site, shared coefficients).
 Saved as `cox.json` (coefficients, variance, centring means: enough to predict) and
-`hazard_ratios.csv` (the tidy table a person reads).
+`hazard_ratios.csv` (the tidy table a person reads, `hazard_ratio_table`).
+
+It speaks lifelines' API, as `FederatedCoxFitter` does: `fit(df, duration_col, event_col)` and
+`summary`, `params_`, `standard_errors_`, `hazard_ratios_`, `confidence_intervals_` with
+lifelines' names and values (`CoxResults`). The spellings before it (`fit(df, covariates)`,
+duration and event columns given to the constructor, `hazard_ratios()`) still work for one
+release and raise a DeprecationWarning.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +49,61 @@ def hazard_ratio_table(coef: pd.Series, se: pd.Series, alpha: float = 0.05) -> p
     )
 
 
+class CoxResults:
+    """lifelines' result attributes from `params_`, `standard_errors_` and `alpha`, computed as
+    CoxPHFitter computes them (Wald intervals, chi-square p-values), with its column names."""
+
+    @property
+    def hazard_ratios_(self) -> pd.Series:
+        return pd.Series(np.exp(self.params_), index=self.params_.index, name="exp(coef)")
+
+    @property
+    def confidence_intervals_(self) -> pd.DataFrame:
+        level, z = _level(self.alpha)
+        coef, se = self.params_.to_numpy(), self.standard_errors_.to_numpy()
+        return pd.DataFrame(np.c_[coef - z * se, coef + z * se], index=self.params_.index,
+                            columns=[f"{level:g}% lower-bound", f"{level:g}% upper-bound"])
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """lifelines' `summary`: one row per covariate, columns coef, exp(coef), se(coef), the
+        (1 − alpha) intervals of both, cmp to, z, p, -log2(p)."""
+        level, z = _level(self.alpha)
+        intervals = self.confidence_intervals_
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+            table = pd.DataFrame(index=self.params_.index)
+            table["coef"] = self.params_
+            table["exp(coef)"] = self.hazard_ratios_
+            table["se(coef)"] = self.standard_errors_
+            table[f"coef lower {level:g}%"] = intervals[f"{level:g}% lower-bound"]
+            table[f"coef upper {level:g}%"] = intervals[f"{level:g}% upper-bound"]
+            table[f"exp(coef) lower {level:g}%"] = self.hazard_ratios_ * np.exp(-z * self.standard_errors_)
+            table[f"exp(coef) upper {level:g}%"] = self.hazard_ratios_ * np.exp(z * self.standard_errors_)
+            table["cmp to"] = np.zeros_like(self.params_)
+            table["z"] = self.params_ / self.standard_errors_
+            table["p"] = stats.chi2.sf(table["z"] ** 2, 1)
+            table["-log2(p)"] = -np.log2(table["p"])
+        return table
+
+
+def _level(alpha: float) -> tuple[float, float]:
+    return 100 * (1 - alpha), float(stats.norm.ppf(1 - alpha / 2))
+
+
+def lifelines_fit_arguments(duration_col, event_col, covariates, where: str):
+    """(duration_col, event_col, covariates) of a `fit` call, the spelling before lifelines' too:
+    `fit(df, covariates[, duration_col, event_col])`, which warns."""
+    if duration_col is None or isinstance(duration_col, str):
+        return duration_col, event_col, covariates
+    warnings.warn(f"{where}.fit(df, covariates) is deprecated: use fit(df, duration_col, event_col, "
+                  "covariates=...) as lifelines does", DeprecationWarning, stacklevel=3)
+    return event_col, covariates, list(duration_col)  # the old order: covariates, duration, event
+
+
+def _covariate_index(names: Sequence[str]) -> pd.Index:
+    return pd.Index(list(names), name="covariate")  # as lifelines names it
+
+
 def _stratum_key(key) -> str:
     """One JSON key per stratum, the same for lifelines' column labels and a row's values."""
     if isinstance(key, tuple):
@@ -49,45 +111,58 @@ def _stratum_key(key) -> str:
     return str(key)
 
 
-class CoxModel:
-    """Cox model with lifelines-like `fit` / `predict_*`, plus `save` / `load`.
+class CoxModel(CoxResults):
+    """Cox model with lifelines' `fit` / `summary` / `predict_*`, plus `save` / `load`.
 
     penalizer: lifelines' L2 penalty (on standardised covariates); 0 gives the plain MLE.
+    duration_col, event_col: deprecated here (give them to `fit`, as lifelines takes them).
     """
 
     def __init__(
         self,
         penalizer: float = 0.0,
         strata: Sequence[str] | None = None,
-        duration_col: str = "time",
-        event_col: str = "event",
+        duration_col: str | None = None,
+        event_col: str | None = None,
         alpha: float = 0.05,
     ):
         if penalizer < 0:
             raise NdaeError(f"Cox penalizer must be >= 0, got {penalizer}")
+        if duration_col is not None or event_col is not None:
+            warnings.warn("CoxModel(duration_col=..., event_col=...) is deprecated: give them to fit(df, "
+                          "duration_col, event_col) as lifelines does", DeprecationWarning, stacklevel=2)
         self.penalizer = float(penalizer)
         self.strata = list(strata) if strata else None
-        self.duration_col, self.event_col, self.alpha = duration_col, event_col, alpha
+        self.duration_col, self.event_col, self.alpha = duration_col or "time", event_col or "event", alpha
         self.fitter_ = None
 
-    def fit(self, df: pd.DataFrame, covariates: Sequence[str]) -> "CoxModel":
+    def fit(self, df: pd.DataFrame, duration_col: str | None = None, event_col: str | None = None,
+            covariates: Sequence[str] | None = None) -> "CoxModel":
+        """lifelines' `fit`: `covariates` default to every column but the duration, event and
+        strata ones."""
         from lifelines import CoxPHFitter
         from lifelines.exceptions import ConvergenceError
 
+        duration_col, event_col, covariates = lifelines_fit_arguments(duration_col, event_col, covariates,
+                                                                      "CoxModel")
+        duration_col, event_col = duration_col or self.duration_col, event_col or self.event_col
+        if covariates is None:
+            covariates = [c for c in df.columns if c not in (duration_col, event_col, *(self.strata or []))]
         covariates = list(covariates)
-        validate_survival_frame(df, covariates, self.duration_col, self.event_col, self.strata, where="Cox fit")
+        validate_survival_frame(df, covariates, duration_col, event_col, self.strata, where="Cox fit")
         for column in covariates:
             if df[column].nunique() < 2:
                 raise NdaeError(f"Cox fit: covariate column {column!r} is constant; drop it")
-        columns = [*covariates, self.duration_col, self.event_col, *(self.strata or [])]
+        columns = [*covariates, duration_col, event_col, *(self.strata or [])]
         table = df[columns].copy()
-        table[self.event_col] = table[self.event_col].astype(int)
+        table[event_col] = table[event_col].astype(int)
         fitter = CoxPHFitter(penalizer=self.penalizer, alpha=self.alpha)
         try:
-            fitter.fit(table, duration_col=self.duration_col, event_col=self.event_col, strata=self.strata)
+            fitter.fit(table, duration_col=duration_col, event_col=event_col, strata=self.strata)
         except ConvergenceError as error:
             raise NdaeError(f"Cox fit did not converge for covariates {covariates}: {error}") from error
         self.fitter_ = fitter
+        self.duration_col, self.event_col = duration_col, event_col
         self.covariates = covariates
         self.params_ = fitter.params_.rename("coef")
         self.standard_errors_ = fitter.standard_errors_.rename("se")
@@ -95,11 +170,14 @@ class CoxModel:
         self.means_ = fitter._norm_mean.rename("mean")
         self.log_likelihood_ = float(fitter.log_likelihood_)
         self.concordance_index_ = float(fitter.concordance_index_)
-        self.n_, self.events_ = int(len(table)), int(table[self.event_col].sum())
+        self.n_, self.events_ = int(len(table)), int(table[event_col].sum())
         return self
 
     # -- results -----------------------------------------------------------------------------
     def hazard_ratios(self) -> pd.DataFrame:
+        """Deprecated: `summary` (lifelines' table), or `hazard_ratio_table` for this old one."""
+        warnings.warn("CoxModel.hazard_ratios() is deprecated: use .summary (lifelines' table) or "
+                      "hazard_ratio_table(model.params_, model.standard_errors_)", DeprecationWarning, stacklevel=2)
         self._check_fitted()
         return hazard_ratio_table(self.params_, self.standard_errors_, self.alpha)
 
@@ -188,7 +266,8 @@ class CoxModel:
                 "baseline": self._baseline_for_saving(),
             },
         )
-        atomic_write_text(directory / HAZARD_RATIO_FILE, self.hazard_ratios().to_csv(index=False))
+        atomic_write_text(directory / HAZARD_RATIO_FILE,
+                          hazard_ratio_table(self.params_, self.standard_errors_, self.alpha).to_csv(index=False))
 
     @classmethod
     def load(cls, directory: str | Path) -> "CoxModel":
@@ -202,12 +281,14 @@ class CoxModel:
         for key in ("covariates", "coef", "se", "means"):
             if key not in data:
                 raise NdaeError(f"{path}: missing field {key!r}")
-        model = cls(data.get("penalizer", 0.0), data.get("strata"), data.get("duration_col", "time"), data.get("event_col", "event"), data.get("alpha", 0.05))
+        model = cls(data.get("penalizer", 0.0), data.get("strata"), alpha=data.get("alpha", 0.05))
+        model.duration_col, model.event_col = data.get("duration_col", "time"), data.get("event_col", "event")
         covariates = list(data["covariates"])
         model.covariates = covariates
-        model.params_ = pd.Series([data["coef"][c] for c in covariates], index=covariates, name="coef")
-        model.standard_errors_ = pd.Series([data["se"][c] for c in covariates], index=covariates, name="se")
-        model.means_ = pd.Series([data["means"][c] for c in covariates], index=covariates, name="mean")
+        index = _covariate_index(covariates)
+        model.params_ = pd.Series([data["coef"][c] for c in covariates], index=index, name="coef")
+        model.standard_errors_ = pd.Series([data["se"][c] for c in covariates], index=index, name="se")
+        model.means_ = pd.Series([data["means"][c] for c in covariates], index=index, name="mean")
         model.variance_matrix_ = pd.DataFrame(data.get("variance_matrix"), index=covariates, columns=covariates)
         model.n_, model.events_ = data.get("n"), data.get("events")
         model.log_likelihood_ = data.get("log_likelihood")

@@ -10,6 +10,10 @@ Ties use Efron's approximation, exactly as lifelines does. With `penalizer > 0` 
 lifelines' L2 one: `n * penalizer * 0.5 * ||beta * sd||^2`, i.e. on covariates standardised with
 the pooled standard deviation, which the server computes from each site's summable moments
 (`site_covariate_moments`: n, sum, sum of squares).
+
+`FederatedCoxFitter` speaks lifelines' CoxPHFitter API, as `CoxModel` does: `fit(sites,
+duration_col, event_col, covariates=...)`, `summary`, `params_`, `standard_errors_`,
+`hazard_ratios_`, `confidence_intervals_` (`ndae.survival.cox.CoxResults`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.survival._validation import validate_survival_frame
-from ndae.survival.cox import hazard_ratio_table
+from ndae.survival.cox import CoxResults, lifelines_fit_arguments
 
 SiteTerms = dict[str, np.ndarray]
 
@@ -164,12 +168,13 @@ class _CallableSite:
         return self.terms(beta)
 
 
-class FederatedCoxFitter:
-    """Server side of federated site-stratified Cox regression (lifelines-like API).
+class FederatedCoxFitter(CoxResults):
+    """Server side of federated site-stratified Cox regression (lifelines' API and results).
 
-    `fit(sites, covariates)` takes a mapping or list whose items are either DataFrames (a site's
-    local rows, used in simulation) or callables `beta -> terms dict` (a remote site), or objects
-    with `partial_likelihood_terms(beta)` and optionally `covariate_moments()`.
+    `fit(sites, duration_col, event_col, covariates=...)` takes a mapping or list whose items are
+    either DataFrames (a site's local rows, used in simulation; `duration_col` and `event_col`
+    name their columns) or callables `beta -> terms dict` (a remote site), or objects with
+    `partial_likelihood_terms(beta)` and optionally `covariate_moments()`.
     """
 
     def __init__(self, penalizer: float = 0.0, alpha: float = 0.05, tolerance: float = 1e-10, max_steps: int = 100):
@@ -180,10 +185,15 @@ class FederatedCoxFitter:
     def fit(
         self,
         sites: Mapping[str, Any] | Sequence[Any],
-        covariates: Sequence[str],
-        duration_col: str = "time",
-        event_col: str = "event",
+        duration_col: str | None = None,
+        event_col: str | None = None,
+        covariates: Sequence[str] | None = None,
     ) -> "FederatedCoxFitter":
+        duration_col, event_col, covariates = lifelines_fit_arguments(duration_col, event_col, covariates,
+                                                                      "FederatedCoxFitter")
+        duration_col, event_col = duration_col or "time", event_col or "event"
+        if covariates is None:  # no table to take them from: a remote site sends only sums
+            raise NdaeError("federated Cox: name the covariates (fit(sites, duration_col, event_col, covariates=...))")
         self.covariates = list(covariates)
         named = dict(sites) if isinstance(sites, Mapping) else {f"site_{i}": s for i, s in enumerate(sites)}
         if not named:
@@ -238,19 +248,15 @@ class FederatedCoxFitter:
         if not converged:
             raise NdaeError(f"federated Cox: Newton–Raphson did not converge in {self.max_steps} steps")
 
-        self.params_ = pd.Series(beta, index=self.covariates, name="coef")
+        index = pd.Index(self.covariates, name="covariate")  # as lifelines names it
+        self.params_ = pd.Series(beta, index=index, name="coef")
         # Unpenalised log partial likelihood (lifelines reports it minus the penalty).
         self.log_likelihood_ = float(total["log_likelihood"])
         self.gradient_ = gradient
         self.hessian_ = hessian
         self.variance_matrix_ = pd.DataFrame(np.linalg.inv(-hessian), index=self.covariates, columns=self.covariates)
-        self.standard_errors_ = pd.Series(np.sqrt(np.diag(self.variance_matrix_)), index=self.covariates, name="se(coef)")
+        self.standard_errors_ = pd.Series(np.sqrt(np.diag(self.variance_matrix_)), index=index, name="se")
         return self
-
-    @property
-    def summary(self) -> pd.DataFrame:
-        """Hazard ratios with Wald (1 - alpha) CIs, the same table as `CoxModel.hazard_ratios()`."""
-        return hazard_ratio_table(self.params_, self.standard_errors_, self.alpha)
 
     def predict_log_partial_hazard(self, df: pd.DataFrame) -> np.ndarray:
         """x·beta (uncentred): higher means higher risk; only differences are meaningful."""

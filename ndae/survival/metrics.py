@@ -1,4 +1,5 @@
-"""Discrimination and calibration of survival predictions, with bootstrap CIs and cross-validation.
+"""Discrimination and calibration of survival predictions, and cross-validation (the validated C
+with its interval is `validated_c.refit_bootstrap_c`).
 
 Sign convention everywhere: `risk` is higher for subjects expected to die sooner (e.g. a Cox
 log partial hazard). lifelines' concordance_index expects the opposite (a predicted survival
@@ -12,7 +13,7 @@ follow-up. How we keep every call inside that range is explained in `_within_tra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -123,35 +124,6 @@ def integrated_brier(train_time, train_event, test_time, test_event, survival: n
     )
 
 
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float], n_samples: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> dict[str, float]:
-    """Percentile bootstrap: `statistic(indices)` on `n_boot` resamples (with replacement).
-
-    Resamples where the statistic is undefined (NaN, e.g. no events) are dropped and counted.
-    """
-    rng = np.random.default_rng(seed)
-    estimate = float(statistic(np.arange(n_samples)))
-    values = np.array([statistic(rng.integers(0, n_samples, n_samples)) for _ in range(n_boot)], dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"estimate": estimate, "lower": float("nan"), "upper": float("nan"), "n_boot": 0}
-    lower, upper = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return {"estimate": estimate, "lower": float(lower), "upper": float(upper), "n_boot": int(values.size)}
-
-
-def harrell_c_index_ci(time, event, risk, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
-    """Harrell's C with a seeded percentile bootstrap CI."""
-    time, event, risk = np.asarray(time, float), np.asarray(event, float), np.asarray(risk, float)
-
-    def statistic(indices: np.ndarray) -> float:
-        if event[indices].sum() == 0:
-            return float("nan")
-        return harrell_c_index(time[indices], event[indices], risk[indices])
-
-    return bootstrap_ci(statistic, len(time), n_boot, seed, alpha)
-
-
 # -- cross-validation --------------------------------------------------------------------------
 METRICS = ("harrell_c", "uno_c", "mean_auc", "integrated_brier")
 
@@ -239,7 +211,7 @@ def cross_validate_cox(
         times = evaluation_times(time[train_index], time[test_index], event[test_index])
         for name, columns in feature_sets.items():
             used[name].append(test_index.copy())
-            model = CoxModel(penalizer=penalizer, strata=strata, duration_col=duration_col, event_col=event_col).fit(train, columns)
+            model = CoxModel(penalizer=penalizer, strata=strata).fit(train, duration_col, event_col, covariates=columns)
             risk = model.predict_log_partial_hazard(test)
             args = (time[train_index], event[train_index], time[test_index], event[test_index])
             _, _, mean_auc = time_dependent_auc(*args, risk, times=times)

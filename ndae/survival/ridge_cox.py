@@ -1,8 +1,8 @@
 """A ridge-penalised Cox model fitted by Newton–Raphson in numpy: the fast fitter behind the
 truth-aware metrics (`ndae.evaluation.truth_metrics`), which refit every model on every fold of
-every survival draw (50 draws × 5 folds × each model). One fit takes ~1.5 ms where lifelines'
-`CoxPHFitter` takes ~30 ms; its coefficients equal lifelines' with the same `penalizer` when
-times are untied (tests/test_truth_metrics.py).
+every survival draw (50 draws × 5 folds × each model), where lifelines' `CoxPHFitter` is an order
+of magnitude slower per fit (docs/evaluation.md); its coefficients equal lifelines' with the same
+`penalizer` when times are untied (tests/test_truth_metrics.py).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def out_of_fold_predictions(table: pd.DataFrame, feature_sets: Mapping[str, Sequ
     for test in test_folds:
         train = np.setdiff1d(np.arange(len(table)), test)
         for name, columns in feature_sets.items():
-            model = CoxModel(penalizer=penalizer, strata=strata).fit(table.iloc[train], list(columns))
+            model = CoxModel(penalizer=penalizer, strata=strata).fit(table.iloc[train], "time", "event",
+                                                                    covariates=list(columns))
             out[name][0][test] = model.predict_log_partial_hazard(table.iloc[test])
             try:
                 out[name][1][test] = model.predict_survival_function(table.iloc[test], times)

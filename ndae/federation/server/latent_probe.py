@@ -50,8 +50,8 @@ def latent_probe(replies: Mapping[str, RecordDict], private: bool) -> dict[str, 
     result: dict[str, Any] = {"method": "leave-one-site-out ridge of age on standardised z_sem (alpha by GCV), "
                                         "from the sites' normative statistics"}
     if private:
-        # Clipped design rows do not read back as age (at the default clip an age of 18 reads as
-        # ~30), and one site's noised sums can give n < 0 or an indefinite ZᵀZ: no honest probe.
+        # Clipped design rows do not read back as age (a young age reads as an older one at the
+        # default clip), and one site's noised sums can give n < 0 or an indefinite ZᵀZ: no honest probe.
         why = ("a private run: the sites' statistics are noised and their design rows clipped, so the age they "
                "encode is not the age (measured: 18 y reads as ~30 y at the default clip)")
         result["trained"] = {"not_computed": why}

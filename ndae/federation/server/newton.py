@@ -61,7 +61,7 @@ def federated_cox(messenger: SiteMessenger, sites: list[str], covariates: list[s
             return terms
 
         try:
-            fitter = FederatedCoxFitter().fit({s: terms_for(s) for s in active}, covariates)
+            fitter = FederatedCoxFitter().fit({s: terms_for(s) for s in active}, covariates=covariates)
             return fitter.params_.to_numpy(), fitter
         except _SiteDropped:
             active = [s for s in active if s not in failed]

@@ -85,6 +85,8 @@ def save_pooled_cox(out: Path, fitter, covariates: list[str]) -> None:
 
 def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
     """`cox.json` + `hazard_ratios.csv`, the same files `CoxModel.save` writes for pooled mode."""
+    from ndae.survival.cox import hazard_ratio_table
+
     atomic_write_json(out / "cox.json", finite_or_null({
         "model": "cox_proportional_hazards", "ties": "efron", "fitted_by": "federated Newton-Raphson",
         "strata": ["site"], "covariates": covariates,
@@ -93,7 +95,8 @@ def save_federated_cox(out: Path, fitter, covariates: list[str]) -> None:
         "variance_matrix": fitter.variance_matrix_.to_numpy().tolist(),
         "n": fitter.n_, "events": fitter.events_, "log_likelihood": fitter.log_likelihood_,
         "message_rounds": fitter.n_rounds_, "sites": sorted(fitter.sites_)}))
-    atomic_write_text(out / "hazard_ratios.csv", fitter.summary.to_csv(index=False))
+    atomic_write_text(out / "hazard_ratios.csv",
+                      hazard_ratio_table(fitter.params_, fitter.standard_errors_, fitter.alpha).to_csv(index=False))
 
 
 def km_from_counts(rows: np.ndarray, path: Path, covariates: list[str] | None = None) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 - `policy`: the site's privacy policy from its node config (the law that the run config may only tighten).
 - `privacy`: the site's privacy state (policy limits, ledger, signed head) and its declared releases.
 - `private_releases`: the two releases that spend ε (DP-SGD rounds, noised moments).
-- `task`: the site's task API (what the handlers call), gathered from `data` (the site's manifest,
-  cache and slices), `training` (a local DAE round) and `statistics` (sufficient statistics,
-  deviation scores, Cox terms, the risk summary).
+- the site's task (what the handlers call): `data` (the site's manifest, cache and slices),
+  `training` (a local DAE round) and `statistics` (sufficient statistics, deviation scores, Cox
+  terms, the risk summary).
 - `app_approval`: the list of Flower app bundles the site's SuperNode may run.
 """

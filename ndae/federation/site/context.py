@@ -10,7 +10,7 @@ from flwr.app import Context
 
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
 from ndae.federation.config import FederationConfig
-from ndae.federation.site import task as site_task
+from ndae.federation.site.data import SiteData, load_site, site_cache_dir, site_manifest_path
 from ndae.federation.site.policy import PolicyViolation, SitePolicy, is_deployed
 
 _log = logging.getLogger("ndae.site")
@@ -28,19 +28,19 @@ def request(context: Context) -> tuple[FederationConfig, SitePolicy]:
     return config, SitePolicy.from_node_config(context.node_config).enforce(config)
 
 
-def site_of(context: Context) -> tuple[FederationConfig, SitePolicy, site_task.SiteData]:
+def site_of(context: Context) -> tuple[FederationConfig, SitePolicy, SiteData]:
     config, policy = request(context)
     from ndae.federation.default_cohort import simulated_node_cohort
 
     # A bare `flwr run .` names no cohort: its simulated nodes read the small demo cohort the ServerApp made.
     cohort_dir = simulated_node_cohort(context.node_config, config.cohort_dir, config.seed)
-    manifest = site_task.site_manifest_path(context.node_config, cohort_dir)
+    manifest = site_manifest_path(context.node_config, cohort_dir)
     # The node config decides where the site writes its cache; the run config cannot (site_cache_dir).
-    prepared = site_task.site_cache_dir(context.node_config, manifest, config.cache_dir)
-    return config, policy, site_task.load_site(manifest, prepared_dir=prepared)
+    prepared = site_cache_dir(context.node_config, manifest, config.cache_dir)
+    return config, policy, load_site(manifest, prepared_dir=prepared)
 
 
-def site_privacy(config: FederationConfig, policy: SitePolicy, context: Context, site: site_task.SiteData):
+def site_privacy(config: FederationConfig, policy: SitePolicy, context: Context, site: SiteData):
     from ndae.federation.site.privacy import SitePrivacy
 
     return SitePrivacy.for_site(config, policy, site.name, int(site.controls.sum()), site.manifest_path,

@@ -1,4 +1,5 @@
-"""The ClientApp's handlers: unpack the message, call `ndae.federation.site.task`, pack the reply.
+"""The ClientApp's handlers: unpack the message, call the site's task (`data`, `training`,
+`statistics`), pack the reply.
 
 Kept in the library (not in `client/client_app.py`) so that `InProcessGrid` and the Flower
 ClientApp run exactly the same code.
@@ -12,27 +13,28 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from ndae.federation.config import FederationConfig
 from ndae.federation.records import (
     INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, PRIOR_KEY, VOXELWISE_KEY, arrays_to_record, frame_to_record,
 )
-from ndae.federation.site import task as site_task
 from ndae.federation.site.context import (
     FEATURES_KEY, STATE_KEY, SiteRefusal, errors_without_data, flag, site_of, site_privacy,
 )
+from ndae.federation.site.data import check_fault, site_info
 # The Cox queries and the prior residual query live in their own modules; the dispatch table
 # below names every handler.
 from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
+from ndae.federation.site.statistics import covariate_moments, normative_statistics, patient_survival_table
 from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
+from ndae.federation.site.training import train_round
 
 
 def handle_site_info(message: Message, context: Context) -> Message:
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, "site_info")
-    info = site_task.site_info(site)
+    check_fault(config, site.name, "site_info")
+    info = site_info(site)
     if policy.withholds_counts(config.privacy):
         info.update(controls=-1, patients=-1)  # not public by this site's policy: the server is told nothing
     return Message(RecordDict({"info": ConfigRecord(info)}), reply_to=message)
@@ -42,7 +44,7 @@ def handle_train(message: Message, context: Context) -> Message:
     config, policy, site = site_of(context)
     settings = message.content["config"]
     round_number = int(settings["server-round"])
-    site_task.check_fault(config, site.name, "train", round_number)
+    check_fault(config, site.name, "train", round_number)
     if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
         from ndae.federation.site.private_releases import private_train_round
         from ndae.federation.site.privacy import ledger_reply, site_canaries
@@ -64,7 +66,7 @@ def handle_train(message: Message, context: Context) -> Message:
                        reply_to=message)
     from ndae.federation.site.privacy import site_canaries
 
-    weights, metrics = site_task.train_round(
+    weights, metrics = train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
         epochs=int(settings["local-epochs"]), seed=int(settings["seed"]), ema_step=int(settings["ema-step"]),
         proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device,
@@ -74,7 +76,7 @@ def handle_train(message: Message, context: Context) -> Message:
 
 def handle_normative_stats(message: Message, context: Context) -> Message:
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, "normative_stats")
+    check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
     from ndae.federation.site.prior_residual_queries import checked_design
 
@@ -93,7 +95,7 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     reply = {}
     for weights_key, stats_key in (("dae", "stats"), (INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY)):
         if weights_key in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
-            stats = site_task.normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
+            stats = normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
                                                    design, device=config.device)
             reply[stats_key] = arrays_to_record(stats)
     return Message(RecordDict(reply), reply_to=message)
@@ -111,7 +113,7 @@ def _refuse_voxelwise_in_private_run(config: FederationConfig, site_name: str) -
 def handle_voxelwise_stats(message: Message, context: Context) -> Message:
     """The controls' per-voxel sufficient statistics for the voxel-wise baseline (non-private runs)."""
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, "voxelwise_stats")
+    check_fault(config, site.name, "voxelwise_stats")
     _refuse_voxelwise_in_private_run(config, site.name)
     from ndae.federation.site.voxelwise import voxelwise_statistics
 
@@ -121,7 +123,7 @@ def handle_voxelwise_stats(message: Message, context: Context) -> Message:
 
 def handle_deviations(message: Message, context: Context) -> Message:
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, "deviations")
+    check_fault(config, site.name, "deviations")
     settings = message.content["config"]
     share_rows = flag(settings, "share-rows")
     if share_rows and ("pooled" not in policy.survival_modes or not policy.pooled_scores_allowed(config.privacy)):
@@ -140,7 +142,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     # The z_sem model is applied to the patients' covariate table: checked on its own content first.
     normative = checked_normative_model(message.content, site.name, dae_config)
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
-    table = site_task.patient_survival_table(site, message.content["dae"], dae_config, normative, features,
+    table = patient_survival_table(site, message.content["dae"], dae_config, normative, features,
                                              device=config.device, extra=prior_features)
     voxel_columns: list[str] = []
     voxelwise_error = ""
@@ -160,11 +162,15 @@ def handle_deviations(message: Message, context: Context) -> Message:
             # A deployed site's error texts (cache paths, subject ids) stay in its log, as in `errors_without_data`.
             text = "" if policy.deployed else (str(error).splitlines()[0][:200] if str(error) else "")
             voxelwise_error = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    from ndae.federation.site.example_maps import write_example_maps
+
+    # A few patients' maps, into the site's own folder where its policy allows; nothing of them is sent.
+    write_example_maps(site, policy, message.content["dae"], dae_config, normative, table, device=config.device)
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
     # what Cox queries may name: the run's scores (and the baseline's, when the server sent it)
     context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
     if not config.privacy:
-        moments = site_task.covariate_moments(table, [*features, "age", "sex_female"])
+        moments = covariate_moments(table, [*features, "age", "sex_female"])
         reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
                  "moments": arrays_to_record(moments)}
         if voxelwise_error:
@@ -237,4 +243,4 @@ def build_client_app():
     return app
 
 
-__all__ = ["HANDLERS", "build_client_app", "ArrayRecord", "np"]
+__all__ = ["HANDLERS", "build_client_app"]

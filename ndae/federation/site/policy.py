@@ -27,6 +27,8 @@ Node config keys (all optional; the defaults are what a careful site would choos
 | max-audit-canaries | 256 | canaries one run may ask the site to train on |
 | public-counts | false | in a private run, send exact numbers of controls/patients/events |
 | insecure-reproducible-seed | unset | TESTS ONLY: draw the privacy noise from this seed; the ledger says so |
+| example-maps | true on a simulated node, false on a deployed SuperNode | write deviation maps of a few
+  example patients into the site's own folder (`ndae.federation.site.example_maps`; never sent) |
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ __all__ = ["SitePolicy", "PolicyViolation", "SITE_ONLY_KEYS", "POLICY_KEYS", "is
 SURVIVAL_MODES = ("pooled", "federated")
 # Keys only the site sets: a run config naming one is refused (the server may not choose them).
 SITE_ONLY_KEYS = ("privacy-dir", "signing-key-file", "allow-pooled-scores", "public-counts",
-                  "insecure-reproducible-seed", "require-privacy", "survival-modes", "canary-secret")
+                  "insecure-reproducible-seed", "require-privacy", "survival-modes", "canary-secret", "example-maps")
 POLICY_KEYS = ("require-privacy", "budget-epsilon", "budget-delta", "delta", "max-epsilon-per-run", "privacy-dir",
                "signing-key-file", "allow-pooled-scores", "survival-modes", "max-cox-queries", "public-counts",
-               "insecure-reproducible-seed", "min-dp-batch-size", "max-audit-canaries")
+               "insecure-reproducible-seed", "min-dp-batch-size", "max-audit-canaries", "example-maps")
+# Node config keys that set no privacy policy by themselves (so they do not make a simulated node
+# require privacy): require-privacy says it outright, example-maps is what the site draws on its own disk.
+_LOCAL_KEYS = ("require-privacy", "example-maps")
 # Flower's own node config keys (simulation), the data keys a SuperNode is started with, and what
 # deploy/start-supernode.sh passes for the site's launch wrapper (site name, site folder, data root).
 _OTHER_NODE_KEYS = ("manifest", "partition-id", "num-partitions", "cache-dir", "site", "site-dir", "data-root")
@@ -110,6 +115,7 @@ class SitePolicy:
     public_counts: bool = False
     insecure_seed: int | None = None
     deployed: bool = False  # a real site's SuperNode (`is_deployed`), not a simulated node
+    example_maps: bool = False  # write example patients' maps at the site (`example_maps`); never sent
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> "SitePolicy":
@@ -140,12 +146,14 @@ class SitePolicy:
         # A site that sets any privacy key has a privacy policy: it must not be downgraded to a
         # non-private run by a run config saying privacy=false (it may still say so explicitly).
         # A deployed SuperNode holds real patients: private unless its administrator opts out.
-        declares_policy = any(k in node_config for k in POLICY_KEYS if k != "require-privacy")
+        declares_policy = any(k in node_config for k in POLICY_KEYS if k not in _LOCAL_KEYS)
         deployed = is_deployed(node_config)
         if seed is not None and not str(seed).strip().lstrip("-").isdigit():
             raise NdaeError(f"node config 'insecure-reproducible-seed': expected an integer, got {seed!r}")
         return cls(require_privacy=_bool("require-privacy", get("require-privacy", declares_policy or deployed)),
                    deployed=deployed,
+                   # A hospital decides whether patients' images are drawn on its disk: off unless it says so.
+                   example_maps=_bool("example-maps", get("example-maps", not deployed)),
                    budget_epsilon=budget_epsilon, budget_delta=budget_delta, delta=delta,
                    max_epsilon_per_run=max_run, privacy_dir=str(get("privacy-dir", "") or ""),
                    signing_key_file=str(get("signing-key-file", "") or ""),

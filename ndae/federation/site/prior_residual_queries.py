@@ -20,8 +20,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
 from ndae.federation.config import FederationConfig
 from ndae.federation.records import PRIOR_KEY, arrays_to_record, config_to_normative
-from ndae.federation.site import task as site_task
 from ndae.federation.site.context import PRIOR_SWAP_KEY, site_of, site_privacy
+from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation
 
 __all__ = ["handle_prior_residual_stats", "patient_prior_features", "checked_design", "checked_dae_config",
@@ -224,7 +224,7 @@ def handle_prior_residual_stats(message: Message, context: Context) -> Message:
     """The controls' prior residual region means as summable sufficient statistics, with the
     global DAE and the normative model of z_sem the server sends; never a subject's own values."""
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, "prior_residual_stats")
+    check_fault(config, site.name, "prior_residual_stats")
     _refuse_prior_residuals_unless_requested(config, site.name)
     expected = {"config", "dae", "normative"}
     missing = sorted(expected - set(message.content.keys()))

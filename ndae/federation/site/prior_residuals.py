@@ -54,7 +54,8 @@ def prior_region_means(site: SiteData, weights, dae_config: dict, normative, row
     the normative z_sem of `normative` (the broadcast model of z_sem) and on their own z_sem."""
     from ndae.deviation.prior_residuals import prior_residual_maps, prior_residual_regions
     from ndae.federation.records import record_to_dae
-    from ndae.federation.site.training import build_dae, resolve_device
+    from ndae.federation.site.training import build_dae
+    from ndae.model.run import resolve_device
     from ndae.normative.model import OutOfRangeWarning
 
     model, ema = build_dae(dae_config, resolve_device(device))

@@ -57,8 +57,9 @@ def private_train_round(site, weights, dae_config: dict, privacy: SitePrivacy, *
     import torch
 
     from ndae.federation.records import dae_to_record
-    from ndae.federation.site.training import resolve_device, start_local_round
+    from ndae.federation.site.training import start_local_round
     from ndae.model import make_optimizer
+    from ndae.model.run import resolve_device
     from ndae.privacy.dp_sgd_loop import DenoisingCriterion, dp_epochs
     from ndae.privacy.opacus_training import make_private, poisson_sample_rate
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.federation.site.data import SiteData
-from ndae.federation.site.training import build_dae, resolve_device
+from ndae.federation.site.training import build_dae
 
 __all__ = ['encode_z_sem', 'covariates', 'normative_statistics', 'patient_survival_table', 'covariate_moments', 'cox_terms', 'concordance_counts', 'risk_summary', 'is_finite_number']
 
@@ -21,6 +21,7 @@ def encode_z_sem(site: SiteData, weights, dae_config: dict, rows: np.ndarray, de
     """z_sem (float64) of the selected subjects with the global EMA weights."""
     from ndae.federation.records import record_to_dae
     from ndae.model import encode
+    from ndae.model.run import resolve_device
 
     model, ema = build_dae(dae_config, resolve_device(device))
     record_to_dae(weights, model, ema)

@@ -14,9 +14,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from ndae.federation.records import arrays_to_record, record_to_frame
-from ndae.federation.site import task as site_task
 from ndae.federation.site.context import FEATURES_KEY, QUERIES_KEY, STATE_KEY, SiteRefusal, site_of, site_privacy
+from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation, SitePolicy
+from ndae.federation.site.statistics import cox_terms, risk_summary
 
 __all__ = ["MAX_STANDARDISED_BETA", "DECLARED_COVARIATES", "beta_and_covariates", "handle_cox_terms",
            "handle_risk_summary", "is_score_column", "is_voxelwise_score"]
@@ -150,7 +151,7 @@ def _answer(message: Message, context: Context, phase: str, mechanism: str, comp
     what is sent) to the ledger before it leaves. `compute(table, models, config, policy)` gives
     the reply's arrays, `declare(models, result)` the ledger details of them."""
     config, policy, site = site_of(context)
-    site_task.check_fault(config, site.name, phase)
+    check_fault(config, site.name, phase)
     table = _table(context, site.name)
     models = [_requested(message, context, "beta", "covariates")]
     if mechanism == "risk-summary" and "reference-covariates" in message.content["config"]:
@@ -183,14 +184,14 @@ def _answer(message: Message, context: Context, phase: str, mechanism: str, comp
 
 
 def _cox_terms(table, models, config, policy) -> dict:
-    terms = site_task.cox_terms(table, *models[0])
+    terms = cox_terms(table, *models[0])
     if config.privacy and not policy.public_counts:  # n and events leave only where declared public
         terms = {k: v for k, v in terms.items() if k not in ("n", "events")}
     return terms
 
 
 def _risk_summary(table, models, config, policy) -> dict:
-    summary = site_task.risk_summary(table, *models[0], models[1] if len(models) == 2 else None)
+    summary = risk_summary(table, *models[0], models[1] if len(models) == 2 else None)
     if config.privacy:
         # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
         # The concordance pair counts (with a reference model also the nine paired concordance sums)

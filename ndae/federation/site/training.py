@@ -12,12 +12,7 @@ from ndae.errors import NdaeError
 from ndae.federation.site.data import SiteData
 
 # ---- the DAE ----------------------------------------------------------------------------------
-__all__ = ['resolve_device', 'build_dae', 'local_steps', 'site_seed', 'start_local_round', 'train_round']
-
-def resolve_device(name: str):
-    from ndae.model.run import resolve_device as resolve
-
-    return resolve(name)
+__all__ = ['build_dae', 'local_steps', 'site_seed', 'start_local_round', 'train_round']
 
 
 def build_dae(dae_config: dict, device="cpu"):
@@ -56,6 +51,7 @@ def start_local_round(site: SiteData, weights, dae_config: dict, ema_step: int, 
     """
     from ndae.federation.records import record_to_dae
     from ndae.model import prepare_images
+    from ndae.model.run import resolve_device
 
     model, ema = build_dae(dae_config, resolve_device(device))
     record_to_dae(weights, model, ema)

@@ -1,4 +1,4 @@
-"""Killed runs and reruns (issue 14): children die with the parent, a run folder is locked,
+"""Killed runs and reruns: children die with the parent, a run folder is locked,
 one rerun rule (refuse unless --resume / --force, before anything is written), `ndae demo`
 arguments checked before the cohort, and a site's refusal printed as the site's reason."""
 
@@ -70,7 +70,7 @@ def test_a_killed_parent_takes_its_guarded_tree_with_it_detached_grandchildren_i
 @pytest.mark.slow
 def test_sigkill_of_a_simulated_run_stops_superlink_simulation_and_ray_and_frees_the_run_folder(tmp_path):
     from ndae.federation.config import FederationConfig
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
     run = tmp_path / "run"
@@ -281,7 +281,7 @@ def test_site_reason_unwraps_ray_and_flower_errors():
 def test_a_site_refusal_in_the_flower_simulation_is_reported_as_the_sites_reason(tmp_path):
     from ndae.federation.config import FederationConfig
     from ndae.federation.simulation import run_simulation
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
     # More canaries than the sites' default policy trains on (max-audit-canaries 256): every site refuses.

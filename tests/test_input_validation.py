@@ -1,4 +1,4 @@
-"""Hostile or careless input (issue 14): every case ends in a clear error naming the file, row or
+"""Hostile or careless input: every case ends in a clear error naming the file, row or
 field, within seconds, with nothing written outside the output folder."""
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def test_prepare_writes_the_cache_the_other_commands_read(tmp_path, demo_rows, m
 # ---- the site's cache: the node config decides, never the run config ---------------------------
 @pytest.fixture(scope="module")
 def one_site(tmp_path_factory) -> Path:
-    from ndae.federation.synthetic import make_synthetic_cohort
+    from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("site")
     make_synthetic_cohort(root / "cohort", sites=1, controls_per_site=2, patients_per_site=1, seed=5)
@@ -250,7 +250,7 @@ def test_a_hostile_run_config_cannot_choose_where_a_site_writes(one_site, tmp_pa
 
 
 def test_the_run_config_cache_root_still_serves_simulated_nodes(one_site, tmp_path):
-    from ndae.federation.site.task import site_cache_dir
+    from ndae.federation.site.data import site_cache_dir
 
     root = tmp_path / "sim-cache"
     simulated = site_cache_dir({"partition-id": 0}, one_site, str(root))
