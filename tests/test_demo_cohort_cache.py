@@ -101,6 +101,11 @@ def test_a_second_demo_with_the_same_settings_does_not_simulate_the_cohort(tmp_p
         assert (copy / "cohort.json").exists() and (copy / "sites" / "site2" / "manifest.csv").exists()
         image = copy / "images" / "site1" / "s0_T1.nii.gz"
         assert image.stat().st_ino == (cached / "images" / "site1" / "s0_T1.nii.gz").stat().st_ino
+    # a run's manifest edited in place (an editor, open(..., "w")) leaves the cached cohort as it was
+    with open(tmp_path / "first" / "cohort" / "sites" / "site1" / "manifest.csv", "w") as handle:
+        handle.write("edited\n")
+    assert (cached / "sites" / "site1" / "manifest.csv").read_text() == "subject,site\n"
+    assert (tmp_path / "second" / "cohort" / "sites" / "site1" / "manifest.csv").read_text() == "subject,site\n"
 
 
 def test_demo_cohort_dir_reuses_an_existing_cohort_and_refuses_an_incomplete_one(tmp_path, monkeypatch, healthy):

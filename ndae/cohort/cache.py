@@ -101,10 +101,15 @@ def cached_cohort(healthy_manifest: str | Path, config: CohortConfig, *, root: P
     return folder, True
 
 
+# Tables a user may open and edit; kilobytes each, so copying them costs nothing.
+_COPIED_SUFFIXES = (".csv", ".tsv", ".json", ".md")
+
+
 def link_cohort(source: Path, target: Path) -> None:
-    """A run's own copy of a complete cohort: hard links (a copy across file systems), without
-    what a site wrote there itself (its privacy folder, its example maps); cohort.json, the
-    completion marker, last."""
+    """A run's own copy of a complete cohort: the images as hard links (a copy across file
+    systems), the small tables (manifests, truth, cohort.json) as copies, so that editing a run's
+    manifest in place cannot change the cached cohort every later run reuses; without what a site
+    wrote there itself (its privacy folder, its example maps); cohort.json, the completion marker, last."""
     source, target = Path(source), Path(target)
     marker = source / "cohort.json"
     for path in sorted(source.rglob("*")):
@@ -115,6 +120,9 @@ def link_cohort(source: Path, target: Path) -> None:
             continue
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in _COPIED_SUFFIXES:
+            shutil.copy2(path, destination)
+            continue
         try:
             os.link(path, destination)
         except OSError:
