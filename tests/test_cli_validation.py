@@ -148,3 +148,16 @@ def test_run_config_refuses_non_finite_numbers_naming_the_key(key, value, privac
 
     with pytest.raises(NdaeError, match=f"'{key}'"):
         FederationConfig.from_run_config({key: value, "privacy": privacy})
+
+
+@pytest.mark.parametrize("command", [["demo"], ["cohort", "--out", "c"], ["train", "--manifest", "m.csv", "--out", "r"],
+                                     ["evaluate", "--manifest", "m.csv", "--out", "o"],
+                                     ["survival", "--deviations", "d.csv", "--manifest", "m.csv", "--out", "o"],
+                                     ["audit", "run", "--empirical", "--members", "m.csv", "--nonmembers", "n.csv"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1e3"])
+def test_every_seed_option_is_bounded_and_named(command, seed, capsys):
+    from ndae.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--seed", seed])
+    assert "--seed" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ndae import cli_types
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -47,8 +49,8 @@ def register(subparsers) -> None:
     empirical.add_argument("--nonmembers", metavar="MANIFEST", help="manifest of held-out controls (not trained on)")
     empirical.add_argument("--cache-dir", default=None, help="prepared-slice cache of those manifests")
     empirical.add_argument("--weights", choices=("model", "ema"), default="model", help="which weights to attack")
-    empirical.add_argument("--draws", type=int, default=8, help="fixed (t, noise) draws per image")
-    empirical.add_argument("--seed", type=int, default=0)
+    empirical.add_argument("--draws", type=cli_types.int_range(1, 1000), default=8, help="fixed (t, noise) draws per image")
+    empirical.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=0)
     parser.set_defaults(func=run)
 
 

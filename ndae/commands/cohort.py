@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--healthy", required=True, help="manifest CSV of healthy scans with a 'mask' (MUSE labels) column, or its folder")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--sites", type=cli_types.int_range(1), default=4, help="number of sites (default 4)")
-    parser.add_argument("--seed", type=cli_types.int_range(0), default=0)
+    parser.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=0)
     parser.add_argument("--patients", type=cli_types.int_range(0), default=None,
                         help="healthy scans used as patients' anatomies (default: half the subjects)")
     parser.add_argument("--patients-per-anatomy", type=cli_types.int_range(1, cli_types.MAX_PATIENTS_PER_ANATOMY),

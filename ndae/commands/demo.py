@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ndae import cli_types
 from ndae.federation.config import STRATEGIES, SURVIVAL_MODES
 from ndae.federation.demo import DEFAULT_LOCAL_EPOCHS, DEFAULT_PATIENTS_PER_ANATOMY, DEFAULT_ROUNDS
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="every site also trains on M synthetic canaries (each with probability 1/2), "
                         "for the one-run audit `ndae audit --run RUN --canaries` (default 0: none)")
     parser.add_argument("--preset", default="tiny", help="DAE preset: tiny (CPU, default) or paper (GPU)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=0)
     parser.add_argument("--max-subjects", type=int, default=None, help="use a seeded subset of the demo scans")
     parser.add_argument("--patients-per-anatomy", type=int, default=DEFAULT_PATIENTS_PER_ANATOMY, metavar="K",
                         help=f"simulated patients per patient anatomy of the demo data (default {DEFAULT_PATIENTS_PER_ANATOMY}: "

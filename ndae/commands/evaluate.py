@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--inversion-steps", type=cli_types.int_range(1), default=None,
                         help="DDIM steps to invert x_T (default: preset's)")
     parser.add_argument("--folds", type=cli_types.int_range(2), default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=cli_types.int_range(0), default=0,
+    parser.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=0,
                         help="seed of the DAE, the autoencoder and the folds")
     parser.add_argument("--penalizer", type=cli_types.finite_float(0.0), default=0.1,
                         help="Cox L2 penalty for every model (default 0.1)")

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--penalizer", type=cli_types.finite_float(0.0), default=0.0,
                         help="L2 penalty as in lifelines (default 0)")
     parser.add_argument("--folds", type=cli_types.int_range(2), default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=cli_types.int_range(0), default=0,
+    parser.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=0,
                         help="seed for folds and bootstrap (default 0)")
     from ndae.run_folder import add_rerun_flags
 

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--steps", type=cli_types.int_range(1), default=None,
                         help="training steps (default: the preset's)")
-    parser.add_argument("--seed", type=cli_types.int_range(0), default=None,
+    parser.add_argument("--seed", type=cli_types.int_range(0, cli_types.MAX_SEED), default=None,
                         help="random seed (default: the preset's, 0)")
     parser.add_argument("--cache", default=None, help="prepared-subject cache folder (default: the manifest's, where `ndae prepare` writes)")
     parser.add_argument("--device", type=cli_types.device, default="auto", help="auto, cpu or cuda[:N]")
