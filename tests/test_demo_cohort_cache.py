@@ -204,3 +204,22 @@ def test_an_unwritable_cohort_cache_is_one_clear_error(tmp_path, healthy):
     blocked.write_text("")  # a file where the cache folder should be
     with pytest.raises(NdaeError, match=r"^cohort cache .*file.*NDAE_CACHE"):
         cached_cohort(healthy, CohortConfig(sites=2), root=blocked / "cohorts", log=lambda line: None)
+
+
+def test_a_cohort_cached_by_another_version_of_the_simulator_is_not_reused(tmp_path, monkeypatch, healthy):
+    import ndae.cohort.cache as cache
+
+    source = tmp_path / "simulator"
+    source.mkdir()
+    (source / "render.py").write_text("GAIN = 1\n")
+    before = cache.simulator_fingerprint(source)
+    (source / "render.py").write_text("GAIN = 2\n")
+    assert cache.simulator_fingerprint(source) != before  # any edit of the simulator's code
+    assert cache.simulator_fingerprint() == cache.simulator_fingerprint(Path(cache.__file__).parent)
+
+    calls = []
+    monkeypatch.setattr(ndae.cohort, "generate_cohort", _fake_generate(calls))
+    cache.cached_cohort(healthy, CohortConfig(sites=2), root=tmp_path / "cache", log=lambda line: None)
+    monkeypatch.setattr(cache, "simulator_fingerprint", lambda package=None: "another-version")
+    _, made = cache.cached_cohort(healthy, CohortConfig(sites=2), root=tmp_path / "cache", log=lambda line: None)
+    assert made and len(calls) == 2

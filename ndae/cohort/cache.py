@@ -1,8 +1,8 @@
 """A simulated cohort made once: kept in a cache folder keyed by what makes it, reused after.
 
 A cohort is a pure function of its parameters (`store.cohort_parameters`: sites, seed, sizes,
-disease setting, the healthy manifest's content; not the number of worker processes), so the
-cache key is their hash. Cohorts live under `$NDAE_CACHE/cohorts/<key>/` (`NDAE_CACHE` defaults
+disease setting, the healthy manifest's content; not the number of worker processes) and of the
+simulator's source, so the cache key is their hash. Cohorts live under `$NDAE_CACHE/cohorts/<key>/` (`NDAE_CACHE` defaults
 to `~/.cache/ndae`, beside the demo data and the prepared-subject caches: one place to clear,
 shared by every run folder of the user). A cohort is generated into a sibling temporary folder
 and renamed into place only once complete, and one lock per key keeps two processes from
@@ -37,12 +37,25 @@ def cohort_cache_root() -> Path:
 
 
 def cohort_key(config: CohortConfig, healthy_manifest: str | Path) -> str:
-    """The hash of everything that makes the cohort (never `jobs`, `figure`: same bytes either way)."""
+    """The hash of everything that makes the cohort, the simulator's code included (never `jobs`,
+    `figure`: same bytes either way)."""
     parameters = cohort_parameters(config, Path(healthy_manifest))
     parameters["disease_model"] = repr(config.disease)  # a custom model under a setting's name differs
     parameters["survival_model"] = repr(config.survival)
     parameters.pop("healthy_manifest")  # by content (its sha256), not where it was unpacked
+    parameters["simulator"] = simulator_fingerprint()
     return hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def simulator_fingerprint(package: Path | None = None) -> str:
+    """The hash of the simulator's own source (`ndae/cohort/*.py`): a cohort cached by another
+    version of the simulator is never reused as if this one had made it. Any edit there, even a
+    comment, costs one new simulation; a stale cohort would cost a wrong result."""
+    folder = Path(package) if package is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def cohort_cache_dir(config: CohortConfig, healthy_manifest: str | Path, root: Path | None = None) -> Path:
