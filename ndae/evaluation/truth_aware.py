@@ -106,9 +106,10 @@ def model_metrics(table: pd.DataFrame, models: dict[str, list[str]], truth: pd.D
     return result
 
 
-def truth_aware_metrics(table: pd.DataFrame, sets: dict[str, dict], summary: pd.DataFrame, folds: list[np.ndarray],
-                        groups, truth: pd.DataFrame | None, cohort: dict | None, skip_reason: str | None,
-                        scores: pd.DataFrame, is_patient: np.ndarray, options) -> dict[str, Any]:
+def truth_aware_metrics(table: pd.DataFrame, sets: dict[str, dict], summary: pd.DataFrame, *,
+                        folds: list[np.ndarray], groups, truth: pd.DataFrame | None, cohort: dict | None,
+                        skip_reason: str | None, scores: pd.DataFrame, is_patient: np.ndarray,
+                        options) -> dict[str, Any]:
     """Everything above, as {"per_model": {key: {...}}, "expected_c": {...}, "best_baseline": key,
     "score_metrics": {column: {...}}}. `table`: the patients (row order of `folds`, `groups`,
     `truth`); `scores`: `subject` + score columns of the patients and the held-out controls,
