@@ -45,10 +45,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.statements import compare, half_width, paired_difference, truth_reading
+from benchmarks.statements import compare, half_width, truth_reading
 from benchmarks.truth_eval import (VOXELWISE, VOXELWISE_HIGHPASS, cohort_truth, evaluate_models, jsonable, summarise,
                                    table_lines, voxelwise_scores)
 from ndae.cohort.disease import DEFAULT_DISEASE, disease_setting
+from ndae.evaluation.paired import paired_difference, select
 from ndae.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -511,8 +512,8 @@ def reading(raw: dict) -> str:
         if row["model"] == "covariates" and row["variant"] == "alone":
             continue
         name = f"{row['model']} ({row['variant']})"
-        difference = paired_difference(per_fold, None, {"model": row["model"], "variant": row["variant"]}, base,
-                                       fold="pair")
+        difference = paired_difference(select(per_fold, {"model": row["model"], "variant": row["variant"]}, ["pair"],
+                                              "harrell_c"), select(per_fold, base, ["pair"], "harrell_c")).stated()
         if np.isfinite(difference["d"]):
             measured.append(difference)
             stated.append(compare(name, "covariates alone", difference))

@@ -1,7 +1,7 @@
 """Numbers-to-words for benchmark prose: intervals, paired differences and the sentences that state
 them. A benchmark section never types a comparison ("X beats Y", "differences below 0.05 are
 noise"); it calls these with its measured values, so a claim appears only where its interval
-supports it.
+supports it. The numbers themselves (intervals, paired differences) come from `ndae.evaluation.paired`.
 """
 
 from __future__ import annotations
@@ -9,61 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
-
-def finite(values) -> np.ndarray:
-    """The finite values as float (None, nan and inf dropped)."""
-    out = np.asarray([v for v in np.asarray(values, dtype=object).ravel() if v is not None], float)
-    return out[np.isfinite(out)]
-
-
-def t_interval(values) -> tuple[float, float, float, float]:
-    """mean, sd and the 95 % t-interval of the mean (sd and interval nan with fewer than 2 values)."""
-    from scipy.stats import t
-
-    values = finite(values)
-    if values.size == 0:
-        return (math.nan,) * 4
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(values.std(ddof=1))
-    half = float(t.ppf(0.975, values.size - 1) * sd / math.sqrt(values.size))
-    return mean, sd, mean - half, mean + half
-
-
-def paired_difference(per_fold: pd.DataFrame, unit: str | None, a: dict, b: dict, metric: str = "harrell_c",
-                      fold: str = "fold") -> dict:
-    """Difference a − b of `metric` paired over the same folds. With `unit` (a replicate, e.g. a cohort
-    seed) the per-fold differences are averaged within each replicate and the 95 % t-interval is over
-    replicates (over the folds where there is only one); with `unit=None` the interval is over all
-    paired folds (`fold` then names each fold uniquely). `a` and `b` select rows by column values
-    (e.g. {"mode": ..., "model": ...}); `over` says what the interval is over."""
-    keys = [fold] if unit is None else [unit, fold]
-
-    def pick(selection):
-        mask = np.ones(len(per_fold), bool)
-        for column, value in selection.items():
-            mask &= (per_fold[column] == value).to_numpy()
-        return per_fold.loc[mask].set_index(keys)[metric]
-
-    left, right = pick(a), pick(b)
-    both = left.index.intersection(right.index)
-    diffs = (left.loc[both] - right.loc[both]).dropna()
-    if diffs.empty:
-        return {"d": math.nan, "low": math.nan, "high": math.nan, "n": 0, "over": "no common folds"}
-    if unit is not None:
-        by_unit = diffs.groupby(level=0).mean()
-        label = unit.replace("_", " ")
-        if len(by_unit) >= 2:
-            d, _, low, high = t_interval(by_unit.to_numpy())
-            return {"d": d, "low": low, "high": high, "n": int(len(by_unit)), "over": f"{len(by_unit)} {label}s"}
-        over = f"{len(diffs)} folds of one {label}"
-    else:
-        over = f"{len(diffs)} paired folds"
-    d, _, low, high = t_interval(diffs.to_numpy())
-    return {"d": d, "low": low, "high": high, "n": int(len(diffs)), "over": over}
+from ndae.evaluation.paired import finite
 
 
 def interval_text(d: float, low: float, high: float, digits: int = 3) -> str:

@@ -1,24 +1,17 @@
-"""Truth-aware per-model metrics for the survival benchmarks (bench_survival, bench_modes).
+"""The survival benchmarks' view of the truth-aware metrics (bench_survival, bench_modes).
 
-One place where a benchmark turns a patients' table + the simulated cohort's truth into the
-truth-aware metrics (only a simulated cohort has a truth to score against), all from
-`ndae.evaluation.truth_metrics`:
-
-- observed CV Harrell's and Uno's C, folds grouped by source anatomy (`grouped_cv`), the SAME
-  folds for every model of a cohort;
-- `expected_c`: mean CV Harrell's C over R fresh survival draws from the cohort's stored model
-  (`ndae.cohort.survival.redraw_survival`), every model on the same draws and folds;
-- `risk_concordance` of the out-of-fold risk with the true linear predictor;
-- single-score models: `severity_spearman` and the AUROC of patients vs held-out controls (where
-  the caller has controls the score's normative model did not see);
-- paired differences to reference models (the covariates-only model, the voxel-wise baseline on
-  the raw images and on their within-brain high-pass, `voxelwise_scores(highpass_sigma=...)`):
-  over the draws (`paired_difference`) and on the observed C by resampling source anatomies
-  (`paired_bootstrap_c`, against the first reference only: it is the slow part).
-
-`evaluate_models` does one cohort; `summarise` pools cohort seeds: means over seeds, and each
-paired difference's 95 % t-interval over the per-seed expected differences beside the range one
-study's difference falls in (percentiles of all per-draw differences).
+The metrics themselves are `ndae evaluate`'s (`ndae.evaluation.truth_aware.model_metrics`, the
+one place they are computed: out-of-fold ridge-Cox risk on folds grouped by source anatomy, the
+SAME folds for every model of a cohort; observed CV Harrell's and Uno's C; `risk_concordance`;
+expected C over R fresh survival draws, every model on the same draws; paired differences over
+the draws and, against the first reference only since it is the slow part, on the observed C by
+resampling source anatomies). This module lays them out per model of one cohort
+(`evaluate_models`), with the single-score metrics a benchmark reports (ρ with the true severity,
+AUROC of patients vs held-out controls), the references a benchmark compares with (the
+covariates-only model, the voxel-wise baseline on the raw images and on their within-brain
+high-pass, `voxelwise_scores(highpass_sigma=...)`), and pools cohort seeds (`summarise`: means over
+seeds, and each paired difference's 95 % t-interval over the per-seed expected differences beside
+the range one study's difference falls in, percentiles of all per-draw differences).
 """
 
 from __future__ import annotations
@@ -31,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.statements import t_interval
+from ndae.evaluation.paired import t_interval
 from ndae.errors import NdaeError
 
 COVARIATES = ["age", "sex_female"]  # + site indicators, added by `covariate_columns`
@@ -140,9 +133,9 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
     `truth` (the patients' truth rows: risk; optionally severity, source_subject). `held_out`:
     subject + score columns of controls the scores' normative models did not see (AUROC).
     `references`: model names every other model is compared with."""
-    from ndae.cohort.survival import redraw_survival
     from ndae.evaluation import truth_metrics as tm
     from ndae.evaluation.grouped_cv import grouped_folds, subject_groups
+    from ndae.evaluation.truth_aware import model_metrics
 
     if list(table["subject"].astype(str)) != list(truth["subject"].astype(str)):
         raise BenchmarkInputError("patients' table and truth rows are not in the same subject order")
@@ -153,23 +146,17 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
     time, event = table["time"].to_numpy(float), table["event"].to_numpy(int)
     groups = subject_groups(table["subject"], truth)
     test_folds = grouped_folds(event, groups, folds, seed)
-    fit_predict = tm.cox_fit_predict(penalizer)
+    computed = model_metrics(table, models, truth, cohort_json, folds=test_folds, groups=groups, penalizer=penalizer,
+                             draws=draws, seed=seed, n_folds=folds, concordance=True)
     out: dict[str, dict] = {}
-    risks: dict[str, np.ndarray] = {}
-    usable: dict[str, list[str]] = {}
     for name, cols in models.items():
-        X = table[cols].to_numpy(float)
-        if not np.isfinite(X).all():
-            out[name] = {"features": cols, "refused": "non-finite feature values"}
+        if name in computed.refused:
+            out[name] = {"features": cols, "refused": computed.refused[name]}
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            risk = tm.cross_validated_risk(fit_predict, X, time, event, test_folds)
-            concordance = tm.fold_concordance(time, event, risk, test_folds)
-        risks[name], usable[name] = risk, cols
+        risk, concordance = computed.risks[name], computed.concordance[name]
         row = {"features": cols, "harrell_c": concordance["harrell_c"], "uno_c": concordance["uno_c"],
                "harrell_c_per_fold": concordance["harrell_c_per_fold"],
-               "risk_concordance": tm.risk_concordance(truth, pd.DataFrame({"subject": table["subject"], "risk": risk}))}
+               "risk_concordance": computed.risk_concordance[name]}
         if "severity" in truth.columns:
             # every model, also multi-feature ones (regional z, all NDAE scores): how its
             # out-of-fold risk orders the patients' true severity
@@ -185,37 +172,24 @@ def evaluate_models(table: pd.DataFrame, models: dict[str, list[str]], truth: pd
                     np.concatenate([np.ones(len(table), bool), np.zeros(len(controls), bool)]))
                 row["held_out_controls"] = int(np.isfinite(controls).sum())
         out[name] = row
-    expected = {}
-    if cohort_json is not None and draws > 0:
-        def redraw(rng):
-            return redraw_survival(cohort_json, truth, rng)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            expected = tm.expected_c_models({n: (fit_predict, table[c].to_numpy(float)) for n, c in usable.items()},
-                                            groups, redraw, R=draws, seed=seed, folds=folds)
-        for name, result in expected.items():
-            out[name].update({k: v for k, v in result.to_dict().items() if k not in ("folds", "seed")})
-            out[name]["per_draw"] = [float(v) for v in result.per_draw]
+    expected = computed.expected
+    for name, result in expected.items():
+        out[name].update({k: v for k, v in result.to_dict().items() if k not in ("folds", "seed")})
+        out[name]["per_draw"] = [float(v) for v in result.per_draw]
     for reference in references:
-        if reference not in risks:
+        if reference not in computed.risks:
             continue
-        for name in risks:
+        for name in computed.risks:
             if name == reference:
                 continue
             entry = {"risk_concordance": _difference(out[name]["risk_concordance"], out[reference]["risk_concordance"])}
             if expected:
-                entry["draws"] = tm.paired_difference(expected[name], expected[reference])
+                entry["draws"] = computed.draws_difference(name, reference)
                 entry["per_draw"] = [float(v) for v in expected[name].per_draw - expected[reference].per_draw]
-            if reference != references[0]:
+            if reference == references[0]:
                 # the resampling CI of the observed C is slow (scikit-survival's input checks run per fold
                 # and resample; docs/evaluation.md): against the first reference only
-                out[name].setdefault("versus", {})[reference] = entry
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                entry["observed"] = tm.paired_bootstrap_c(time, event, risks[name], risks[reference], test_folds,
-                                                          groups, n_boot=n_boot, seed=seed)
+                entry["observed"] = computed.observed_difference(name, reference, n_boot, seed)
             out[name].setdefault("versus", {})[reference] = entry
     oracle = tm.harrell_c(time, event, truth["risk"].to_numpy(float))
     return {"models": out, "patients": int(len(table)), "events": int(event.sum()),

@@ -111,8 +111,8 @@ def test_expected_c_is_skipped_with_its_reason_without_a_survival_model(tmp_path
     summary = summarise(per_fold)
     truth = pd.DataFrame({"subject": table["subject"], "risk": table["true_risk"], "severity": table["x0"]})
     scores = pd.DataFrame({"subject": table["subject"], "x0": table["x0"]})
-    out = truth_aware_metrics(table, sets, summary, folds, groups, truth, None, reason, scores,
-                              np.ones(len(table), bool), options)
+    out = truth_aware_metrics(table, sets, summary, folds=folds, groups=groups, truth=truth, cohort=None,
+                              skip_reason=reason, scores=scores, is_patient=np.ones(len(table), bool), options=options)
     assert out["expected_c"]["skipped"] == reason and out["difference_basis"] == "observed_c"
     per_model = out["per_model"]
     assert not any("expected_c" in m for m in per_model.values())
@@ -141,8 +141,9 @@ def test_expected_c_from_the_cohort_survival_model_runs_every_model_on_the_same_
     per_fold, _, folds = cross_validate_models(table, sets, options)
     truth = pd.DataFrame({"subject": table["subject"], "risk": 1.5 * table["x0"]})  # the score is the truth
     scores = pd.DataFrame({"subject": [*table["subject"], "C1", "C2"], "x0": [*table["x0"], -5.0, -4.0]})
-    out = truth_aware_metrics(table, sets, summarise(per_fold), folds, None, truth, cohort, None, scores,
-                              np.r_[np.ones(len(table), bool), False, False], options)
+    out = truth_aware_metrics(table, sets, summarise(per_fold), folds=folds, groups=None, truth=truth, cohort=cohort,
+                              skip_reason=None, scores=scores, is_patient=np.r_[np.ones(len(table), bool), False, False],
+                              options=options)
     per_model = out["per_model"]
     assert out["difference_basis"] == "expected_c" and out["expected_c"]["draws"] == 20
     assert per_model["score | alone"]["expected_c_draws"] == 20

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ndae.evaluation.grouped_cv import FoldError, check_grouped, grouped_folds, subject_groups
+from ndae.evaluation.paired import paired_difference
 from ndae.evaluation.truth_metrics import (
     TruthMetricError,
     cox_fit_predict,
@@ -15,7 +16,6 @@ from ndae.evaluation.truth_metrics import (
     fit_cox,
     observed_c,
     paired_bootstrap_c,
-    paired_difference,
     patient_control_auroc,
     risk_concordance,
     severity_spearman,
@@ -98,7 +98,7 @@ def test_expected_c_separates_true_risk_from_noise():
     truth, junk = results["truth"], results["noise"]
     assert truth.draws == 50 and truth.mean > 0.7
     assert abs(junk.mean - 0.5) < 0.06
-    difference = paired_difference(truth, junk)
+    difference = paired_difference(truth, junk).over_draws()
     assert difference["lower"] > 0.05 and difference["difference"] > 0.15
     # same seed → the same numbers; the single-model call matches the joint one
     # draw r depends only on (seed, r): a shorter run repeats the first draws
@@ -117,7 +117,7 @@ def test_expected_c_of_noise_without_signal_is_one_half_and_its_difference_cover
     # must sit within 4 Monte-Carlo standard errors of 1/2, and that error must be small
     assert a.mc_se < 0.01
     assert abs(a.mean - 0.5) < 4 * a.mc_se
-    difference = paired_difference(a, results["b"])
+    difference = paired_difference(a, results["b"]).over_draws()
     assert difference["lower"] < 0 < difference["upper"]
 
 

@@ -2,8 +2,10 @@
 
 - `names`       the modes and scores compared (one spelling for tables, figures and prose);
 - `runs`        orchestration: cohorts, one run spec per mode, the runs in worker processes;
-- `evaluation`  metrics on finished runs: every mode's scores through the same CV folds (the one
-                place per-model survival metrics are computed), the pooled-vs-federated checks;
+- `evaluation`  finished runs through the project's evaluation: every mode's scores through the
+                same CV folds (`ndae.survival.metrics.cross_validate_cox`) and the truth-aware
+                metrics (`ndae.evaluation.truth_aware` via `benchmarks.truth_eval`), the
+                pooled-vs-federated checks;
 - `calibration` the normative model's calibration on held-out controls;
 - `figures`     the C-vs-ε figure;
 - `raw`         the raw results file (results/modes.json + the per-seed / per-fold CSVs) the

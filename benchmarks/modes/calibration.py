@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.modes.runs import site_manifests
-from benchmarks.statements import t_interval
+from ndae.evaluation.paired import t_interval
 
 # the per-seed numbers summarised over cohort seeds (mean, sd, 95 % t-interval)
 SUMMARISED = ("z_mean", "z_sd", "coverage_95", "msll", "d2_mean_over_d", "d2_within_chi2_95")

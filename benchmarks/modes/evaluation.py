@@ -3,8 +3,9 @@
 Every mode's per-patient deviation scores (deviations.csv; for the federated-Cox mode recomputed from
 its own checkpoint and normative model, as the sites hold them) go through the SAME K-fold
 cross-validated Cox evaluation (same folds for every mode of a cohort seed, checked):
-`cross_validate` is the one place per-model survival metrics are computed (one row per fold,
-feature and mode), `per_seed_table` averages them over folds; `evaluate_seed` adds the oracle C*
+`cross_validate` runs every score through `ndae.survival.metrics.cross_validate_cox` (one row per
+fold, feature and mode; the truth-aware metrics are `ndae.evaluation.truth_aware`'s, via
+`benchmarks.truth_eval`), `per_seed_table` averages them over folds; `evaluate_seed` adds the oracle C*
 and the pooled-vs-federated equality checks.
 """
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.modes.names import CENTRAL, POOLED, SCORES, dp_mode
-from benchmarks.statements import t_interval
+from ndae.evaluation.paired import t_interval
 
 
 def figure_c_vs_epsilon(seeds: pd.DataFrame, epsilons: list[float], folds: int, path: Path) -> None:

@@ -12,7 +12,8 @@ import pandas as pd
 
 from benchmarks.common import write_section
 from benchmarks.modes.names import CENTRAL, FEDCOX, ORACLE, POOLED, SCORES, all_modes, dp_mode
-from benchmarks.statements import compare, half_width, paired_difference, t_interval, truth_reading, versus_chance
+from benchmarks.statements import compare, half_width, truth_reading, versus_chance
+from ndae.evaluation.paired import paired_difference, select, t_interval
 
 TITLE = "Pipeline modes: centralised vs federated vs DP, over cohort seeds"
 COEF_TOLERANCE = 1e-6  # pooled and federated Cox solve the same likelihood; Newton–Raphson stops near 1e-9
@@ -304,8 +305,10 @@ def reading(raw: dict, seeds: pd.DataFrame, per_fold: pd.DataFrame) -> str:
         return t_interval(ok.loc[ok["mode"] == mode, column].to_numpy(float))
 
     def diff(mode_a, model_a, mode_b, model_b):
-        return paired_difference(ok_fold, "cohort_seed", {"mode": mode_a, "model": model_a},
-                                 {"mode": mode_b, "model": model_b})
+        keys = ["cohort_seed", "fold"]
+        return paired_difference(select(ok_fold, {"mode": mode_a, "model": model_a}, keys, "harrell_c"),
+                                 select(ok_fold, {"mode": mode_b, "model": model_b}, keys, "harrell_c"),
+                                 unit="cohort_seed").stated()
 
     measured = []  # every paired difference stated, for the resolution sentence at the end
     parts = []

@@ -30,7 +30,7 @@ from __future__ import annotations
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -155,22 +155,43 @@ def _log(options: EvaluationOptions, message: str) -> None:
         print(f"[evaluate] {message}", flush=True)
 
 
-# -- the pipeline -----------------------------------------------------------------------------
-def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | Path | None = None,
-             options: EvaluationOptions | None = None) -> dict[str, Any]:
-    """Run everything; write OUT/report.md, OUT/evaluation.json and the PNGs; return the JSON dict."""
-    from ndae.baselines import covariate_features
-    from ndae.deviation.scores import deviation_table
-    from ndae.model.run import encode_run, train_run
-    from ndae.normative.files import read_latents
-    from ndae.normative.model import NormativeModel, OutOfRangeWarning
-    from ndae.survival.analysis import patient_table
-    from ndae.survival.oracle import oracle_c_index
+# -- the pipeline: one function per step, sharing one `EvaluationRun` -----------------------------
+@dataclass
+class EvaluationRun:
+    """What the steps share: the checked inputs (step 1), then the subjects' rows, their z_sem and
+    what each step adds. `timings` collects each step's seconds."""
 
-    options = options or EvaluationOptions()
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    out = Path(out_dir)
+    manifest_path: Path
+    out: Path
+    truth_path: Path | None
+    options: EvaluationOptions
+    manifest: pd.DataFrame
+    truth: pd.DataFrame | None  # the patients' true risk (`true_risk`), with --truth
+    cohort: dict | None  # cohort.json's survival model beside the truth (expected C)
+    expected_skip: str | None  # why there is no expected C, where known from the inputs
+    held_out_subjects: list[str]
+    cache_dir: Path
+    external: Any = None  # `ExternalFeatures` with --features
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    # step 2 on: every encoded subject, in latents.npz order
+    subjects: list[str] = field(default_factory=list)
+    z_sem: np.ndarray | None = None
+    rows: pd.DataFrame | None = None  # their manifest rows
+    covariates: pd.DataFrame | None = None  # subject, site, age, sex
+    held_out: np.ndarray | None = None  # the held-out controls
+    controls: np.ndarray | None = None  # the training controls
+
+    def timed(self, key: str, t0: float) -> None:
+        self.timings[key] = time.perf_counter() - t0
+
+
+def check_inputs(manifest_path: str | Path, out_dir: str | Path, truth_path: str | Path | None,
+                 options: EvaluationOptions) -> EvaluationRun:
+    """Step 1 up to the first write: the manifest, the truth, the options, the held-out controls,
+    the cache and any --features folder, checked before anything is written."""
+    from ndae.data.cache import default_cache_dir
+
     manifest_path = Path(manifest_path)
     manifest = check_manifest(manifest_path, options.min_controls, options.folds)
     patients_all = manifest[manifest["group"] == "als"]
@@ -184,12 +205,10 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
     held_out_subjects = held_out_controls(manifest, options.held_out_controls, options.seed)
     check_training_controls(manifest_path, int((manifest["group"] == "control").sum()), held_out_subjects,
                             options.held_out_controls, options.min_controls)
-    from ndae.data.cache import default_cache_dir
-
     # The manifest's one cache (where `ndae prepare` wrote) unless told otherwise.
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir(manifest_path)
     external = None
-    if options.features_dir:  # checked before anything is written
+    if options.features_dir:
         from ndae.evaluation.external_features import read_external_features
 
         if options.image_deviation_steps:
@@ -197,148 +216,250 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
         external = read_external_features(options.features_dir, manifest_path, manifest, held_out_subjects,
                                           options.held_out_controls, options.seed)
         options.config = str(external.dae.get("preset") or options.config)  # the DAE that made them, in the report
-    out.mkdir(parents=True, exist_ok=True)
-    train_manifest = write_training_manifest(manifest, held_out_subjects, out / "train_manifest.csv")
+    return EvaluationRun(manifest_path, Path(out_dir), Path(truth_path) if truth_path else None, options, manifest,
+                         truth, cohort, expected_skip, held_out_subjects, cache_dir, external)
 
-    # 2. DAE on the training controls, then z_sem of everyone
-    if external is not None:
+
+def latent_features(run: EvaluationRun, train_manifest: Path) -> dict:
+    """Step 2: the DAE on the training controls, then z_sem of everyone (latents.npz), or both
+    from --features; sets the run's subjects, rows and control masks; returns the DAE summary."""
+    from ndae.normative.files import read_latents
+
+    options, out = run.options, run.out
+    if run.external is not None:
         from ndae.io import atomic_save_npz
 
         _log(options, f"z_sem and prior residuals from {options.features_dir} (no DAE trained here)")
         latents_path = out / "latents.npz"
-        atomic_save_npz(latents_path, subject=np.asarray(external.subjects), z_sem=external.z_sem.astype(np.float32))
-        dae_summary = {**external.dae, "features_from": external.source}
+        atomic_save_npz(latents_path, subject=np.asarray(run.external.subjects),
+                        z_sem=run.external.z_sem.astype(np.float32))
+        dae_summary = {**run.external.dae, "features_from": run.external.source}
     else:
-        _log(options, f"training the DAE on the controls ({len(held_out_subjects)} held out)")
+        from ndae.model.run import encode_run, train_run
+
+        _log(options, f"training the DAE on the controls ({len(run.held_out_subjects)} held out)")
         t0 = time.perf_counter()
         dae_summary = train_run(train_manifest, out, options.config, steps=options.steps, seed=options.seed,
                                 resume=options.resume_dae,
-                                cache_dir=cache_dir, device=options.device, progress=options.progress,
+                                cache_dir=run.cache_dir, device=options.device, progress=options.progress,
                                 figure_steps=options.inversion_steps)
-        timings["dae_training_s"] = time.perf_counter() - t0
+        run.timed("dae_training_s", t0)
         _log(options, "encoding every subject")
         t0 = time.perf_counter()
-        latents_path = encode_run(out, manifest_path, cache_dir=cache_dir, steps=options.inversion_steps,
+        latents_path = encode_run(out, run.manifest_path, cache_dir=run.cache_dir, steps=options.inversion_steps,
                                   device=options.device, progress=options.progress)
-        timings["encoding_s"] = time.perf_counter() - t0
-    subjects, z_sem = read_latents(latents_path)
-    rows = manifest.set_index(manifest["subject"].astype(str)).loc[subjects].reset_index(drop=True)
+        run.timed("encoding_s", t0)
+    run.subjects, run.z_sem = read_latents(latents_path)
+    rows = run.manifest.set_index(run.manifest["subject"].astype(str)).loc[run.subjects].reset_index(drop=True)
     rows["subject"] = rows["subject"].astype(str)
-    covariates = rows[["subject", "site", "age", "sex"]].copy()
-    held_out = rows["subject"].isin(set(held_out_subjects)).to_numpy()
-    controls = (rows["group"] == "control").to_numpy() & ~held_out  # the training controls
+    run.rows = rows
+    run.covariates = rows[["subject", "site", "age", "sex"]].copy()
+    run.held_out = rows["subject"].isin(set(run.held_out_subjects)).to_numpy()
+    run.controls = (rows["group"] == "control").to_numpy() & ~run.held_out
+    return dae_summary
 
-    # 3. normative model of z_sem and the NDAE deviation scores
-    _log(options, "normative model and deviation scores")
+
+@dataclass
+class NormativeScores:
+    """Step 3's results: the latent normative model, deviations.csv's table, the calibration on
+    the held-out controls and the normative figures."""
+
+    model: Any
+    deviations: pd.DataFrame
+    calibration: dict
+    figures: Any
+
+
+def latent_deviations(run: EvaluationRun) -> NormativeScores:
+    """Step 3: the normative model of the training controls' z_sem and every subject's NDAE
+    deviation scores (normative/, deviations.csv, the normative figures)."""
+    from ndae.deviation.scores import deviation_table
+    from ndae.normative.model import NormativeModel, OutOfRangeWarning
+    from ndae.reporting.normative_figures import normative_figures
+
+    _log(run.options, "normative model and deviation scores")
+    covariates, controls, held_out, z_sem = run.covariates, run.controls, run.held_out, run.z_sem
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
         normative = NormativeModel().fit(covariates[controls].reset_index(drop=True), z_sem[controls],
                                          [f"z_sem_{k}" for k in range(z_sem.shape[1])])
-        deviations = deviation_table(subjects, covariates, z_sem, normative)
+        deviations = deviation_table(run.subjects, covariates, z_sem, normative)
         latent_z = normative.z_scores(covariates.reset_index(drop=True), z_sem)
     calibration = {"NDAE latent z (z_sem)": calibration_pair(latent_z[controls], latent_z[held_out],
                                                              controls.sum(), held_out.sum())}
-    normative.save(out / "normative")
-    atomic_write_text(out / "deviations.csv", deviations.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
-    from ndae.reporting.normative_figures import normative_figures
-
-    figures = normative_figures(out, normative, covariates, rows["group"], z_sem, latent_z,
+    normative.save(run.out / "normative")
+    atomic_write_text(run.out / "deviations.csv",
+                      deviations.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    figures = normative_figures(run.out, normative, covariates, run.rows["group"], z_sem, latent_z,
                                 deviations.assign(subject=deviations["subject"].astype(str)), controls, held_out)
+    return NormativeScores(normative, deviations, calibration, figures)
 
-    image_frames, image_features = [], {}
+
+def image_deviations(run: EvaluationRun, normative, calibration: dict):
+    """Step 3b: the image-space NDAE features (with --image-deviation-steps) and the regional
+    deviations from the diffusion prior; adds their calibration to `calibration`. Returns their
+    frames, their models' feature columns and the prior's swap test (None without it)."""
+    options = run.options
+    frames, features = [], {}
+    args = (run.out, run.manifest_path, run.cache_dir, normative, run.covariates, run.controls, run.held_out, options)
     if options.image_deviation_steps:
         _log(options, f"image-space deviations ({options.image_deviation_steps} DDIM steps)")
         t0 = time.perf_counter()
-        frame, image_features, image_calibration = image_space_scores(
-            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options)
-        image_frames.append(frame)
+        frame, features, image_calibration = image_space_scores(*args)
+        frames.append(frame)
         calibration.update(image_calibration)
-        timings["image_deviations_s"] = time.perf_counter() - t0
+        run.timed("image_deviations_s", t0)
     prior_swap = None
+    external = run.external
     computed = None if external is None or external.prior_residuals is None else (external.prior_residuals,
                                                                                   external.prior_swap or {})
     if options.prior_residuals and (external is None or computed is not None):
         _log(options, "regional deviations from the diffusion prior")
         t0 = time.perf_counter()
-        frame, prior_features, prior_calibration, prior_swap = prior_residual_scores(
-            out, manifest_path, cache_dir, normative, covariates, controls, held_out, options, computed)
-        image_frames.append(frame)
-        image_features.update(prior_features)
+        frame, prior_features, prior_calibration, prior_swap = prior_residual_scores(*args, computed)
+        frames.append(frame)
+        features.update(prior_features)
         calibration.update(prior_calibration)
-        timings["prior_residuals_s"] = time.perf_counter() - t0
+        run.timed("prior_residuals_s", t0)
+    return frames, features, prior_swap
 
-    # 4. the clinical covariates, the NDAE scores and the baselines: each a frame `subject` +
-    # features (over every subject), each model a list of feature columns
+
+@dataclass
+class FeatureTables:
+    """Step 4's results: each model's feature columns, the frames (`subject` + features) that
+    join the patients' table, every subject's scores (for the AUROC) and the baselines."""
+
+    features: dict[str, list[str]]
+    frames: list[pd.DataFrame]
+    all_scores: pd.DataFrame
+    baselines: Any  # `BaselineFeatures`
+
+
+def model_features(run: EvaluationRun, deviations: pd.DataFrame, image_frames: list[pd.DataFrame],
+                   image_features: dict[str, list[str]], calibration: dict) -> FeatureTables:
+    """Step 4: the clinical covariates, the NDAE scores and the baselines (each fitted on the
+    training controls; one the data cannot support is skipped with its reason)."""
+    from ndae.baselines import covariate_features
+
+    options = run.options
     _log(options, "baselines")
-    clinical, clinical_columns = covariate_features(rows[rows["group"] == "als"].reset_index(drop=True),
+    clinical, clinical_columns = covariate_features(run.rows[run.rows["group"] == "als"].reset_index(drop=True),
                                                     min_site_size=options.folds)
     features: dict[str, list[str]] = {"covariates": clinical_columns, "NDAE cosine": ["cosine"],
                                       "NDAE centred cosine": ["cosine_centred"],
                                       "NDAE Mahalanobis": ["mahalanobis"], "NDAE deviation scores": list(NDAE_SCORES)}
-    baselines = baseline_features(subjects, z_sem, rows, covariates, controls, manifest_path, cache_dir, out, options,
-                                  held_out=held_out)
+    baselines = baseline_features(run.subjects, run.z_sem, run.rows, run.covariates, run.controls, run.manifest_path,
+                                  run.cache_dir, run.out, options, held_out=run.held_out)
     calibration.update(baselines.calibration)
     features.update(image_features)
     features.update(baselines.features)
-    timings.update(baselines.timings)
+    run.timings.update(baselines.timings)
     # age and sex_female are already in the patients' table
     frames = [clinical.drop(columns=["age", "sex_female"]), *image_frames, *baselines.frames]
     # every subject's scores (patients and held-out controls): the AUROC needs both
     all_scores = deviations[["subject", *LATENT_SCORES]].assign(subject=lambda d: d["subject"].astype(str))
     for frame in [*image_frames, *baselines.frames]:
         all_scores = all_scores.merge(frame.assign(subject=frame["subject"].astype(str)), on="subject", how="left")
+    return FeatureTables(features, frames, all_scores, baselines)
 
-    # 5. the patients' table and the cross-validated comparison
-    table, counts = patient_table(deviations, manifest, list(LATENT_SCORES), source=str(manifest_path))
-    for frame in frames:
+
+def patients_table(run: EvaluationRun, deviations: pd.DataFrame, tables: FeatureTables):
+    """Step 5a: one row per patient with every model's features (and the true risk): patients.csv.
+    Returns the table, the patient counts and the oracle C* (None without a truth)."""
+    from ndae.survival.analysis import patient_table
+    from ndae.survival.oracle import oracle_c_index
+
+    table, counts = patient_table(deviations, run.manifest, list(LATENT_SCORES), source=str(run.manifest_path))
+    for frame in tables.frames:
         table = table.merge(frame, on="subject", how="left")
     oracle = None
-    if truth is not None:
-        table = table.merge(truth, on="subject", how="left")
-        features["oracle (true risk)"] = ["true_risk"]
+    if run.truth is not None:
+        table = table.merge(run.truth, on="subject", how="left")
+        tables.features["oracle (true risk)"] = ["true_risk"]
         oracle = oracle_c_index(table["time"], table["event"], table["true_risk"])
-    feature_columns = sorted({c for columns in features.values() for c in columns})
+    feature_columns = sorted({c for columns in tables.features.values() for c in columns})
     bad = [c for c in feature_columns if not np.isfinite(table[c].to_numpy(float)).all()]
     if bad:
         raise NdaeError(f"internal: non-finite patient features {bad}")
-    atomic_write_text(out / "patients.csv", table.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    atomic_write_text(run.out / "patients.csv", table.to_csv(index=False, lineterminator="\n", float_format="%.8g"))
+    return table, counts, oracle
 
+
+@dataclass
+class Comparison:
+    """Step 5b's results: the Cox table per fold and summarised, the models' rows with their
+    truth-aware metrics, the folds and the groups they keep together."""
+
+    per_fold: pd.DataFrame
+    summary: pd.DataFrame
+    failures: dict
+    folds: list
+    groups: np.ndarray
+    truth_rows: pd.DataFrame | None
+    truthful: dict
+    models: list[dict]
+
+
+def compare_models(run: EvaluationRun, table: pd.DataFrame, tables: FeatureTables) -> Comparison:
+    """Step 5b: one cross-validated Cox model per feature set on the SAME grouped folds, each alone
+    and with exactly the covariates-only model's covariates, then the truth-aware metrics."""
+    options = run.options
     _log(options, "cross-validated Cox models")
     t0 = time.perf_counter()
-    # nested: every "with covariates" model holds exactly the covariates-only model's covariates
-    sets = model_feature_sets(table, features, features["covariates"])
-    truth_rows = read_truth_table(truth_path, table["subject"]) if truth is not None else None
+    sets = model_feature_sets(table, tables.features, tables.features["covariates"])
+    truth_rows = read_truth_table(run.truth_path, table["subject"]) if run.truth is not None else None
     groups = subject_groups(table["subject"], truth_rows)
     per_fold, failures, folds = cross_validate_models(table, sets, options, groups=groups)
-    timings["cross_validation_s"] = time.perf_counter() - t0
+    run.timed("cross_validation_s", t0)
     summary = summarise(per_fold)
 
-    _log(options, "truth-aware metrics" + (f" ({options.draws} survival draws)" if cohort is not None else ""))
+    _log(options, "truth-aware metrics" + (f" ({options.draws} survival draws)" if run.cohort is not None else ""))
     t0 = time.perf_counter()
-    score_columns = [c for c in feature_columns if c in all_scores.columns]
-    scored = all_scores[all_scores["subject"].isin(set(table["subject"]) | set(held_out_subjects))].reset_index(drop=True)
-    truthful = truth_aware_metrics(table, sets, summary, [np.asarray(f) for f in folds], groups, truth_rows, cohort,
-                                   expected_skip, scored[["subject", *score_columns]],
-                                   scored["subject"].isin(set(table["subject"])).to_numpy(), options)
-    timings["truth_aware_s"] = time.perf_counter() - t0
+    feature_columns = sorted({c for columns in tables.features.values() for c in columns})
+    score_columns = [c for c in feature_columns if c in tables.all_scores.columns]
+    scored = tables.all_scores[tables.all_scores["subject"].isin(set(table["subject"]) | set(run.held_out_subjects))]
+    scored = scored.reset_index(drop=True)
+    truthful = truth_aware_metrics(table, sets, summary, folds=[np.asarray(f) for f in folds], groups=groups,
+                                   truth=truth_rows, cohort=run.cohort, skip_reason=run.expected_skip,
+                                   scores=scored[["subject", *score_columns]],
+                                   is_patient=scored["subject"].isin(set(table["subject"])).to_numpy(), options=options)
+    run.timed("truth_aware_s", t0)
     models = summary.to_dict(orient="records")
     for model in models:
         model.update(truthful["per_model"].get(row_key(model["model"], model["variant"]), {}))
-    atomic_write_text(out / "survival" / "cv_per_fold.csv", per_fold.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(run.out / "survival" / "cv_per_fold.csv", per_fold.to_csv(index=False, lineterminator="\n"))
+    return Comparison(per_fold, summary, failures, folds, groups, truth_rows, truthful, models)
 
-    hazard = cosine_hazard_ratio(table, save_to=out / "survival")
+
+def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | Path | None = None,
+             options: EvaluationOptions | None = None) -> dict[str, Any]:
+    """Run everything; write OUT/report.md, OUT/evaluation.json and the PNGs; return the JSON dict."""
+    from ndae.evaluation.report import c_index_figure, write_report
     from ndae.survival.kaplan_meier import kaplan_meier_by_tertile
 
+    run = check_inputs(manifest_path, out_dir, truth_path, options or EvaluationOptions())
+    options, out = run.options, run.out
+    out.mkdir(parents=True, exist_ok=True)
+    train_manifest = write_training_manifest(run.manifest, run.held_out_subjects, out / "train_manifest.csv")
+    dae_summary = latent_features(run, train_manifest)
+    normative = latent_deviations(run)
+    calibration = normative.calibration
+    image_frames, image_features, prior_swap = image_deviations(run, normative.model, calibration)
+    tables = model_features(run, normative.deviations, image_frames, image_features, calibration)
+    table, counts, oracle = patients_table(run, normative.deviations, tables)
+    comparison = compare_models(run, table, tables)
+
+    # 6. the cosine's hazard ratio, KM by its tertile, the C-index figure, the report
+    hazard = cosine_hazard_ratio(table, save_to=out / "survival")
     km = kaplan_meier_by_tertile(table, "cosine", path=out / "km_cosine.png",
                                  title="Kaplan–Meier by tertile of the NDAE cosine score",
                                  split_on="the NDAE cosine score alone (no covariates)")
-    from ndae.evaluation.report import c_index_figure, write_report
-
-    c_index_figure(summary, oracle, out / "c_index.png")
-    timings["total_s"] = time.perf_counter() - started
-
+    c_index_figure(comparison.summary, oracle, out / "c_index.png")
+    run.timings["total_s"] = time.perf_counter() - run.started
+    truthful, truth_rows, baselines = comparison.truthful, comparison.truth_rows, tables.baselines
+    controls, held_out = run.controls, run.held_out
     result = {
-        "manifest": str(manifest_path.resolve()),
+        "manifest": str(run.manifest_path.resolve()),
         "truth": str(Path(truth_path).resolve()) if truth_path else None,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -347,32 +468,30 @@ def evaluate(manifest_path: str | Path, out_dir: str | Path, truth_path: str | P
                      **{k: v for k, v in counts.items() if k != "patients_without_deviations"}},
         "dae": dae_summary,
         "oracle_c_index": oracle,
-        "models": models,
+        "models": comparison.models,
         "expected_c": truthful["expected_c"],
         "best_baseline": truthful["best_baseline"],
         "difference_basis": truthful["difference_basis"],
         "score_metrics": truthful["score_metrics"],
         "held_out_controls": {"fraction": options.held_out_controls, "seed": options.seed,
-                              "subjects": held_out_subjects, "training_manifest": str(train_manifest)},
-        "normative_fits": {"NDAE latent normative model": [s for s, c in zip(subjects, controls) if c],
+                              "subjects": run.held_out_subjects, "training_manifest": str(train_manifest)},
+        "normative_fits": {"NDAE latent normative model": [s for s, c in zip(run.subjects, controls) if c],
                            **baselines.fitted_on},
         "calibration": calibration,
         "groups": {"column": "source_subject" if truth_rows is not None and "source_subject" in truth_rows.columns
-                   else None, "count": int(len(set(groups)))},
-        "failed_models": failures,
+                   else None, "count": int(len(set(comparison.groups)))},
+        "failed_models": comparison.failures,
         "skipped_baselines": baselines.skipped,
         "baselines": baselines.info,
         "cosine_hazard_ratio": hazard,
         "prior_residuals": None if prior_swap is None else {**prior_swap, "models": list(PRIOR_MODELS.values())},
         "kaplan_meier_cosine": km.to_json(),
-        "normative_figures": figures,
-        "folds": [list(map(int, f)) for f in folds],
-        "timings": timings,
+        "normative_figures": normative.figures,
+        "folds": [list(map(int, f)) for f in comparison.folds],
+        "timings": run.timings,
     }
     result = finite_or_null(result)
     atomic_write_json(out / "evaluation.json", result)
     write_report(result, out / "report.md")
-    _log(options, f"done in {timings['total_s']:.0f} s: {out / 'report.md'}")
+    _log(options, f"done in {run.timings['total_s']:.0f} s: {out / 'report.md'}")
     return result
-
-

@@ -8,7 +8,8 @@ compared here on quantities that average that noise away or measure it:
 - `expected_c`: the mean of that CV Harrell's C over R fresh survival draws from the cohort's
   known survival model (`redraw(rng) -> (time, event)`). The model is refitted on each draw's
   training folds, since what it learns depends on the outcomes. `expected_c_models` runs several
-  models on the SAME draws and folds, so `paired_difference` can compare them draw by draw;
+  models on the SAME draws and folds, so `ndae.evaluation.paired.paired_difference` can compare
+  them draw by draw;
 - `risk_concordance`: the concordance of the CV-predicted risk with the true linear predictor
   (all pairs with distinct true risk; 1 = the true ordering, 0.5 = none). No survival noise;
 - single scores: `severity_spearman` (against the true severity) and `patient_control_auroc`;
@@ -184,27 +185,6 @@ def expected_c(fit_predict: FitPredict, X, groups, redraw: Redraw, R: int = 50, 
                folds: int = 5, uno: bool = False) -> ExpectedC:
     """Mean CV Harrell's C of one model over R fresh survival draws (see `expected_c_models`)."""
     return expected_c_models({"model": (fit_predict, X)}, groups, redraw, R, seed, folds, uno)["model"]
-
-
-def paired_difference(model: ExpectedC, reference: ExpectedC, level: float = 0.95) -> dict:
-    """Draw-by-draw difference model − reference of the CV C (same draws and folds).
-
-    `difference`: its mean (the expected difference); `lower`/`upper`: the percentile interval
-    of the per-draw differences, i.e. the range one study's difference falls in with
-    probability `level` (it excludes 0 when a single study would tell the models apart);
-    `mc_se`: the Monte-Carlo standard error of the mean difference."""
-    if model.per_draw.shape != reference.per_draw.shape or model.seed != reference.seed:
-        raise TruthMetricError("paired difference: the two models were not run on the same draws")
-    delta = model.per_draw - reference.per_draw
-    delta = delta[np.isfinite(delta)]
-    if delta.size == 0:
-        return {"difference": float("nan"), "lower": float("nan"), "upper": float("nan"), "mc_se": float("nan"),
-                "draws": 0, "fraction_positive": float("nan")}
-    alpha = 1 - level
-    lower, upper = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
-    se = float(np.std(delta, ddof=1) / np.sqrt(delta.size)) if delta.size > 1 else float("nan")
-    return {"difference": float(delta.mean()), "lower": float(lower), "upper": float(upper), "mc_se": se,
-            "draws": int(delta.size), "fraction_positive": float(np.mean(delta > 0))}
 
 
 def paired_bootstrap_c(time, event, risk, reference_risk, folds: list[np.ndarray], groups=None,
