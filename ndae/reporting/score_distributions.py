@@ -10,7 +10,7 @@ import numpy as np
 
 from ndae.io import atomic_save_figure
 
-__all__ = ["FIGURE", "score_distribution_lines", "tail_share"]
+__all__ = ["FIGURE", "score_distribution_figure", "score_distribution_lines", "tail_share"]
 
 FIGURE = "figures/score_distributions.png"
 # per score: its label, and whether a higher value is less typical (cosine: lower is)
@@ -55,7 +55,9 @@ def score_distribution_lines(run_dir: Path, result: dict | None) -> list[str]:
               f"{n_controls[first]:.0f} controls, {float(np.sum(counts['patient'][first])):.0f} patients; {held}. "
               "No score left a site, only counts per bin on edges the server fixed from the latent dimension; the "
               "first and last bins are open-ended.", ""]
-    _figure(Path(run_dir) / FIGURE, counts, edges)
+    path = Path(run_dir) / FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_figure(path, score_distribution_figure(counts, edges))
     lines += [f"![Patients vs controls: deviation score distributions]({FIGURE})", ""]
     for score, (label, higher) in SCORES.items():
         if score not in counts["control"]:
@@ -86,7 +88,8 @@ def _calibration_lines(calibration: dict) -> list[str]:
     return lines + ["", f"{calibration['values']:.0f} z-values; within ±2 the held-out controls are {verdict}."]
 
 
-def _figure(path: Path, counts: dict, edges: dict) -> None:
+def score_distribution_figure(counts: dict, edges: dict):
+    """One panel per score: each group's share of subjects per bin, overlaid."""
     from matplotlib.figure import Figure
 
     scores = [s for s in SCORES if s in counts["control"]]
@@ -109,5 +112,4 @@ def _figure(path: Path, counts: dict, edges: dict) -> None:
         axis.set_ylabel("share of the group per bin (%)")
         axis.set_title(f"{score}: patients vs controls", fontsize=10)
         axis.legend(fontsize=8, loc="best")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_figure(path, figure)
+    return figure
