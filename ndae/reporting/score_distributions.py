@@ -14,7 +14,7 @@ __all__ = ["FIGURE", "score_distribution_figure", "score_distribution_lines", "t
 
 FIGURE = "figures/score_distributions.png"
 # per score: its label, and whether a higher value is less typical (cosine: lower is)
-SCORES = {"mahalanobis": ("Mahalanobis distance of z_sem from its normative expectation (SD units)", True),
+SCORES = {"mahalanobis": ("Mahalanobis distance of z_sem from its normative expectation (SD units, log scale)", True),
           "cosine": ("1 − cosine similarity to the normative z_sem (log scale)", False)}
 WITHHELD = ("in a private run these counts are row-level on a small site, so a site sends them only where its "
             "policy declares counts public (node config public-counts), as with the Kaplan–Meier counts")
@@ -66,6 +66,10 @@ def score_distribution_lines(run_dir: Path, result: dict | None) -> list[str]:
         if reading is None:
             continue
         share, index = reading
+        if index == (len(edges[score]) - 2 if higher else 0):
+            lines.append(f"- {score}: the controls' 95th percentile lies in the open-ended end bin: no patients' "
+                         "share beyond it can be read from these bins.")
+            continue
         bound = edges[score][index + 1] if higher else edges[score][index]
         side = f"above {bound:.3g}" if higher else f"below {bound:.4g}"
         lines.append(f"- {score}: about {100 * share:.0f} % of patients lie beyond the controls' 95th percentile "
@@ -106,8 +110,7 @@ def score_distribution_figure(counts: dict, edges: dict):
             share = 100 * (c if higher else c[::-1]) / c.sum()
             axis.stairs(share, x, label=f"{group}s (n = {c.sum():.0f})", color=colour, fill=True, alpha=0.35)
             axis.stairs(share, x, color=colour, lw=1.2)
-        if not higher:
-            axis.set_xscale("log")
+        axis.set_xscale("log")  # both scores' edges are geometric
         axis.set_xlabel(label)
         axis.set_ylabel("share of the group per bin (%)")
         axis.set_title(f"{score}: patients vs controls", fontsize=10)

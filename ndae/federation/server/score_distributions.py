@@ -9,9 +9,11 @@ controls under model k and sends counts only. The DAE itself was trained on ever
 controls are held out of the normative fit, not of the encoder.
 
 Bin edges come from public knowledge only: the Mahalanobis distance of d standardised residuals is
-about chi(d) for a control, so its edges run linearly from 0 to twice chi(d)'s 99.9th percentile;
-the cosine lies in [-1, 1] but the paper's (uncentred) cosine sits close to 1, so its edges are
-geometric in 1 − cosine from 2 down to 1e-5. The first and last bins are open-ended at the site.
+about chi(d) for an in-sample control, larger for a held-out one fitted on few controls and for a
+patient, so its edges are geometric from a quarter of chi(d)'s 0.1th percentile to 16 times its
+99.9th; the cosine lies in [-1, 1] but the paper's (uncentred) cosine sits close to 1, so its
+edges are geometric in 1 − cosine from 2 down to 1e-7. The first and last bins are open-ended at
+the site: no subject is dropped.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def histogram_edges(z_sem_dim: int) -> dict[str, np.ndarray]:
     """The bin edges of each score, from the latent dimension alone."""
     from scipy.stats import chi
 
-    top = 2.0 * float(chi.ppf(0.999, int(z_sem_dim)))
-    return {"mahalanobis": np.linspace(0.0, top, BINS + 1),
-            "cosine": 1.0 - np.geomspace(2.0, 1e-5, BINS + 1)}
+    d = int(z_sem_dim)
+    return {"mahalanobis": np.geomspace(float(chi.ppf(0.001, d)) / 4, 16 * float(chi.ppf(0.999, d)), BINS + 1),
+            "cosine": 1.0 - np.geomspace(2.0, 1e-7, BINS + 1)}
 
 
 def normative_request(config) -> dict:
