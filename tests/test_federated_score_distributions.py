@@ -9,6 +9,7 @@ DAE and a random normative model (no training).
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -171,8 +172,6 @@ def _deviations(world, tmp_path, *, privacy: bool, node_config=None, edges=None)
     node = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0, "privacy-dir": str(tmp_path / "ledger"),
             **(node_config or {})} if privacy else {}
     grid = InProcessGrid([world["manifest"]], config.to_run_config(), node_config=node)
-    import json
-
     content = RecordDict({"dae": world["weights"], "normative": normative_to_config(world["normative"]),
                           "config": ConfigRecord({"dae-config": json.dumps(world["dae"].to_dict()),
                                                   "features": ["cosine"], "share-rows": False})})

@@ -25,7 +25,7 @@ import numpy as np
 from ndae.federation.records import arrays_to_record
 from ndae.federation.site.context import SiteRefusal
 
-__all__ = ["FOLDS_KEY", "HISTOGRAM_KEY", "MAX_BINS", "MAX_FOLDS", "HISTOGRAM_SCORES", "REPLY_KEY",
+__all__ = ["BANDS", "FOLDS_KEY", "HISTOGRAM_KEY", "MAX_BINS", "MAX_FOLDS", "HISTOGRAM_SCORES", "REPLY_KEY",
            "binned", "checked_histogram_request", "control_folds", "fold_model_key", "fold_stats_key",
            "fold_statistics", "score_histograms"]
 
