@@ -208,7 +208,9 @@ def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, coho
     assert summary["survival"]["counts"].keys() == {"site1", "site3"}  # the two sites declare counts public
     assert (run / "privacy" / "site1.jsonl").read_bytes() == (own / "site1.jsonl").read_bytes()
     entries = read_ledger(own / "site1.jsonl", summary["privacy"]["site1"]["final_hash"])
-    assert [e["mechanism"] for e in entries] == ["gaussian-moments", "gaussian-moments", "shared-scores", "risk-summary"]
+    # counts declared public: the score histograms are a declared release too
+    assert [e["mechanism"] for e in entries] == ["gaussian-moments", "gaussian-moments", "score-histograms",
+                                                 "shared-scores", "risk-summary"]
     rows = pd.read_csv(run / "deviations.csv")
     subjects = set(pd.read_csv(cohort / "cohort" / "split" / "site1" / "train.csv")["subject"].astype(str))
     assert len(rows) == 8 and not set(rows["subject"].astype(str)) & subjects  # pseudonyms, never the ids

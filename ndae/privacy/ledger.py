@@ -36,7 +36,7 @@ from ndae.errors import LedgerError, NdaeError
 from ndae.io import atomic_write_bytes, atomic_write_json
 
 GENESIS_HASH = "0" * 64
-MECHANISMS = ("dp-sgd", "gaussian-moments", "shared-scores", "cox-terms", "risk-summary")
+MECHANISMS = ("dp-sgd", "gaussian-moments", "shared-scores", "cox-terms", "risk-summary", "score-histograms")
 ACCOUNTED_MECHANISMS = ("dp-sgd", "gaussian-moments")  # with an epsilon; the others are declared, non-DP releases
 FIELDS = (
     "index", "time", "site", "mechanism", "noise_multiplier", "clip", "sample_rate", "steps",

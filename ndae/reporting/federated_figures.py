@@ -64,9 +64,9 @@ def normative_lines(run_dir: Path, summary: dict) -> list[str]:
     drawn = plot_centiles(model, path, site=site)
     return ["", f"![Normative centiles of {drawn['feature']} against age]({FIGURES}/normative_centiles.png)", "",
             f"Centile curves of {drawn['feature']}, the z_sem feature with the steepest normative age trend, at site "
-            f"{site}. The subjects' z_sem stay at their sites, so no control or patient is drawn on the curves, and "
-            "the held-out controls' z calibration and the patients-vs-controls score distributions are not in this "
-            "report: no control's score leaves a site. `ndae evaluate` on pooled data draws all three."]
+            f"{site}. The subjects' z_sem stay at their sites, so no control or patient is drawn on the curves; the "
+            "held-out controls' z calibration and the patients-vs-controls score distributions below come from "
+            "counts the sites sent, never a subject's score."]
 
 
 def survival_figure_lines(survival: dict) -> list[str]:

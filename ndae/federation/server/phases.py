@@ -236,9 +236,11 @@ class Federation:
 
         design = DesignSpec()
         from ndae.federation.server.latent_probe import INITIAL_WEIGHTS_KEY, initial_weights, latent_probe
+        from ndae.federation.server.score_distributions import held_out_models, normative_request
 
         content = RecordDict({"dae": ema_weights_record(ema), "config": ConfigRecord({
-            "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict())})})
+            "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict()),
+            **normative_request(self.config)})})  # + per-fold statistics: the held-out calibration
         if not self.config.privacy:  # the age probe's yardstick, in the same reply
             content[INITIAL_WEIGHTS_KEY] = initial_weights(self.dae_config)
         result = self.messenger.query("normative_stats", content)
@@ -254,6 +256,7 @@ class Federation:
             stats = postprocess_noisy_stats(stats)
         normative = NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
         normative.save(self.run_dir / "normative")
+        self.held_out = held_out_models(result.replies, list(normative.feature_names), self.config.privacy)
         self.latent_probe = latent_probe(result.replies, self.config.privacy)
         self.log("[normative] age probe of z_sem: " + _probe_line(self.latent_probe))
         atomic_save_npz(self.run_dir / "normative" / "sufficient_stats.npz", **stats.to_arrays())

@@ -76,6 +76,9 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
               f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
     lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
     lines += normative_lines(run_dir, summary)
+    from ndae.reporting.score_distributions import score_distribution_lines
+
+    lines += score_distribution_lines(run_dir, survival.get("score_distributions"))
     lines += latent_probe_lines(summary.get("latent_probe"))
     lines += prior_residual_lines(summary.get("prior_residuals"), survival, config.privacy)
     lines += ["",

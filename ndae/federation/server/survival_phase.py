@@ -29,6 +29,8 @@ class SurvivalPhase:
         self.run_dir, self.dae_config, self.files = federation.run_dir, federation.dae_config, federation.files
         # the run config's survival-features with "prior" expanded (`prior_residual_phase.survival_features`)
         self.features = list(getattr(federation, "survival_features", self.config.features))
+        # the leave-one-fold-out normative models and why there are none (`score_distributions`)
+        self.held_out = getattr(federation, "held_out", ([], "the normative phase fitted no held-out models"))
 
     def run(self, ema, normative, voxelwise=None, prior=None) -> dict[str, Any]:
         """`voxelwise`: the fitted voxel-wise baseline (or None): the sites score their patients
@@ -48,6 +50,11 @@ class SurvivalPhase:
             from ndae.federation.records import PRIOR_KEY
 
             content[PRIOR_KEY] = normative_to_config(prior)
+        from ndae.federation.server import score_distributions
+
+        z_sem_dim = int(self.dae_config.model.z_sem_dim)
+        for key, record in score_distributions.deviations_request(z_sem_dim, self.held_out[0]).items():
+            content[key] = record
         result = self.messenger.query("deviations", content)
         # a site that could not score its patients against the voxel-wise baseline says why
         self.voxelwise_failures = {s: str(c["voxelwise-error"]["reason"]) for s, c in result.replies.items()
@@ -59,6 +66,8 @@ class SurvivalPhase:
         sites_with_patients = [s for s in result.replies if s not in counts or counts[s]["patients"] > 0]
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
                                     "features": features}
+        survival["score_distributions"] = score_distributions.collect(result.replies, z_sem_dim, *self.held_out,
+                                                                      private=config.privacy)
         if prior is not None:
             from ndae.federation.server.prior_residual_phase import swap_test
 

@@ -26,6 +26,9 @@ from ndae.federation.site.data import check_fault, site_info
 # The Cox queries and the prior residual query live in their own modules; the dispatch table
 # below names every handler.
 from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
+from ndae.federation.site.score_histograms import (
+    FOLDS_KEY, checked_histogram_request, fold_statistics, score_histograms,
+)
 from ndae.federation.site.statistics import covariate_moments, normative_statistics, patient_survival_table
 from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
 from ndae.federation.site.training import train_round
@@ -98,6 +101,9 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
             stats = normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
                                                    design, device=config.device)
             reply[stats_key] = arrays_to_record(stats)
+    if FOLDS_KEY in settings:  # per-fold statistics: the held-out controls' calibration (score_histograms)
+        reply.update(fold_statistics(site, message.content["dae"], json.loads(settings["dae-config"]), design,
+                                     settings[FOLDS_KEY], config.seed, device=config.device))
     return Message(RecordDict(reply), reply_to=message)
 
 
@@ -141,6 +147,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     features = _requested_features(settings, site, dae_config, prior=PRIOR_KEY in message.content)
     # The z_sem model is applied to the patients' covariate table: checked on its own content first.
     normative = checked_normative_model(message.content, site.name, dae_config)
+    histograms = checked_histogram_request(message.content, site.name, dae_config)  # before any data is read
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
     table = patient_survival_table(site, message.content["dae"], dae_config, normative, features,
                                              device=config.device, extra=prior_features)
@@ -179,12 +186,15 @@ def handle_deviations(message: Message, context: Context) -> Message:
             reply["prior-swap"] = MetricRecord(prior_swap)
         if share_rows:
             reply["rows"] = frame_to_record(table)
+        reply.update(score_histograms(histograms, site, policy, config, message.content["dae"], dae_config,
+                                      normative, table))
         return Message(RecordDict(reply), reply_to=message)
     # A private run: exact covariate moments are not sent (not DP); counts only if declared public.
     from ndae.federation.site.privacy import POOLED_ROW_CONTENT, ledger_reply, pseudonymised_rows, record_declared
 
     privacy = site_privacy(config, policy, context, site)
-    reply = {}
+    reply = score_histograms(histograms, site, policy, config, message.content["dae"], dae_config, normative,
+                             table, privacy=privacy)  # {} unless the site declares counts public
     if policy.public_counts:
         reply["counts"] = MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())})
     if share_rows:
