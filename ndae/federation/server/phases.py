@@ -19,6 +19,9 @@
 A site that fails or does not answer within `round-timeout` is left out of that phase (and
 named in the report); the run goes on while at least `min-sites` answer, else it fails with
 `FederationError` and `status.json` says so (`messaging`).
+
+Phases 2b–3 live in their own modules and get a `PhaseContext` and the fitted models they use as
+arguments, never the `Federation`; every phase returns what the summary says about it.
 """
 
 from __future__ import annotations
