@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -45,6 +45,10 @@ from ndae.federation.server.run_files import RunFiles
 from ndae.federation.server.survival_phase import SurvivalPhase
 from ndae.federation.server.strategy import dae_config_for, load_strategy_state, make_strategy, strategy_state
 
+if TYPE_CHECKING:  # torch and the normative model load only when a phase needs them
+    from ndae.model.config import DAEConfig
+    from ndae.normative import NormativeModel, SufficientStats
+
 __all__ = ["Federation", "FederationError", "SimulatedKill", "dae_config_for", "run_federation"]
 
 
@@ -52,8 +56,8 @@ __all__ = ["Federation", "FederationError", "SimulatedKill", "dae_config_for", "
 class NormativeFit:
     """Phase 2's result: the summed statistics, the model fitted on them, what the noise
     post-processing warned about (private runs) and the age probe of z_sem."""
-    stats: Any  # SufficientStats
-    model: Any  # NormativeModel
+    stats: SufficientStats
+    model: NormativeModel
     warnings: list[str]
     latent_probe: dict[str, Any]
 
@@ -74,7 +78,7 @@ class Federation:
         self.messenger = SiteMessenger(grid, config, self.state, log, on_answers=self._record_privacy)
         self.privacy_heads: dict[str, dict] = {}  # site -> its ledger head, epsilon (private runs)
         self.timings: dict[str, float] = {}
-        self.dae_config = None  # DAEConfig: known once every site said how many slices it prepares
+        self.dae_config: DAEConfig | None = None  # known once every site said how many slices it prepares
         self._rounds_started: tuple[float, int] | None = None  # (time, round) of this process's first round
 
     # ---- run -------------------------------------------------------------------------------
