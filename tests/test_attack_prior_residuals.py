@@ -398,6 +398,8 @@ def test_a_garbled_site_reply_leaves_the_run_without_the_prior_features_instead_
 
     import ndae.federation.server.prior_residual_phase as phase
     from ndae.federation.server.messaging import PhaseResult
+    from ndae.federation.server.phase_context import PhaseContext
+    from ndae.federation.server.run_files import RunFiles
 
     content = {"stats-not-arrays": RecordDict({"stats": ConfigRecord({"xtx": 1}),
                                                "columns": ConfigRecord({"columns": ["prior_frontal"]})}),
@@ -405,8 +407,8 @@ def test_a_garbled_site_reply_leaves_the_run_without_the_prior_features_instead_
                "no-columns": RecordDict({"stats": ArrayRecord()})}[reply]
     monkeypatch.setattr(phase, "ema_weights_record", lambda ema: ArrayRecord())
     monkeypatch.setattr(phase, "normative_to_config", lambda model: ConfigRecord())
-    federation = SimpleNamespace(config=FederationConfig(run_dir=str(tmp_path), privacy=True),
-                                 dae_config=SimpleNamespace(to_dict=dict), run_dir=tmp_path, log=lambda line: None,
-                                 messenger=SimpleNamespace(query=lambda *a, **k: PhaseResult({"site1": content}, {})))
-    model, info = phase.fit_prior_residuals(federation, None, None, ["site1"])
+    context = PhaseContext(config=FederationConfig(run_dir=str(tmp_path), privacy=True),
+                           dae_config=SimpleNamespace(to_dict=dict), files=RunFiles(tmp_path), log=lambda line: None,
+                           messenger=SimpleNamespace(query=lambda *a, **k: PhaseResult({"site1": content}, {})))
+    model, info = phase.fit_prior_residuals(context, None, None, ["site1"])
     assert model is None and info["not_computed"]

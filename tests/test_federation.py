@@ -18,7 +18,7 @@ from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
-from ndae.federation.server.phases import FederationError, SimulatedKill, run_federation
+from ndae.federation.server.phases import Federation, FederationError, SimulatedKill, run_federation
 from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
@@ -39,9 +39,13 @@ def _manifests(cohort):
 VOXELWISE = {"voxelwise_baseline": True, "voxelwise_regions": "precentral"}
 
 
-def _run(cohort, name, **overrides):
+def _config(cohort, name, **overrides):
     settings = {"rounds": 1, "batch_size": 4, "seed": 3, "voxelwise_baseline": False, **overrides}
-    config = FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
+    return FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
+
+
+def _run(cohort, name, **overrides):
+    config = _config(cohort, name, **overrides)
     grid = InProcessGrid(_manifests(cohort), config.to_run_config())
     return run_federation(grid, config, log=lambda _: None), cohort / name
 
@@ -53,8 +57,16 @@ def test_hooks(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def pooled_run(cohort):
-    return _run(cohort, "pooled", survival_mode="pooled", **VOXELWISE)
+def pooled_federation(cohort):
+    """The pooled run's `Federation` object after its run, and the summary it returned."""
+    config = _config(cohort, "pooled", survival_mode="pooled", **VOXELWISE)
+    federation = Federation(InProcessGrid(_manifests(cohort), config.to_run_config()), config, log=lambda _: None)
+    return federation, federation.run()
+
+
+@pytest.fixture(scope="module")
+def pooled_run(cohort, pooled_federation):
+    return pooled_federation[1], cohort / "pooled"
 
 
 def test_records_round_trip_keep_dtypes_and_0d_arrays():
@@ -96,6 +108,16 @@ def test_run_directory_follows_the_contract(pooled_run):
     assert [r["phase"] for r in rounds] == ["dae", "normative", "prior_residuals", "voxelwise", "survival"]
     assert sorted(rounds[0]["sites"]) == list(SITES)
     assert 0.0 <= summary["survival"]["c_index_within_site"] <= 1.0
+
+
+def test_a_run_leaves_no_state_beyond_what_federation_init_declares(pooled_federation):
+    """The phases return their results (the summary is assembled from them) instead of leaving
+    attributes on the Federation; the later phases get a PhaseContext, not the Federation."""
+    federation, summary = pooled_federation
+    fresh = Federation(federation.grid, federation.config, log=lambda _: None)
+    assert set(vars(federation)) == set(vars(fresh))
+    assert fresh.dae_config is None and federation.dae_config is not None
+    assert summary["latent_probe"] and "regions" in summary["prior_residuals"] and "voxels_modelled" in summary["voxelwise"]
 
 
 def test_federated_normative_moments_equal_central_ones(pooled_run, cohort):

@@ -2,6 +2,10 @@
 
 - `phases`: the `Federation` class, the phases of one run read top to bottom (site info, DAE
   rounds, normative sums, deviations and survival); `run_federation` is the ServerApp's body.
+- `phase_context`: what the phases after the DAE get instead of the `Federation` (config, DAE
+  config, messenger, run files, log); each returns its result for the summary.
+- `prior_residual_phase`, `voxelwise_phase`: the prior residuals' normative model and the
+  voxel-wise baseline (its fit, and its Cox model beside the NDAE's).
 - `preflight`: a simulation without a cohort stops before any message, naming `ndae demo`.
 - `messaging`: one message round to the sites, the sites left out, the `min-sites` rule.
 - `strategy`: the DAE config, the Flower strategy (FedAvg, FedAdam on the model half, FedProx)

@@ -19,15 +19,18 @@
 A site that fails or does not answer within `round-timeout` is left out of that phase (and
 named in the report); the run goes on while at least `min-sites` answer, else it fails with
 `FederationError` and `status.json` says so (`messaging`).
+
+Phases 2b–3 live in their own modules and get a `PhaseContext` and the fitted models they use as
+arguments, never the `Federation`; every phase returns what the summary says about it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -37,15 +40,36 @@ from ndae.federation.records import (
 )
 from ndae.federation.server.errors import FederationError, SimulatedKill
 from ndae.federation.server.messaging import RunState, SiteMessenger
+from ndae.federation.server.phase_context import PhaseContext
 from ndae.federation.server.run_files import RunFiles
 from ndae.federation.server.survival_phase import SurvivalPhase
 from ndae.federation.server.strategy import dae_config_for, load_strategy_state, make_strategy, strategy_state
 
+if TYPE_CHECKING:  # torch and the normative model load only when a phase needs them
+    from ndae.model.config import DAEConfig
+    from ndae.normative import NormativeModel, SufficientStats
+
 __all__ = ["Federation", "FederationError", "SimulatedKill", "dae_config_for", "run_federation"]
 
 
+@dataclass(frozen=True)
+class NormativeFit:
+    """Phase 2's result: the summed statistics, the model fitted on them, what the noise
+    post-processing warned about (private runs) and the age probe of z_sem."""
+    stats: SufficientStats
+    model: NormativeModel
+    warnings: list[str]
+    latent_probe: dict[str, Any]
+    # the leave-one-fold-out models of the held-out calibration, or why there are none
+    held_out: tuple[list, str | None]
+
+
 class Federation:
-    """One federated run over a Flower `Grid` (real, simulated, or `InProcessGrid`)."""
+    """One federated run over a Flower `Grid` (real, simulated, or `InProcessGrid`).
+
+    Its own state is what the run accumulates across phases (`state`, `timings`, `privacy_heads`,
+    the DAE config once the sites said how many slices they prepare); the later phases get a
+    `PhaseContext` and the fitted models as arguments, and return what the summary says."""
 
     def __init__(self, grid, config: FederationConfig, log: Callable[[str], None] = print):
         config = replace(config, survival_mode=config.effective_survival_mode)  # auto -> pooled / federated
@@ -56,6 +80,8 @@ class Federation:
         self.messenger = SiteMessenger(grid, config, self.state, log, on_answers=self._record_privacy)
         self.privacy_heads: dict[str, dict] = {}  # site -> its ledger head, epsilon (private runs)
         self.timings: dict[str, float] = {}
+        self.dae_config: DAEConfig | None = None  # known once every site said how many slices it prepares
+        self._rounds_started: tuple[float, int] | None = None  # (time, round) of this process's first round
 
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -92,33 +118,34 @@ class Federation:
         model, ema = self.phase_dae()
         self.timings["dae_training_s"] = time.time() - t
         t = time.time()
-        stats, normative = self.phase_normative(ema)
+        normative = self.phase_normative(ema)
         self.timings["normative_s"] = time.time() - t
+        context = PhaseContext(self.config, self.dae_config, self.messenger, self.files, self.log)
         t = time.time()
         from ndae.federation.server.prior_residual_phase import fit_prior_residuals, survival_features
 
-        prior, self.prior_info = fit_prior_residuals(self, ema, normative, list(stats.site_names))
-        self.survival_features, dropped = survival_features(self.config.features, self.prior_info)
+        prior, prior_info = fit_prior_residuals(context, ema, normative.model, list(normative.stats.site_names))
+        features, dropped = survival_features(self.config.features, prior_info)
         if dropped:
-            self.prior_info["survival"] = dropped
+            prior_info["survival"] = dropped
             self.log(f"[prior residuals] {dropped}")
         self.timings["prior_residuals_s"] = time.time() - t
         t = time.time()
         from ndae.federation.server.voxelwise_phase import fit_voxelwise
 
-        voxelwise, self.voxelwise_info = fit_voxelwise(self)
+        voxelwise, voxelwise_info = fit_voxelwise(context)
         self.timings["voxelwise_s"] = time.time() - t
         t = time.time()
-        survival = self.phase_survival(ema, normative, voxelwise, prior)
+        survival = SurvivalPhase(context, features, normative.held_out).run(ema, normative.model, voxelwise, prior)
         self.timings["survival_s"] = time.time() - t
         self.timings["total_s"] = time.time() - started
         from ndae.federation.server.report import write_report
 
         summary = {"sites": self.state.info, "missing": self.state.missing, "timings": self.timings,
-                   "normative": {"n_controls": float(stats.n), "sites": list(stats.site_names),
-                                 "warnings": self.moments_warnings},
-                   "latent_probe": self.latent_probe, "voxelwise": self.voxelwise_info,
-                   "prior_residuals": self.prior_info,
+                   "normative": {"n_controls": float(normative.stats.n), "sites": list(normative.stats.site_names),
+                                 "warnings": normative.warnings},
+                   "latent_probe": normative.latent_probe, "voxelwise": voxelwise_info,
+                   "prior_residuals": prior_info,
                    "survival": survival, "participation": self.state.participation}
         if self.config.privacy:
             summary["privacy"] = self.privacy_heads
@@ -221,7 +248,9 @@ class Federation:
         from ndae.progress import duration, eta
 
         # elapsed and ETA at this process's own rate (a resumed run counts from its first new round)
-        first_time, first_round = self.__dict__.setdefault("_rounds_started", (t, round_number))
+        if self._rounds_started is None:
+            self._rounds_started = (t, round_number)
+        first_time, first_round = self._rounds_started
         elapsed = time.time() - first_time
         left = eta(round_number - first_round + 1, self.config.rounds - first_round + 1, elapsed)
         self.log(f"round {round_number}/{self.config.rounds}: {loss} from {len(result.replies)} site(s) of "
@@ -230,7 +259,7 @@ class Federation:
         return global_step
 
     # ---- phase 2: the normative model -----------------------------------------------------------
-    def phase_normative(self, ema):
+    def phase_normative(self, ema) -> NormativeFit:
         from ndae.io import atomic_save_npz
         from ndae.normative import DesignSpec, NormativeModel, SufficientStats
 
@@ -245,29 +274,24 @@ class Federation:
             content[INITIAL_WEIGHTS_KEY] = initial_weights(self.dae_config)
         result = self.messenger.query("normative_stats", content)
         stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
-        self.moments_warnings: list[str] = []
+        warnings: list[str] = []
         if self.config.privacy and self.config.moments_noise_multiplier > 0:  # noised sums -> valid fit input
             from ndae.privacy.moments_postprocessing import moments_noise_warnings, postprocess_noisy_stats
 
-            self.moments_warnings = moments_noise_warnings(
-                {s: record_to_arrays(c["stats"]) for s, c in result.replies.items()})
-            for line in self.moments_warnings:
+            warnings = moments_noise_warnings({s: record_to_arrays(c["stats"]) for s, c in result.replies.items()})
+            for line in warnings:
                 self.log(f"[normative] warning: {line}")
             stats = postprocess_noisy_stats(stats)
         normative = NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
         normative.save(self.run_dir / "normative")
-        self.held_out = held_out_models(result.replies, list(normative.feature_names), self.config.privacy)
-        self.latent_probe = latent_probe(result.replies, self.config.privacy)
-        self.log("[normative] age probe of z_sem: " + _probe_line(self.latent_probe))
+        held_out = held_out_models(result.replies, list(normative.feature_names), self.config.privacy)
+        probe = latent_probe(result.replies, self.config.privacy)
+        self.log("[normative] age probe of z_sem: " + _probe_line(probe))
         atomic_save_npz(self.run_dir / "normative" / "sufficient_stats.npz", **stats.to_arrays())
         self.files.append_metrics({"phase": "normative", "sites": sorted(result.replies), "missing": result.missing,
                                    "n_controls": float(stats.n),
                                    "controls_by_site": {s: float(n) for s, n in zip(stats.site_names, stats.site_n)}})
-        return stats, normative
-
-    # ---- phase 3: deviations and survival -------------------------------------------------------
-    def phase_survival(self, ema, normative, voxelwise=None, prior=None) -> dict[str, Any]:
-        return SurvivalPhase(self).run(ema, normative, voxelwise, prior)
+        return NormativeFit(stats, normative, warnings, probe, held_out)
 
     # ---- privacy ledgers -------------------------------------------------------------------
     def _record_privacy(self, replies: dict[str, RecordDict]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flwr.app import ConfigRecord, RecordDict
 
@@ -24,33 +24,36 @@ from ndae.errors import NdaeError
 from ndae.federation.config import PRIOR_FEATURE_GROUPS, is_prior_feature
 from ndae.federation.records import ema_weights_record, normative_to_config, record_to_arrays
 from ndae.federation.server.errors import FederationError
+from ndae.federation.server.phase_context import PhaseContext
 
 __all__ = ["fit_prior_residuals", "survival_features", "swap_test"]
 
 FOLDER = "normative_prior"  # the residuals' normative model in the run directory
 
 
-def fit_prior_residuals(federation, ema, normative, normative_sites: list[str]) -> tuple[Any, dict[str, Any]]:
+def fit_prior_residuals(context: PhaseContext, ema, normative,
+                        normative_sites: list[str]) -> tuple[Any, dict[str, Any]]:
     """(the residuals' fitted normative model or None, what the report says about it).
-    `normative_sites`: the sites whose z_sem statistics made the normative model."""
+    `normative`: the fitted normative model of z_sem; `normative_sites`: the sites whose z_sem
+    statistics made it."""
     from ndae.normative import DesignSpec, NormativeModel, SufficientStats
 
-    config = federation.config
+    config = context.config
     if not config.prior_residuals:
         return None, {"not_computed": "run config prior-residuals = false"}
     started = time.time()
     design = DesignSpec()
     content = RecordDict({"dae": ema_weights_record(ema), "normative": normative_to_config(normative),
-                          "config": ConfigRecord({"dae-config": json.dumps(federation.dae_config.to_dict()),
+                          "config": ConfigRecord({"dae-config": json.dumps(context.dae_config.to_dict()),
                                                   "design": json.dumps(design.to_dict())})})
     try:
-        result = federation.messenger.query("prior_residual_stats", content, sites=normative_sites)
+        result = context.messenger.query("prior_residual_stats", content, sites=normative_sites)
     except FederationError as error:
-        return None, _not_computed(federation, str(error))
+        return None, _not_computed(context.log, str(error))
     absent = {site: result.missing.get(site, "did not answer") for site in normative_sites if site not in result.replies}
     if absent:  # a feature some sites' patients cannot have: no model, the run goes on without it
-        return None, _not_computed(federation, "; ".join(f"site {s}: {why.splitlines()[0][:200]}"
-                                                         for s, why in sorted(absent.items())))
+        return None, _not_computed(context.log, "; ".join(f"site {s}: {why.splitlines()[0][:200]}"
+                                                          for s, why in sorted(absent.items())))
     try:
         columns = _same_columns(result.replies)
         arrays = {s: record_to_arrays(c["stats"]) for s, c in result.replies.items()}
@@ -64,26 +67,26 @@ def fit_prior_residuals(federation, ema, normative, normative_sites: list[str]) 
         model = NormativeModel.from_stats(stats, columns)
     except (NdaeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
         # a site's reply is not trusted: a garbled one costs the run the prior features, not the run
-        return None, _not_computed(federation, f"{type(error).__name__}: {error}")
+        return None, _not_computed(context.log, f"{type(error).__name__}: {error}")
     from ndae.io import atomic_save_npz
 
-    model.save(federation.run_dir / FOLDER)
-    atomic_save_npz(federation.run_dir / FOLDER / "sufficient_stats.npz", **stats.to_arrays())
+    model.save(context.run_dir / FOLDER)
+    atomic_save_npz(context.run_dir / FOLDER / "sufficient_stats.npz", **stats.to_arrays())
     for line in warnings:
-        federation.log(f"[prior residuals] warning: {line}")
+        context.log(f"[prior residuals] warning: {line}")
     info = {"regions": columns, "n_controls": float(stats.n), "sites": sorted(result.replies), "warnings": warnings,
             "model": FOLDER, "seconds": round(time.time() - started, 3)}
-    federation.files.append_metrics({"phase": "prior_residuals", "sites": info["sites"], "missing": result.missing,
-                                     "n_controls": info["n_controls"], "regions": len(columns),
-                                     "seconds": info["seconds"]})
-    federation.log(f"[prior residuals] normative model of {len(columns)} region means fitted on "
-                   f"{stats.n:.0f} controls from {len(result.replies)} site(s)")
+    context.files.append_metrics({"phase": "prior_residuals", "sites": info["sites"], "missing": result.missing,
+                                  "n_controls": info["n_controls"], "regions": len(columns),
+                                  "seconds": info["seconds"]})
+    context.log(f"[prior residuals] normative model of {len(columns)} region means fitted on "
+                f"{stats.n:.0f} controls from {len(result.replies)} site(s)")
     return model, info
 
 
-def _not_computed(federation, why: str) -> dict[str, Any]:
+def _not_computed(log: Callable[[str], None], why: str) -> dict[str, Any]:
     why = why.splitlines()[0][:400] if why else "unknown"
-    federation.log(f"[prior residuals] not computed: {why}")
+    log(f"[prior residuals] not computed: {why}")
     return {"not_computed": why}
 
 

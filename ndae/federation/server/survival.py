@@ -8,7 +8,7 @@ where the server holds the rows (pooled mode).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,8 @@ import pandas as pd
 from ndae.federation.server.errors import FederationError
 from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
 
-__all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "fit_pooled_cox", "km_from_counts",
-           "pooled_survival_extras", "pooled_table", "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
+__all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "cross_validated_added_value_or_reason",
+           "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table", "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
 
 CLINICAL = ("age", "sex_female")
 TERTILES = ("low", "middle", "high")
@@ -207,3 +207,18 @@ def cross_validated_added_value(table: pd.DataFrame, covariates: list[str], refe
             "c_model": float(c_model), "c_reference": float(c_reference), "difference": paired["difference"],
             "lower": paired["lower"], "upper": paired["upper"], "level": 0.95, "folds": len(test_folds),
             "n": int(len(table))}
+
+
+def cross_validated_added_value_or_reason(table: pd.DataFrame, covariates: list[str], reference_covariates: list[str],
+                                          seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """`cross_validated_added_value`, or why not: a table too small to cross-validate costs the
+    report this estimate, not the run."""
+    from lifelines.exceptions import ConvergenceError
+
+    from ndae.errors import NdaeError
+
+    try:
+        return cross_validated_added_value(table, covariates, reference_covariates, seed=seed)
+    except (NdaeError, ConvergenceError, np.linalg.LinAlgError) as error:
+        log(f"[survival] cross-validated added value not computed: {error}")
+        return {"not_computed": str(error).splitlines()[0][:300]}

@@ -14,7 +14,7 @@ baseline. The report shows them beside the NDAE's own added value.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,17 +25,21 @@ from ndae.federation.records import record_to_arrays
 from ndae.federation.server import survival as server_survival
 from ndae.federation.server.errors import FederationError
 from ndae.federation.server.newton import beta_message, federated_cox
+from ndae.federation.server.phase_context import PhaseContext
+
+if TYPE_CHECKING:
+    from ndae.federation.server.survival_phase import CoxFit
 
 __all__ = ["compare_with_voxelwise", "fit_voxelwise", "voxel_columns"]
 
 
-def fit_voxelwise(federation) -> tuple[Any, dict[str, Any]]:
+def fit_voxelwise(context: PhaseContext) -> tuple[Any, dict[str, Any]]:
     """(fitted baseline or None, what the report says about it)."""
     from ndae.baselines.common import BaselineUnavailable
     from ndae.baselines.voxelwise import VoxelwiseNormativeBaseline
     from ndae.normative import SufficientStats
 
-    config = federation.config
+    config = context.config
     if not config.voxelwise_baseline:
         return None, {"not_computed": "run config voxelwise-baseline = false"}
     if config.privacy:
@@ -45,7 +49,7 @@ def fit_voxelwise(federation) -> tuple[Any, dict[str, Any]]:
     # The baseline is a yardstick: whatever goes wrong with it (too few sites answer, a malformed
     # reply, too few controls) is reported, and the NDAE run goes on without it.
     try:
-        result = federation.messenger.query("voxelwise_stats", RecordDict({"config": ConfigRecord(
+        result = context.messenger.query("voxelwise_stats", RecordDict({"config": ConfigRecord(
             {"stride": int(config.voxelwise_stride)})}))
         if not result.replies:
             return None, {"not_computed": "no site sent voxel-wise statistics"}
@@ -54,15 +58,15 @@ def fit_voxelwise(federation) -> tuple[Any, dict[str, Any]]:
         baseline = VoxelwiseNormativeBaseline(stride=config.voxelwise_stride).fit_stats(stats)
     except (BaselineUnavailable, NdaeError, FederationError, KeyError, ValueError) as error:
         why = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-        federation.log(f"[voxel-wise baseline] not computed: {why}")
+        context.log(f"[voxel-wise baseline] not computed: {why}")
         return None, {"not_computed": why}
     info = {"voxels_modelled": int(len(baseline.voxels)), "stride": int(config.voxelwise_stride),
             "n_controls": float(stats.n), "sites": sorted(result.replies), "regions": voxel_columns(baseline)}
-    federation.files.append_metrics({"phase": "voxelwise", "sites": sorted(result.replies), "missing": result.missing,
-                                     "n_controls": float(stats.n), "voxels": info["voxels_modelled"],
-                                     "seconds": round(time.time() - started, 3)})
-    federation.log(f"[voxel-wise baseline] {info['voxels_modelled']} voxels fitted on {stats.n:.0f} controls "
-                   f"from {len(result.replies)} site(s)")
+    context.files.append_metrics({"phase": "voxelwise", "sites": sorted(result.replies), "missing": result.missing,
+                                  "n_controls": float(stats.n), "voxels": info["voxels_modelled"],
+                                  "seconds": round(time.time() - started, 3)})
+    context.log(f"[voxel-wise baseline] {info['voxels_modelled']} voxels fitted on {stats.n:.0f} controls "
+                f"from {len(result.replies)} site(s)")
     return baseline, info
 
 
@@ -86,20 +90,22 @@ def voxel_columns(baseline, regions: list[str] | None = None) -> list[str]:
 MIN_EVENTS_PER_COVARIATE = 5
 
 
-def compare_with_voxelwise(phase, survival: dict, table, beta, covariates: list[str],
-                           reference: tuple | None, sites: list[str], baseline) -> dict[str, Any]:
-    """The baseline's Cox model and its paired comparisons (`survival["voxelwise"]`)."""
-    features = voxel_columns(baseline, phase.config.voxelwise_region_names)
-    reference_covariates = reference[1] if reference is not None else []
+def compare_with_voxelwise(context: PhaseContext, baseline, ndae: CoxFit,
+                           failures: dict[str, str]) -> dict[str, Any]:
+    """The baseline's Cox model and its paired comparisons (`survival["voxelwise"]`), on the
+    patients of the NDAE's Cox fit `ndae`. `failures`: site -> why it could not score its
+    patients against the baseline (from its deviations reply)."""
+    features = voxel_columns(baseline, context.config.voxelwise_region_names)
+    reference_covariates = ndae.reference[1] if ndae.reference is not None else []
     voxel_covariates = [*reference_covariates, *features]
-    out = phase.run_dir / "survival" / "voxelwise"
+    out = context.run_dir / "survival" / "voxelwise"
     result: dict[str, Any] = {"covariates": voxel_covariates, "features": features}
-    unscored = {site: why for site, why in phase.voxelwise_failures.items() if site in sites}
+    unscored = {site: why for site, why in failures.items() if site in ndae.sites}
     if unscored:
         result["not_computed"] = "site(s) could not score their patients: " + "; ".join(
             f"{site}: {why}" for site, why in sorted(unscored.items()))
         return result
-    events = _events(survival, sites)
+    events = _events(ndae.counts, ndae.sites)
     if events is not None and events < MIN_EVENTS_PER_COVARIATE * len(voxel_covariates):
         result["not_computed"] = (f"{events} events for {len(voxel_covariates)} covariates: an unpenalised Cox model "
                                   f"needs at least {MIN_EVENTS_PER_COVARIATE} events per covariate (fewer regions: "
@@ -108,24 +114,23 @@ def compare_with_voxelwise(phase, survival: dict, table, beta, covariates: list[
     from lifelines.exceptions import ConvergenceError
 
     try:
-        return _fit_and_compare(phase, result, table, beta, covariates, reference, sites, out)
+        return _fit_and_compare(context, result, ndae, out)
     except (FederationError, NdaeError, ConvergenceError, np.linalg.LinAlgError) as error:
         # e.g. a site refused a diverging beta, collinear regions: the NDAE results stand
         result["not_computed"] = f"the Cox model on the region z-scores did not fit: {str(error).splitlines()[0][:200]}"
-        phase.log(f"[voxel-wise baseline] {result['not_computed']}")
+        context.log(f"[voxel-wise baseline] {result['not_computed']}")
         return result
 
 
-def _events(survival: dict, sites: list[str]) -> int | None:
+def _events(counts: dict[str, dict[str, int]], sites: list[str]) -> int | None:
     """Events at the sites in the Cox fit (None when one of them withheld its counts)."""
-    counts = survival.get("counts") or {}
     if not all(site in counts for site in sites):
         return None
     return int(sum(counts[site]["events"] for site in sites))
 
 
-def _fit_and_compare(phase, result: dict, table, beta, covariates: list[str], reference: tuple | None,
-                     sites: list[str], out) -> dict[str, Any]:
+def _fit_and_compare(context: PhaseContext, result: dict, ndae: CoxFit, out) -> dict[str, Any]:
+    table, reference, sites = ndae.table, ndae.reference, ndae.sites
     voxel_covariates = result["covariates"]
     reference_covariates = reference[1] if reference is not None else []
     if table is not None:
@@ -134,7 +139,7 @@ def _fit_and_compare(phase, result: dict, table, beta, covariates: list[str], re
         voxel_beta = cox.params_.reindex(voxel_covariates).to_numpy()
         se = cox.standard_errors_.reindex(voxel_covariates).tolist()
     else:
-        voxel_beta, fitter = federated_cox(phase.messenger, list(sites), voxel_covariates, phase.log)
+        voxel_beta, fitter = federated_cox(context.messenger, list(sites), voxel_covariates, context.log)
         server_survival.save_federated_cox(out, fitter, voxel_covariates)
         se = fitter.standard_errors_.tolist()
         result["newton_message_rounds"] = int(fitter.n_rounds_)
@@ -143,23 +148,25 @@ def _fit_and_compare(phase, result: dict, table, beta, covariates: list[str], re
     result["se"] = dict(zip(voxel_covariates, se))
     # Paired, on the same within-site pairs: baseline vs covariates only, NDAE vs baseline.
     comparisons = {"vs_covariates": ((voxel_beta, voxel_covariates), reference),
-                   "ndae_vs_voxelwise": ((beta, covariates), (voxel_beta, voxel_covariates))}
+                   "ndae_vs_voxelwise": ((ndae.beta, ndae.covariates), (voxel_beta, voxel_covariates))}
     result["within_site"] = {}
     for name, (model, against) in comparisons.items():
         if against is None:
             result["within_site"][name] = {"not_computed": "no covariate besides the scores to compare against"}
             continue
-        answers = phase.messenger.query("risk_summary", beta_message(model[0], model[1], against), sites=sites)
+        answers = context.messenger.query("risk_summary", beta_message(model[0], model[1], against), sites=sites)
         if not answers.replies:
             raise FederationError("voxel-wise comparison: no site answered the risk summary")
         paired = {s: {k: c["summary"][k].numpy() for k in ("paired_sums", "paired_cross")}
                   for s, c in answers.replies.items()}
         result["within_site"][name] = server_survival.within_site_added_value(paired)
     if table is not None:
+        def cross_validated(covariates: list[str], against: list[str]) -> dict[str, Any]:
+            return server_survival.cross_validated_added_value_or_reason(table, covariates, against,
+                                                                         context.config.seed, context.log)
+
         result["cross_validated"] = {}
         if reference is not None:
-            result["cross_validated"]["vs_covariates"] = phase._cross_validated_added_value(
-                table, voxel_covariates, reference_covariates)
-        result["cross_validated"]["ndae_vs_voxelwise"] = phase._cross_validated_added_value(
-            table, covariates, voxel_covariates)
+            result["cross_validated"]["vs_covariates"] = cross_validated(voxel_covariates, reference_covariates)
+        result["cross_validated"]["ndae_vs_voxelwise"] = cross_validated(ndae.covariates, voxel_covariates)
     return result
