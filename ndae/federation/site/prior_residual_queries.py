@@ -23,7 +23,7 @@ from ndae.federation.records import PRIOR_KEY, arrays_to_record, config_to_norma
 from ndae.federation.site.context import PRIOR_SWAP_KEY
 from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation
-from ndae.federation.site.releases import release_layer
+from ndae.federation.site.releases import Gate, release_layer
 
 __all__ = ["handle_prior_residual_stats", "patient_prior_features", "checked_design", "checked_dae_config",
            "checked_normative_model", "prior_score_columns"]
@@ -222,7 +222,7 @@ def _refuse_prior_residuals_unless_requested(config: FederationConfig, site_name
 
 
 @release_layer("query.prior_residual_stats")
-def handle_prior_residual_stats(message: Message, gate) -> dict:
+def handle_prior_residual_stats(message: Message, gate: Gate) -> dict:
     """The controls' prior residual region means as summable sufficient statistics, with the
     global DAE and the normative model of z_sem the server sends; never a subject's own values."""
     config, site, context = gate.config, gate.site, gate.context

@@ -17,7 +17,7 @@ from ndae.federation.records import arrays_to_record, record_to_frame
 from ndae.federation.site.context import FEATURES_KEY, QUERIES_KEY, STATE_KEY, SiteRefusal
 from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation, SitePolicy
-from ndae.federation.site.releases import release_layer
+from ndae.federation.site.releases import Gate, release_layer
 from ndae.federation.site.statistics import cox_terms, risk_summary
 
 __all__ = ["MAX_STANDARDISED_BETA", "DECLARED_COVARIATES", "beta_and_covariates", "handle_cox_terms",
@@ -146,7 +146,7 @@ def _first_refusal(table, models) -> tuple[str, SiteRefusal] | None:
     return next((r for r in (_bound_refusal(table, *model) for model in models) if r is not None), None)
 
 
-def _answer(message: Message, gate, field: str, phase: str, mechanism: str, compute, declare):
+def _answer(message: Message, gate: Gate, field: str, phase: str, mechanism: str, compute, declare):
     """What both survival queries do: check the request on its own, count it (run and lifetime),
     check the β bound on the site's rows, and where the release table declares the reply `field`
     (a private run) write the outcome (the refusal or what is sent) to the ledger before it
@@ -202,13 +202,13 @@ def _declared_summary(models, summary) -> dict:
 
 
 @release_layer("query.cox_terms")
-def handle_cox_terms(message: Message, gate) -> dict:
+def handle_cox_terms(message: Message, gate: Gate) -> dict:
     terms = _answer(message, gate, "terms", "cox_terms", "cox-terms", _cox_terms,
                     lambda models, terms: {k: _json_numbers(v) for k, v in terms.items()})
     return {"terms": arrays_to_record(terms)}
 
 
 @release_layer("query.risk_summary")
-def handle_risk_summary(message: Message, gate) -> dict:
+def handle_risk_summary(message: Message, gate: Gate) -> dict:
     summary = _answer(message, gate, "summary", "risk_summary", "risk-summary", _risk_summary, _declared_summary)
     return {"summary": arrays_to_record(summary)}
