@@ -1,5 +1,6 @@
 """The ClientApp's handlers: unpack the message, call the site's task (`data`, `training`,
-`statistics`), pack the reply.
+`statistics`), return the reply's fields. What of them leaves the site is decided by the release
+layer that wraps each handler (`releases`: the site's policy and its release table).
 
 Kept in the library (not in `client/client_app.py`) so that `InProcessGrid` and the Flower
 ClientApp run exactly the same code.
@@ -13,46 +14,42 @@ from __future__ import annotations
 
 import json
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord
 
-from ndae.federation.config import FederationConfig
 from ndae.federation.records import (
     INITIAL_STATS_KEY, INITIAL_WEIGHTS_KEY, PRIOR_KEY, VOXELWISE_KEY, arrays_to_record, frame_to_record,
 )
-from ndae.federation.site.context import (
-    FEATURES_KEY, STATE_KEY, SiteRefusal, errors_without_data, flag, site_of, site_privacy,
-)
+from ndae.federation.site.context import FEATURES_KEY, STATE_KEY, SiteRefusal, errors_without_data, flag
 from ndae.federation.site.data import check_fault, site_info
 # The Cox queries and the prior residual query live in their own modules; the dispatch table
 # below names every handler.
 from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
-from ndae.federation.site.score_histograms import (
-    FOLDS_KEY, checked_histogram_request, fold_statistics, score_histograms,
-)
+from ndae.federation.site.releases import Gate, release_layer
+from ndae.federation.site.score_histograms import FOLDS_KEY, checked_histogram_request, fold_statistics, score_histograms
 from ndae.federation.site.statistics import covariate_moments, normative_statistics, patient_survival_table
 from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
 from ndae.federation.site.training import train_round
 
 
-def handle_site_info(message: Message, context: Context) -> Message:
-    config, policy, site = site_of(context)
-    check_fault(config, site.name, "site_info")
-    info = site_info(site)
-    if policy.withholds_counts(config.privacy):
-        info.update(controls=-1, patients=-1)  # not public by this site's policy: the server is told nothing
-    return Message(RecordDict({"info": ConfigRecord(info)}), reply_to=message)
+@release_layer("query.site_info")
+def handle_site_info(message: Message, gate: Gate) -> dict:
+    check_fault(gate.config, gate.site.name, "site_info")
+    # controls and patients leave a private site only where it declares counts public (else -1)
+    return {"info": ConfigRecord(gate.leaving("info", site_info(gate.site)))}
 
 
-def handle_train(message: Message, context: Context) -> Message:
-    config, policy, site = site_of(context)
+@release_layer("train")
+def handle_train(message: Message, gate: Gate) -> dict:
+    config, policy, site = gate.config, gate.policy, gate.site
     settings = message.content["config"]
     round_number = int(settings["server-round"])
     check_fault(config, site.name, "train", round_number)
-    if config.privacy:  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
-        from ndae.federation.site.private_releases import private_train_round
-        from ndae.federation.site.privacy import ledger_reply, site_canaries
+    from ndae.federation.site.privacy import site_canaries
 
-        privacy = site_privacy(config, policy, context, site)
+    if gate.noised("arrays"):  # DP-SGD; raises PrivacyBudgetExceeded (an error reply) before any step
+        from ndae.federation.site.private_releases import private_train_round
+
+        privacy = gate.privacy()
         weights, metrics, _ = private_train_round(
             site, message.content["arrays"], json.loads(settings["dae-config"]), privacy,
             round_number=round_number, rounds=config.rounds, epochs=int(settings["local-epochs"]),
@@ -61,24 +58,20 @@ def handle_train(message: Message, context: Context) -> Message:
         # The loss of the controls is not DP: it stays here. The step count follows from the DP
         # parameters in the ledger (sample rate 1/ceil(n/B)); the number of controls is sent only
         # where the site declares counts public (else 1: FedAvg then weights sites equally).
-        train_metrics = {"num-examples": metrics["num-examples"] if policy.public_counts else 1,
-                         "local-steps": metrics["local-steps"]}
-        return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(train_metrics),
-                                   "privacy": ConfigRecord({**ledger_reply(privacy),
-                                                            "noise-multiplier": metrics["noise-multiplier"]})}),
-                       reply_to=message)
-    from ndae.federation.site.privacy import site_canaries
-
+        train_metrics = gate.leaving("metrics", {k: metrics[k] for k in ("num-examples", "local-steps")})
+        return {"arrays": weights, "metrics": MetricRecord(train_metrics),
+                "privacy": ConfigRecord({"noise-multiplier": metrics["noise-multiplier"]})}  # beside the ledger's
     weights, metrics = train_round(
         site, message.content["arrays"], json.loads(settings["dae-config"]), round_number=round_number,
         epochs=int(settings["local-epochs"]), seed=int(settings["seed"]), ema_step=int(settings["ema-step"]),
         proximal_mu=float(settings.get("proximal-mu", 0.0)), device=config.device,
         canaries=site_canaries(config, None, site, policy))
-    return Message(RecordDict({"arrays": weights, "metrics": MetricRecord(metrics)}), reply_to=message)
+    return {"arrays": weights, "metrics": MetricRecord(metrics)}
 
 
-def handle_normative_stats(message: Message, context: Context) -> Message:
-    config, policy, site = site_of(context)
+@release_layer("query.normative_stats")
+def handle_normative_stats(message: Message, gate: Gate) -> dict:
+    config, site = gate.config, gate.site
     check_fault(config, site.name, "normative_stats")
     settings = message.content["config"]
     from ndae.federation.site.prior_residual_queries import checked_design
@@ -86,61 +79,40 @@ def handle_normative_stats(message: Message, context: Context) -> Message:
     # The design is applied to the controls' covariate table: one that reads `subject` would fail
     # naming subjects. Checked on its own (public) content first.
     design = checked_design(settings, site.name, "the normative statistics query's design")
-    if config.privacy:  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
+    if gate.noised("stats"):  # clipped + Gaussian noise, accounted in the site's ledger before it leaves
         from ndae.federation.site.private_releases import private_normative_statistics
-        from ndae.federation.site.privacy import ledger_reply
 
-        privacy = site_privacy(config, policy, context, site)
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
-                                                design, privacy, device=config.device)
-        return Message(RecordDict({"stats": arrays_to_record(stats),
-                                   "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
+                                                design, gate.privacy(), device=config.device)
+        return {"stats": arrays_to_record(stats)}
     reply = {}
     for weights_key, stats_key in (("dae", "stats"), (INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY)):
         if weights_key in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
             stats = normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
-                                                   design, device=config.device)
+                                         design, device=config.device)
             reply[stats_key] = arrays_to_record(stats)
     if FOLDS_KEY in settings:  # per-fold statistics: the held-out controls' calibration (score_histograms)
         reply.update(fold_statistics(site, message.content["dae"], json.loads(settings["dae-config"]), design,
                                      settings[FOLDS_KEY], config.seed, device=config.device))
-    return Message(RecordDict(reply), reply_to=message)
+    return reply
 
 
-def _refuse_voxelwise_in_private_run(config: FederationConfig, site_name: str) -> None:
-    """Per-voxel moments and the features scored against them are not noised: no private release."""
-    if config.privacy:
-        from ndae.federation.site.policy import PolicyViolation
-
-        raise PolicyViolation(f"site {site_name!r} refuses the voxel-wise baseline in a private run: its per-voxel "
-                              "moments are exact sums, not a differentially private release")
-
-
-def handle_voxelwise_stats(message: Message, context: Context) -> Message:
+@release_layer("query.voxelwise_stats")  # a private run's request is refused by the layer
+def handle_voxelwise_stats(message: Message, gate: Gate) -> dict:
     """The controls' per-voxel sufficient statistics for the voxel-wise baseline (non-private runs)."""
-    config, policy, site = site_of(context)
-    check_fault(config, site.name, "voxelwise_stats")
-    _refuse_voxelwise_in_private_run(config, site.name)
+    check_fault(gate.config, gate.site.name, "voxelwise_stats")
     from ndae.federation.site.voxelwise import voxelwise_statistics
 
-    stride = config.voxelwise_stride  # the run's request, as every site reads it; not a per-message value
-    return Message(RecordDict({"stats": arrays_to_record(voxelwise_statistics(site, stride))}), reply_to=message)
+    stride = gate.config.voxelwise_stride  # the run's request, as every site reads it; not a per-message value
+    return {"stats": arrays_to_record(voxelwise_statistics(gate.site, stride))}
 
 
-def handle_deviations(message: Message, context: Context) -> Message:
-    config, policy, site = site_of(context)
+@release_layer("query.deviations")  # rows without the site's consent, and a private run's voxel-wise model: refused
+def handle_deviations(message: Message, gate: Gate) -> dict:
+    config, policy, site, context = gate.config, gate.policy, gate.site, gate.context
     check_fault(config, site.name, "deviations")
     settings = message.content["config"]
     share_rows = flag(settings, "share-rows")
-    if share_rows and ("pooled" not in policy.survival_modes or not policy.pooled_scores_allowed(config.privacy)):
-        # The server asks for the rows whatever the run config said: the site's policy decides.
-        from ndae.federation.site.policy import PolicyViolation
-
-        raise PolicyViolation(
-            f"site {site.name!r} refuses to share patients' deviation scores: its policy does not allow pooled "
-            "scores in this run (node config allow-pooled-scores / survival-modes); use survival-mode federated")
-    if VOXELWISE_KEY in message.content:  # refused before any data is read
-        _refuse_voxelwise_in_private_run(config, site.name)
     from ndae.federation.site.prior_residual_queries import checked_dae_config, checked_normative_model
 
     dae_config = checked_dae_config(settings, site.name)
@@ -150,7 +122,7 @@ def handle_deviations(message: Message, context: Context) -> Message:
     histograms = checked_histogram_request(message.content, site.name, dae_config)  # before any data is read
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
     table = patient_survival_table(site, message.content["dae"], dae_config, normative, features,
-                                             device=config.device, extra=prior_features)
+                                   device=config.device, extra=prior_features)
     voxel_columns: list[str] = []
     voxelwise_error = ""
     if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
@@ -176,33 +148,27 @@ def handle_deviations(message: Message, context: Context) -> Message:
     context.state[STATE_KEY] = frame_to_record(table)  # stays at the site, for the Cox rounds
     # what Cox queries may name: the run's scores (and the baseline's, when the server sent it)
     context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
-    if not config.privacy:
-        moments = covariate_moments(table, [*features, "age", "sex_female"])
-        reply = {"counts": MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())}),
-                 "moments": arrays_to_record(moments)}
-        if voxelwise_error:
-            reply["voxelwise-error"] = ConfigRecord({"reason": voxelwise_error})
-        if prior_swap is not None:
-            reply["prior-swap"] = MetricRecord(prior_swap)
-        if share_rows:
-            reply["rows"] = frame_to_record(table)
-        reply.update(score_histograms(histograms, site, policy, config, message.content["dae"], dae_config,
-                                      normative, table))
-        return Message(RecordDict(reply), reply_to=message)
-    # A private run: exact covariate moments are not sent (not DP); counts only if declared public.
-    from ndae.federation.site.privacy import POOLED_ROW_CONTENT, ledger_reply, pseudonymised_rows, record_declared
-
-    privacy = site_privacy(config, policy, context, site)
-    reply = score_histograms(histograms, site, policy, config, message.content["dae"], dae_config, normative,
-                             table, privacy=privacy)  # {} unless the site declares counts public
-    if policy.public_counts:
+    # The counts first: in a private run their ledger line comes before the pooled rows'.
+    counts = score_histograms(histograms, gate, message.content["dae"], dae_config, normative, table)
+    reply = {}
+    if gate.sends("counts"):
         reply["counts"] = MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())})
+    if gate.sends("moments"):  # exact covariate moments: not DP, never from a private site
+        reply["moments"] = arrays_to_record(covariate_moments(table, [*features, "age", "sex_female"]))
+    if voxelwise_error:
+        reply["voxelwise-error"] = ConfigRecord({"reason": voxelwise_error})
+    if prior_swap is not None:
+        reply["prior-swap"] = MetricRecord(prior_swap)
     if share_rows:
-        rows = pseudonymised_rows(table, privacy)
-        record_declared(privacy, "shared-scores", columns=list(rows.columns), content=POOLED_ROW_CONTENT)
-        reply["rows"] = frame_to_record(rows)
-    reply["privacy"] = ConfigRecord(ledger_reply(privacy))
-    return Message(RecordDict(reply), reply_to=message)
+        if gate.declared("rows"):
+            from ndae.federation.site.privacy import POOLED_ROW_CONTENT, pseudonymised_rows, record_declared
+
+            rows = pseudonymised_rows(table, gate.privacy())
+            record_declared(gate.privacy(), "shared-scores", columns=list(rows.columns), content=POOLED_ROW_CONTENT)
+            table = rows
+        reply["rows"] = frame_to_record(table)
+    reply.update(counts)
+    return reply
 
 
 def _requested_features(settings, site, dae_config: dict, *, prior: bool) -> list[str]:

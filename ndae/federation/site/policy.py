@@ -207,10 +207,6 @@ class SitePolicy:
             return not private
         return self.allow_pooled_scores
 
-    def withholds_counts(self, private: bool) -> bool:
-        """In a private run counts leave the site only if its policy declares them public."""
-        return private and not self.public_counts
-
     def resolve_privacy_dir(self, manifest: str | Path | None) -> Path:
         """Where the site's ledger lives: node config privacy-dir, else beside its manifest.
         Never the run config's choice: a server that chose it could hand the site a fresh ledger."""

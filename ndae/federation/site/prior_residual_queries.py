@@ -15,14 +15,15 @@ import logging
 from contextlib import contextmanager
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from ndae.errors import NdaeError, PrivacyBudgetExceeded
 from ndae.federation.config import FederationConfig
 from ndae.federation.records import PRIOR_KEY, arrays_to_record, config_to_normative
-from ndae.federation.site.context import PRIOR_SWAP_KEY, site_of, site_privacy
+from ndae.federation.site.context import PRIOR_SWAP_KEY
 from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation
+from ndae.federation.site.releases import Gate, release_layer
 
 __all__ = ["handle_prior_residual_stats", "patient_prior_features", "checked_design", "checked_dae_config",
            "checked_normative_model", "prior_score_columns"]
@@ -220,10 +221,11 @@ def _refuse_prior_residuals_unless_requested(config: FederationConfig, site_name
                               "false")
 
 
-def handle_prior_residual_stats(message: Message, context: Context) -> Message:
+@release_layer("query.prior_residual_stats")
+def handle_prior_residual_stats(message: Message, gate: Gate) -> dict:
     """The controls' prior residual region means as summable sufficient statistics, with the
     global DAE and the normative model of z_sem the server sends; never a subject's own values."""
-    config, policy, site = site_of(context)
+    config, site, context = gate.config, gate.site, gate.context
     check_fault(config, site.name, "prior_residual_stats")
     _refuse_prior_residuals_unless_requested(config, site.name)
     expected = {"config", "dae", "normative"}
@@ -249,30 +251,28 @@ def handle_prior_residual_stats(message: Message, context: Context) -> Message:
     design = _design(settings, site.name)
     normative = _model(message.content["normative"], site.name, "the normative model of z_sem in the query",
                        _z_sem_dim(dae_config, site.name))
-    if config.privacy:  # clipped + Gaussian noise, accounted like the z_sem moments before it leaves
+    if gate.noised("stats"):  # clipped + Gaussian noise, accounted like the z_sem moments before it leaves
         from ndae.federation.site.private_releases import private_prior_residual_statistics
-        from ndae.federation.site.privacy import ledger_reply
 
         _check_release_parameters(config, site.name)
-        privacy = site_privacy(config, policy, context, site)
+        privacy = gate.privacy()
         with _errors_without_data(config, site.name, "the prior residual statistics"):
             stats, columns, _ = private_prior_residual_statistics(site, message.content["dae"], dae_config, normative,
                                                                   design, privacy, device=config.device)
-        return Message(RecordDict({"stats": arrays_to_record(stats), "columns": ConfigRecord({"columns": columns}),
-                                   "privacy": ConfigRecord(ledger_reply(privacy))}), reply_to=message)
+        return {"stats": arrays_to_record(stats), "columns": ConfigRecord({"columns": columns})}
     means = prior_region_means(site, message.content["dae"], dae_config, normative, site.controls, config.device)
     if means.swap_relative_change is not None:  # the controls' part of the swap test, sent with the patients'
         context.state[PRIOR_SWAP_KEY] = MetricRecord({"relative-change": means.swap_relative_change,
                                                       "subjects": means.subjects})
-    return Message(RecordDict({"stats": arrays_to_record(prior_residual_statistics(site, means, design)),
-                               "columns": ConfigRecord({"columns": means.columns})}), reply_to=message)
+    return {"stats": arrays_to_record(prior_residual_statistics(site, means, design)),
+            "columns": ConfigRecord({"columns": means.columns})}
 
 
 def patient_prior_features(message: Message, context: Context, config: FederationConfig, site, dae_config: dict,
                             normative):
     """The patients' prior residual z-scores (`z_prior_*`) when the server sent the residuals'
-    model, and (non-private runs) the swap test over the site's controls and patients. Both models
-    are checked before a patient is read (`_model`)."""
+    model, and the swap test over the site's controls and patients (the release layer keeps it at
+    a private site). Both models are checked before a patient is read (`_model`)."""
     if PRIOR_KEY not in message.content:
         return None, None
     _refuse_prior_residuals_unless_requested(config, site.name)
@@ -294,7 +294,7 @@ def patient_prior_features(message: Message, context: Context, config: Federatio
         parts.append((float(controls["relative-change"]), int(controls["subjects"])))
     parts = [(value, n) for value, n in parts if value is not None and n > 0]
     swap = None
-    if parts and not config.privacy:  # a mean over the site's own subjects: not a DP release
+    if parts:  # a mean over the site's own subjects, not a DP release: the release layer keeps it at a private site
         subjects = sum(n for _, n in parts)
         swap = {"relative-change": sum(v * n for v, n in parts) / subjects, "subjects": subjects}
     return features, swap

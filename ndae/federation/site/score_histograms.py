@@ -153,15 +153,18 @@ def _control_scores(site, weights, dae_config: dict, normative, models: list, se
     return values, z
 
 
-def score_histograms(request: dict | None, site, policy, config, weights, dae_config: dict, normative, patients,
-                     privacy=None) -> dict:
+def score_histograms(request: dict | None, gate, weights, dae_config: dict, normative, patients) -> dict:
     """The deviations reply's counts ({REPLY_KEY: ...}), or {} when none were asked or the site's
-    policy keeps them (a private run whose counts are not declared public). `patients`: the
-    site's scored patient table. A private run's release is written to the ledger before it leaves."""
-    if request is None or policy.withholds_counts(config.privacy):
+    release table keeps them (`gate`: a private run whose counts are not declared public).
+    `patients`: the site's scored patient table. A declared release is written to the ledger
+    before it leaves."""
+    if request is None or not gate.sends(REPLY_KEY):
         return {}
+    site, config = gate.site, gate.config
     scores = list(request["edges"])
-    models = [] if config.privacy else request["models"]  # no fold statistics were sent in a private run
+    # The held-out fold models come with the per-fold statistics: where the calibration may not
+    # leave (a private run, which sends no fold statistics), the controls are scored in sample.
+    models = request["models"] if gate.sends(f"{REPLY_KEY}.calibration") else []
     controls, z = _control_scores(site, weights, dae_config, normative, models, int(config.seed), scores,
                                   config.device)
     counts = {}
@@ -173,10 +176,10 @@ def score_histograms(request: dict | None, site, policy, config, weights, dae_co
         values = z.reshape(-1)
         values = values[np.isfinite(values)]
         counts["calibration"] = np.asarray([values.size, *(np.sum(np.abs(values) <= b) for b in BANDS)], float)
-    if privacy is not None:
+    if gate.declared(REPLY_KEY):
         from ndae.federation.site.privacy import record_declared
 
-        record_declared(privacy, "score-histograms", held_out=bool(models),
+        record_declared(gate.privacy(), "score-histograms", held_out=bool(models),
                         edges={s: e.tolist() for s, e in request["edges"].items()},
                         counts={k: v.tolist() for k, v in counts.items()})
     return {REPLY_KEY: arrays_to_record(counts)}

@@ -11,12 +11,13 @@ included: that refusal depends on the patients' spread, so it is an answer too."
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
 from ndae.federation.records import arrays_to_record, record_to_frame
-from ndae.federation.site.context import FEATURES_KEY, QUERIES_KEY, STATE_KEY, SiteRefusal, site_of, site_privacy
+from ndae.federation.site.context import FEATURES_KEY, QUERIES_KEY, STATE_KEY, SiteRefusal
 from ndae.federation.site.data import check_fault
 from ndae.federation.site.policy import PolicyViolation, SitePolicy
+from ndae.federation.site.releases import Gate, release_layer
 from ndae.federation.site.statistics import cox_terms, risk_summary
 
 __all__ = ["MAX_STANDARDISED_BETA", "DECLARED_COVARIATES", "beta_and_covariates", "handle_cox_terms",
@@ -145,12 +146,13 @@ def _first_refusal(table, models) -> tuple[str, SiteRefusal] | None:
     return next((r for r in (_bound_refusal(table, *model) for model in models) if r is not None), None)
 
 
-def _answer(message: Message, context: Context, phase: str, mechanism: str, compute, declare):
+def _answer(message: Message, gate: Gate, field: str, phase: str, mechanism: str, compute, declare):
     """What both survival queries do: check the request on its own, count it (run and lifetime),
-    check the β bound on the site's rows, and in a private run write the outcome (the refusal or
-    what is sent) to the ledger before it leaves. `compute(table, models, config, policy)` gives
-    the reply's arrays, `declare(models, result)` the ledger details of them."""
-    config, policy, site = site_of(context)
+    check the β bound on the site's rows, and where the release table declares the reply `field`
+    (a private run) write the outcome (the refusal or what is sent) to the ledger before it
+    leaves. `compute(table, models)` gives the reply's arrays, `declare(models, result)` the
+    ledger details of them; what leaves is `gate.leaving(field, ...)` of them."""
+    config, policy, site, context = gate.config, gate.policy, gate.site, gate.context
     check_fault(config, site.name, phase)
     table = _table(context, site.name)
     models = [_requested(message, context, "beta", "covariates")]
@@ -160,16 +162,16 @@ def _answer(message: Message, context: Context, phase: str, mechanism: str, comp
     asked = {"beta": _json_numbers(models[0][0]), "covariates": models[0][1]}
     if len(models) == 2:
         asked.update(reference_beta=_json_numbers(models[1][0]), reference_covariates=models[1][1])
-    if not config.privacy:
+    if not gate.declared(field):
         _count_in_run(context, policy, site.name, len(models))
         refusal = _first_refusal(table, models)
         if refusal is not None:
             raise refusal[1]
-        return compute(table, models, config, policy), {}
-    from ndae.federation.site.privacy import append_declared, ledger_reply
+        return gate.leaving(field, compute(table, models))
+    from ndae.federation.site.privacy import append_declared
     from ndae.privacy.ledger import ledger_lock, read_ledger
 
-    privacy = site_privacy(config, policy, context, site)
+    privacy = gate.privacy()
     with ledger_lock(privacy.ledger):  # counted and written as one step: no other query slips between
         entries = read_ledger(privacy.ledger)
         _count_in_ledger(entries, lifetime, site.name, len(models))
@@ -178,26 +180,19 @@ def _answer(message: Message, context: Context, phase: str, mechanism: str, comp
         if refusal is not None:
             append_declared(privacy, entries, mechanism, **asked, refused=refusal[0])
             raise refusal[1]
-        result = compute(table, models, config, policy)
+        # n and events leave only where declared public, the Kaplan–Meier counts (row-level on a
+        # small site) never: the ledger holds what leaves, as the release table lets it.
+        result = gate.leaving(field, compute(table, models))
         append_declared(privacy, entries, mechanism, **asked, **declare(models, result))
-    return result, {"privacy": ConfigRecord(ledger_reply(privacy))}
+    return result  # the release layer attaches the ledger excerpt
 
 
-def _cox_terms(table, models, config, policy) -> dict:
-    terms = cox_terms(table, *models[0])
-    if config.privacy and not policy.public_counts:  # n and events leave only where declared public
-        terms = {k: v for k, v in terms.items() if k not in ("n", "events")}
-    return terms
+def _cox_terms(table, models) -> dict:
+    return cox_terms(table, *models[0])
 
 
-def _risk_summary(table, models, config, policy) -> dict:
-    summary = risk_summary(table, *models[0], models[1] if len(models) == 2 else None)
-    if config.privacy:
-        # Kaplan–Meier counts per month and tertile are row-level on a small site: they stay here.
-        # The concordance pair counts (with a reference model also the nine paired concordance sums)
-        # are aggregates the site declares (in its ledger).
-        summary["km"] = np.zeros((0, 4))
-    return summary
+def _risk_summary(table, models) -> dict:
+    return risk_summary(table, *models[0], models[1] if len(models) == 2 else None)
 
 
 def _declared_summary(models, summary) -> dict:
@@ -206,12 +201,14 @@ def _declared_summary(models, summary) -> dict:
     return {"comparable": float(summary["comparable"]), "concordant": float(summary["concordant"]), **paired}
 
 
-def handle_cox_terms(message: Message, context: Context) -> Message:
-    terms, reply = _answer(message, context, "cox_terms", "cox-terms", _cox_terms,
-                           lambda models, terms: {k: _json_numbers(v) for k, v in terms.items()})
-    return Message(RecordDict({"terms": arrays_to_record(terms), **reply}), reply_to=message)
+@release_layer("query.cox_terms")
+def handle_cox_terms(message: Message, gate: Gate) -> dict:
+    terms = _answer(message, gate, "terms", "cox_terms", "cox-terms", _cox_terms,
+                    lambda models, terms: {k: _json_numbers(v) for k, v in terms.items()})
+    return {"terms": arrays_to_record(terms)}
 
 
-def handle_risk_summary(message: Message, context: Context) -> Message:
-    summary, reply = _answer(message, context, "risk_summary", "risk-summary", _risk_summary, _declared_summary)
-    return Message(RecordDict({"summary": arrays_to_record(summary), **reply}), reply_to=message)
+@release_layer("query.risk_summary")
+def handle_risk_summary(message: Message, gate: Gate) -> dict:
+    summary = _answer(message, gate, "summary", "risk_summary", "risk-summary", _risk_summary, _declared_summary)
+    return {"summary": arrays_to_record(summary)}
