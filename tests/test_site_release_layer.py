@@ -99,3 +99,62 @@ def test_an_undeclared_reply_record_is_refused_and_withheld_ones_are_dropped(sit
     extra = True
     with pytest.raises(SiteRefusal, match="'extra'"):
         grown(message, _context(site_manifest, tmp_path, privacy=True))
+
+
+# ---- keys inside a record: named one by one, never by a prefix --------------------------------------
+def test_no_released_row_matches_by_pattern_and_every_released_record_names_its_keys():
+    """A row with `*` would declare keys nobody has written yet; a declared or sent record
+    without key rows would pass any key a handler adds to it. Only the pooled rows (their
+    columns are the pseudonymised table the `shared-scores` line records) go out whole, and the
+    DP mechanisms' outputs."""
+    from ndae.federation.site.releases import DECLARED, LEDGER_FIELD, NOISED, RELEASES, SENT
+
+    released = [r for r in RELEASES if not r.request and r.private in (DECLARED, SENT, NOISED)]
+    assert [r.field for r in released if "*" in r.field] == []
+    for r in released:
+        if "." in r.field or r.field in (LEDGER_FIELD, "rows") or r.private == NOISED:
+            continue
+        assert any(o.message == r.message and o.field.startswith(r.field + ".") for o in RELEASES), (r.message, r.field)
+
+
+def test_a_declared_record_without_a_mechanism_is_a_standing_declaration_of_counts():
+    """Declared releases are ledger lines (their mechanism), except the counts a site's
+    administrator declares public once, in the node config (`public-counts`)."""
+    from ndae.federation.site.releases import DECLARED, LEDGER_FIELD, RELEASES
+
+    unlogged = [(r.message, r.field) for r in RELEASES if r.private == DECLARED and not r.request
+                and "." not in r.field and r.field != LEDGER_FIELD and not r.mechanism]
+    assert all(next(r.allowed_by for r in RELEASES if (r.message, r.field) == u) == "public-counts" for u in unlogged)
+
+
+@pytest.mark.parametrize("message_type, content, public_counts", [
+    ("query.normative_stats", {"privacy": ConfigRecord({"controls": 3})}, False),  # an undeclared ledger key
+    ("query.normative_stats", {"privacy": ConfigRecord({"ledger-head": "forged"})}, False),  # the signed head
+    ("train", {"privacy": ConfigRecord({"noise-multiplier": 1.0, "epsilon": 0.0})}, False),  # ε the site signs
+    ("query.risk_summary", {"summary": "paired_patient_risks"}, False),  # a new key beside paired_sums
+    ("query.deviations", {"counts": {"patients": 2, "events": 1, "ages": [61.0, 74.0]}}, True),
+])
+def test_a_key_the_table_does_not_name_cannot_leave_inside_a_released_record(site_manifest, tmp_path, message_type,
+                                                                          content, public_counts):
+    import numpy as np
+    from flwr.app import MetricRecord
+
+    from ndae.federation.records import arrays_to_record
+    from ndae.federation.site.context import SiteRefusal
+    from ndae.federation.site.releases import release_layer
+
+    if "summary" in content:
+        content = {"summary": arrays_to_record({"comparable": np.zeros(1), "concordant": np.zeros(1),
+                                                "paired_sums": np.zeros(3), content["summary"]: np.arange(5.0)})}
+    if "counts" in content:
+        content = {"counts": MetricRecord(content["counts"])}
+
+    @release_layer(message_type)
+    def grown(message, gate):
+        return dict(content)
+
+    context = _context(site_manifest, tmp_path, privacy=True)
+    context.node_config["public-counts"] = public_counts
+    message = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=message_type)
+    with pytest.raises(SiteRefusal, match="not in the site's release table|names ledger fields"):
+        grown(message, context)

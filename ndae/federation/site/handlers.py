@@ -159,7 +159,7 @@ def handle_deviations(message: Message, gate: Gate) -> dict:
         reply["voxelwise-error"] = ConfigRecord({"reason": voxelwise_error})
     if prior_swap is not None:
         reply["prior-swap"] = MetricRecord(prior_swap)
-    if share_rows:
+    if share_rows and gate.sends("rows"):  # in a private run the rows exist here only once declared
         if gate.declared("rows"):
             from ndae.federation.site.privacy import POOLED_ROW_CONTENT, pseudonymised_rows, record_declared
 

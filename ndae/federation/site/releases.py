@@ -32,6 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from ndae.federation.site.context import SiteRefusal, flag, site_of
 from ndae.federation.site.policy import PolicyViolation
+from ndae.federation.site.score_histograms import HISTOGRAM_SCORES
 
 __all__ = ["NOISED", "DECLARED", "SENT", "WITHHELD", "REFUSED", "Release", "RELEASES", "LEDGER_FIELD", "Gate",
            "release_layer", "markdown_table", "mechanisms"]
@@ -71,12 +72,14 @@ RELEASES: tuple[Release, ...] = (
     Release("train", "metrics.num-examples", DECLARED, allowed_by="public-counts", placeholder=1),
     Release("train", "metrics.train-loss", WITHHELD),
     Release("train", LEDGER_FIELD, DECLARED),
+    Release("train", f"{LEDGER_FIELD}.noise-multiplier", SENT),  # this round's DP parameter, in the ledger too
     Release("query.normative_stats", "stats", NOISED, mechanism="gaussian-moments"),
     Release("query.normative_stats", "stats-initial", WITHHELD),  # of the initial weights: the age probe's yardstick
     Release("query.normative_stats", "fold-stats-*", WITHHELD),
     Release("query.normative_stats", LEDGER_FIELD, DECLARED),
     Release("query.prior_residual_stats", "stats", NOISED, mechanism="gaussian-moments"),
     Release("query.prior_residual_stats", "columns", SENT),  # the atlas regions the preset's slices cut
+    Release("query.prior_residual_stats", "columns.columns", SENT),
     Release("query.prior_residual_stats", LEDGER_FIELD, DECLARED),
     Release("query.voxelwise_stats", "*", REFUSED, request=True, refusal=_NO_VOXELWISE),
     Release("query.voxelwise_stats", "stats", WITHHELD),
@@ -84,14 +87,16 @@ RELEASES: tuple[Release, ...] = (
             refusal=_NO_ROWS, any_run=True),
     Release("query.deviations", "voxelwise", REFUSED, request=True, refusal=_NO_VOXELWISE),
     Release("query.deviations", "counts", DECLARED, allowed_by="public-counts"),
+    Release("query.deviations", "counts.patients", DECLARED, allowed_by="public-counts"),
+    Release("query.deviations", "counts.events", DECLARED, allowed_by="public-counts"),
     Release("query.deviations", "moments", WITHHELD),
     Release("query.deviations", "voxelwise-error", WITHHELD),
     Release("query.deviations", "prior-swap", WITHHELD),
     Release("query.deviations", "rows", DECLARED, mechanism="shared-scores", allowed_by="allow-pooled-scores"),
     Release("query.deviations", "score-histograms", DECLARED, mechanism="score-histograms",
             allowed_by="public-counts"),
-    Release("query.deviations", "score-histograms.control-*", DECLARED, allowed_by="public-counts"),
-    Release("query.deviations", "score-histograms.patient-*", DECLARED, allowed_by="public-counts"),
+    *(Release("query.deviations", f"score-histograms.{group}-{score}", DECLARED, allowed_by="public-counts")
+      for score in HISTOGRAM_SCORES for group in ("control", "patient")),
     # the held-out calibration needs the per-fold statistics, which a private run never sends
     Release("query.deviations", "score-histograms.calibration", WITHHELD),
     Release("query.deviations", LEDGER_FIELD, DECLARED),
@@ -105,7 +110,8 @@ RELEASES: tuple[Release, ...] = (
     Release("query.risk_summary", "summary", DECLARED, mechanism="risk-summary", allowed_by="max-cox-queries"),
     Release("query.risk_summary", "summary.comparable", DECLARED, allowed_by="max-cox-queries"),
     Release("query.risk_summary", "summary.concordant", DECLARED, allowed_by="max-cox-queries"),
-    Release("query.risk_summary", "summary.paired_*", DECLARED, allowed_by="max-cox-queries"),
+    Release("query.risk_summary", "summary.paired_sums", DECLARED, allowed_by="max-cox-queries"),
+    Release("query.risk_summary", "summary.paired_cross", DECLARED, allowed_by="max-cox-queries"),
     # Kaplan–Meier counts per month and tertile are row-level on a small site
     Release("query.risk_summary", "summary.km", WITHHELD, placeholder=np.zeros((0, 4))),
     Release("query.risk_summary", LEDGER_FIELD, DECLARED),
@@ -221,8 +227,12 @@ class Gate:
         if _rule(self._replies, LEDGER_FIELD) is not None:  # after the handler wrote its lines
             from ndae.federation.site.privacy import ledger_reply
 
+            signed = ledger_reply(self.privacy())
             extra = dict(content[LEDGER_FIELD]) if LEDGER_FIELD in content else {}
-            out[LEDGER_FIELD] = ConfigRecord({**ledger_reply(self.privacy()), **extra})
+            if set(extra) & set(signed):  # a handler never overwrites the signed head, ε or the excerpt
+                raise SiteRefusal(f"site refuses to send its {self.message_type} reply: the handler's "
+                                  f"{LEDGER_FIELD!r} record names ledger fields {sorted(set(extra) & set(signed))}")
+            out[LEDGER_FIELD] = ConfigRecord({**self.leaving(LEDGER_FIELD, extra), **signed})
         return Message(RecordDict(out), reply_to=message)
 
 
