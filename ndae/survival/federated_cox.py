@@ -30,6 +30,11 @@ from ndae.survival.cox import CoxResults, lifelines_fit_arguments
 
 SiteTerms = dict[str, np.ndarray]
 
+
+class MonotoneLikelihoodError(NdaeError):
+    """No finite Cox model exists: some covariates order the events (almost) perfectly. A finding
+    about the data (a server may report it and go on), unlike the fitter's other refusals."""
+
 # Information along a Newton step below this fraction of ONE EVENT's share of its value at beta = 0
 # means a monotone likelihood (separation). Per event, because a finite fit keeps at least about
 # one event's worth of information (a binary covariate with a single event in one arm: the
@@ -317,7 +322,7 @@ class FederatedCoxFitter(CoxResults):
         if start > 0 and now < MONOTONE_INFORMATION_RATIO * start and outwards:
             weight = np.abs(moved) * np.sqrt(np.clip(np.diag(information_at_zero), 0, None))
             named = [c for c, w in zip(self.covariates, weight) if w >= 0.3 * weight.max()]
-            raise NdaeError(
+            raise MonotoneLikelihoodError(
                 f"federated Cox: monotone likelihood — {named} order the events (almost) perfectly, so the "
                 f"coefficients grow without bound and no finite Cox model exists for covariates {self.covariates}; "
                 "fit fewer scores (survival-features), more patients, or a penalised model")

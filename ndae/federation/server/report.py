@@ -10,7 +10,7 @@ import numpy as np
 
 from ndae.io import atomic_write_text
 
-__all__ = ["added_value_lines", "added_value_reading", "latent_probe_lines", "prior_residual_lines", "voxelwise_lines", "write_failure_report", "write_report"]
+__all__ = ["added_value_lines", "cox_model_lines", "added_value_reading", "latent_probe_lines", "prior_residual_lines", "voxelwise_lines", "write_failure_report", "write_report"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -81,16 +81,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     lines += score_distribution_lines(run_dir, survival.get("score_distributions"))
     lines += latent_probe_lines(summary.get("latent_probe"))
     lines += prior_residual_lines(summary.get("prior_residuals"), survival, config.privacy)
-    lines += ["",
-              "## Survival", "",
-              f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model stratified by "
-              f"site on {', '.join(survival['covariates'])} (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",
-              "| covariate | coef | se | hazard ratio | 95% CI |", "|---|---|---|---|---|"]
-    for name, coef in survival["coef"].items():
-        se = survival["se"].get(name)
-        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(se, 4)} | {_fmt(float(np.exp(coef)), 3)} | "
-                     f"{_hazard_interval(coef, se)} |")
-    lines += ["", f"- C-index (Harrell, within site, training data): **{_fmt(survival['c_index_within_site'])}**"]
+    lines += ["", "## Survival", ""] + cox_model_lines(survival)
     pooled = survival.get("c_index_pooled")
     if pooled:
         lines.append(f"- C-index (Harrell, pooled): **{_fmt(pooled.get('estimate'))}** on the training data, "
@@ -98,9 +89,9 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
                      f"{pooled.get('n_boot')} bootstrap refits: {_fmt(pooled.get('lower'))}–{_fmt(pooled.get('upper'))})")
     lines += added_value_lines(survival)
     lines += voxelwise_lines(survival.get("voxelwise"), summary.get("voxelwise"), survival)
-    if survival.get("km", {}).get("group_sizes"):
+    if (survival.get("km") or {}).get("group_sizes"):
         lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
-    elif config.privacy:
+    elif config.privacy and "cox_refused" not in survival:
         lines += ["", "Kaplan–Meier counts per month are row-level on a small site: private sites keep them."]
     if "km_pooled" in survival:
         lines += ["", f"![Kaplan–Meier by pooled risk tertile](survival/km_risk.png) (log-rank p = "
@@ -116,6 +107,27 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
 
     write_report_html(path)
     return path
+
+
+def cox_model_lines(survival: dict) -> list[str]:
+    """The Cox model's coefficients and within-site C-index, or, where the likelihood is monotone,
+    why no finite model exists (the fitter's own words)."""
+    head = (f"{_count(survival.get('patients'))} patients, {_count(survival.get('events'))} events; Cox model "
+            f"stratified by site on {', '.join(survival['covariates'])}")
+    if "cox_refused" in survival:
+        return [head + ": **no finite Cox model could be fitted**, so no coefficients, C-index or Kaplan–Meier "
+                "curves by risk tertile.", "", f"Reason: {survival['cox_refused']}"]
+    lines = [head + " (`survival/cox.json`, `survival/hazard_ratios.csv`).", "",
+             "| covariate | coef | se | hazard ratio | 95% CI |", "|---|---|---|---|---|"]
+    for name, coef in (survival.get("coef") or {}).items():
+        se = (survival.get("se") or {}).get(name)
+        lines.append(f"| {name} | {_fmt(coef, 4)} | {_fmt(se, 4)} | {_fmt(float(np.exp(coef)), 3)} | "
+                     f"{_hazard_interval(coef, se)} |")
+    lines += ["", f"- C-index (Harrell, within site, training data): **{_fmt(survival.get('c_index_within_site'))}**"]
+    refused = (survival.get("covariates_only") or {}).get("cox_refused")
+    if refused:
+        lines.append(f"- The covariates-only model has no finite fit: {refused}")
+    return lines
 
 
 def voxelwise_lines(result: dict | None, info: dict | None, survival: dict) -> list[str]:

@@ -23,6 +23,7 @@ from ndae.federation.server import survival as server_survival
 from ndae.federation.server.messaging import PhaseResult
 from ndae.federation.server.newton import beta_message, federated_cox
 from ndae.federation.server.phase_context import PhaseContext
+from ndae.survival.federated_cox import MonotoneLikelihoodError
 
 __all__ = ["CoxFit", "SurvivalPhase"]
 
@@ -79,10 +80,43 @@ class SurvivalPhase:
             prior_swap = swap_test(result.replies, config.privacy)
         table = self._pooled_rows(result, sites_with_patients, voxelwise) if pooled else None
         beta, fit = self._fit_cox(table, covariates, sites_with_patients, out)
+        reference_covariates = server_survival.covariates_only(covariates, features)
+        survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
+                                    "features": features}
+        survival["score_distributions"] = score_dists
+        if prior_swap is not None:
+            survival["prior_swap"] = prior_swap
+        survival.update(fit)
+        if beta is None:  # no finite Cox model: nothing below that needs its β is computed
+            survival["added_value"] = _added_value(features, reference_covariates, None, None,
+                                                   "the full Cox model has no finite fit (its likelihood is "
+                                                   "monotone: `cox_refused` in survival/metrics.json)")
+            if voxelwise is not None:
+                survival["voxelwise"] = {"not_computed": "the NDAE's Cox model has no finite fit to compare with"}
+        else:
+            survival.update(self._with_finite_model(result, beta, fit, table, covariates, reference_covariates,
+                                                    sites_with_patients, counts, voxelwise, voxelwise_failures, out))
+        survival.update(_totals(counts, result.replies))
+        from ndae.io import atomic_write_json, finite_or_null
+
+        atomic_write_json(out / "metrics.json", finite_or_null(survival))
+        line = {"phase": "survival", "mode": config.survival_mode, "sites": sorted(result.replies),
+                "missing": result.missing, "c_index_within_site": survival.get("c_index_within_site"),
+                "coef": survival.get("coef")}
+        if "cox_refused" in survival:
+            line["cox_refused"] = survival["cox_refused"]
+        self.context.files.append_metrics(line)
+        return survival
+
+    def _with_finite_model(self, result: PhaseResult, beta: np.ndarray, fit: dict, table, covariates: list[str],
+                           reference_covariates: list[str], sites_with_patients: list[str], counts: dict,
+                           voxelwise, voxelwise_failures: dict[str, str], out: Path) -> dict[str, Any]:
+        """What the full model's β gives: the covariates-only model beside it, the risk summary
+        (C-index, KM, the added value), the voxel-wise comparison and, pooled, the extras."""
+        config, log, pooled = self.context.config, self.context.log, table is not None
         cox_sites = fit.get("sites_in_cox", sites_with_patients)
         # The nested covariates-only model (the full model minus the scores): what imaging adds is
         # measured against it, on the same patients and pairs.
-        reference_covariates = server_survival.covariates_only(covariates, features)
         reference, covariates_only = (self._covariates_only_cox(table, reference_covariates, cox_sites, out)
                                       if reference_covariates else (None, None))
         ndae = CoxFit(beta, covariates, reference, table, cox_sites, counts)
@@ -97,32 +131,20 @@ class SurvivalPhase:
         if pooled and reference is not None:
             cross_validated = server_survival.cross_validated_added_value_or_reason(
                 table, covariates, reference_covariates, config.seed, log)
-
-        survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
-                                    "features": features}
-        survival["score_distributions"] = score_dists
-        if prior_swap is not None:
-            survival["prior_swap"] = prior_swap
-        survival.update(fit)
-        survival["added_value"] = _added_value(features, reference_covariates, within_site, cross_validated)
+        refused = (covariates_only or {}).get("cox_refused")
+        part: dict[str, Any] = {"added_value": _added_value(
+            self.features, reference_covariates, within_site, cross_validated,
+            f"the covariates-only Cox model has no finite fit ({refused})" if refused else None)}
         if covariates_only is not None:
-            survival["covariates_only"] = covariates_only
-        survival["c_index_within_site"] = c_index
-        survival["km"] = km
+            part["covariates_only"] = covariates_only
+        part["c_index_within_site"] = c_index
+        part["km"] = km
         if within_site is not None:
-            survival["c_index_within_site_covariates_only"] = within_site["c_reference"]
+            part["c_index_within_site_covariates_only"] = within_site["c_reference"]
         if voxelwise_result is not None:
-            survival["voxelwise"] = voxelwise_result
-        survival.update(extras)
-        survival.update(_totals(counts, result.replies))
-        from ndae.io import atomic_write_json, finite_or_null
-
-        atomic_write_json(out / "metrics.json", finite_or_null(survival))
-        self.context.files.append_metrics({
-            "phase": "survival", "mode": config.survival_mode, "sites": sorted(result.replies),
-            "missing": result.missing, "c_index_within_site": survival["c_index_within_site"],
-            "coef": survival["coef"]})
-        return survival
+            part["voxelwise"] = voxelwise_result
+        part.update(extras)
+        return part
 
     def _ask_for_deviations(self, ema, normative, voxelwise, prior, pooled: bool) -> PhaseResult:
         """The deviations query: the models the sites score their patients against."""
@@ -154,25 +176,32 @@ class SurvivalPhase:
         return server_survival.pooled_table([record_to_frame(result.replies[s]["rows"]) for s in sites], numeric,
                                             self.context.run_dir)
 
-    def _fit_cox(self, table, covariates: list[str], sites: list[str], out: Path) -> tuple[np.ndarray, dict]:
+    def _fit_cox(self, table, covariates: list[str], sites: list[str], out: Path) -> tuple[np.ndarray | None, dict]:
         """The full Cox model on the pooled rows, or by federated Newton rounds: (β, its part of
-        the result: coef, se and, federated, the message rounds and the sites in the fit)."""
+        the result: coef, se and, federated, the message rounds and the sites in the fit). A
+        federated fit refused for a monotone likelihood is (None, {"cox_refused": why}): no finite
+        model exists for these covariates, a finding the report states, not a failed run."""
         if table is not None:
             cox = server_survival.fit_pooled_cox(table, covariates)
             server_survival.save_pooled_cox(out, cox, covariates)
             beta = cox.params_.reindex(covariates).to_numpy()
             return beta, {"coef": dict(zip(covariates, beta.tolist())),
                           "se": dict(zip(covariates, cox.standard_errors_.reindex(covariates).tolist()))}
-        beta, fitter = federated_cox(self.context.messenger, sites, covariates, self.context.log)
+        try:
+            beta, fitter = federated_cox(self.context.messenger, sites, covariates, self.context.log)
+        except MonotoneLikelihoodError as error:
+            self.context.log(f"[survival] {_one_line(error)}")
+            return None, {"cox_refused": _one_line(error)}
         server_survival.save_federated_cox(out, fitter, covariates)
         return beta, {"coef": dict(zip(covariates, beta.tolist())),
                       "se": dict(zip(covariates, fitter.standard_errors_.tolist())),
                       "newton_message_rounds": int(fitter.n_rounds_), "sites_in_cox": sorted(fitter.sites_)}
 
     def _covariates_only_cox(self, table, reference: list[str], sites: list[str],
-                             out: Path) -> tuple[tuple[np.ndarray, list[str]], dict[str, Any]]:
+                             out: Path) -> tuple[tuple[np.ndarray, list[str]] | None, dict[str, Any]]:
         """Fit the covariates-only Cox model (pooled rows, or one more federated Newton loop counted
-        against the sites' max-cox-queries like the first): ((β, covariates), its part of the result)."""
+        against the sites' max-cox-queries like the first): ((β, covariates), its part of the result);
+        a federated fit refused for a monotone likelihood is (None, {covariates, cox_refused})."""
         folder = out / "covariates_only"
         if table is not None:
             cox = server_survival.fit_pooled_cox(table, reference)
@@ -180,7 +209,11 @@ class SurvivalPhase:
             beta, se = cox.params_.reindex(reference).to_numpy(), cox.standard_errors_.reindex(reference).tolist()
             part: dict[str, Any] = {"covariates": reference}
         else:
-            beta, fitter = federated_cox(self.context.messenger, list(sites), reference, self.context.log)
+            try:
+                beta, fitter = federated_cox(self.context.messenger, list(sites), reference, self.context.log)
+            except MonotoneLikelihoodError as error:
+                self.context.log(f"[survival] covariates-only model: {_one_line(error)}")
+                return None, {"covariates": reference, "cox_refused": _one_line(error)}
             server_survival.save_federated_cox(folder, fitter, reference)
             se = fitter.standard_errors_.tolist()
             part = {"covariates": reference, "newton_message_rounds": int(fitter.n_rounds_),
@@ -207,13 +240,20 @@ class SurvivalPhase:
         return c_index, km, server_survival.within_site_added_value(paired)
 
 
+def _one_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _added_value(features: list[str], reference: list[str], within_site: dict | None,
-                 cross_validated: dict | None) -> dict[str, Any]:
+                 cross_validated: dict | None, not_computed: str | None = None) -> dict[str, Any]:
     """`added_value`: what the scores add over the covariates-only model, in-sample within site
-    and (pooled mode) cross-validated; without a covariate besides the scores, why not."""
+    and (pooled mode) cross-validated; without a covariate besides the scores, or without a
+    finite fit of either model (`not_computed`), why not."""
     added: dict[str, Any] = {"features": list(features), "covariates": reference}
     if not reference:
         added["not_computed"] = "no covariate besides the deviation scores varies across patients"
+    elif not_computed:
+        added["not_computed"] = not_computed
     if within_site is not None:
         added["within_site"] = within_site
     if cross_validated is not None:

@@ -4,7 +4,8 @@ Read before any table: whether the imaging adds to the covariates (with its CI),
 the voxel-wise baseline, whether z_sem carries age better than the mean age does, whether DP
 noise swamps a site's statistics (noised beside true control counts) and each site's epsilon
 spent and left of its lifetime budget. A private run whose noise swamps a site says up front that
-its statistics are not interpretable at this size.
+its statistics are not interpretable at this size; a run whose Cox likelihood is monotone says that
+no finite Cox model exists, in the fitter's words.
 """
 
 from __future__ import annotations
@@ -164,7 +165,10 @@ def verdict_lines(summary: dict, metrics: Iterable[dict] = (), private: bool = F
         warning = (f"Not interpretable at this size: the DP noise swamps {len(swamped)} of "
                    f"{len(summary.get('sites', {}))} sites' statistics, so the scores and C-indices below are "
                    "mostly noise (more controls per site, fewer sites or a larger epsilon are needed). ")
-    if e is not None:
+    if survival.get("cox_refused"):
+        first = (f"**Verdict.** {warning}No finite Cox model could be fitted, so nothing is said of what the imaging "
+                 f"adds: {survival['cox_refused']}")
+    elif e is not None:
         first = f"**Verdict ({e['kind']}).** {warning}Imaging over the covariates: " + added_value_reading(
             e, ", ".join(added["features"]), ", ".join(added["covariates"]) or "none")
     elif added.get("not_computed"):
