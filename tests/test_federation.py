@@ -7,7 +7,6 @@ ServerApp body `run_federation` is the same function `server/server_app.py` call
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,34 +15,19 @@ import torch
 
 from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
-from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
-from ndae.federation.server.phases import FederationError, SimulatedKill, run_federation
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
+from ndae.federation.server.phases import FederationError, SimulatedKill
 
-SITES = ("site1", "site2", "site3")
+from tests.federation_runs import SITES, VOXELWISE, run_in_process
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("federation")
-    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=7, patients_per_site=6, seed=1)  # 21 controls: enough for the age probe
-    return root
-
-
-def _manifests(cohort):
-    return [cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES]
-
-
-# 16 events: one region keeps the voxel-wise Cox model (age, sex, precentral) at >= 5 events per covariate
-VOXELWISE = {"voxelwise_baseline": True, "voxelwise_regions": "precentral"}
+def cohort(federation_cohort):
+    return federation_cohort
 
 
 def _run(cohort, name, **overrides):
-    settings = {"rounds": 1, "batch_size": 4, "seed": 3, "voxelwise_baseline": False, **overrides}
-    config = FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
-    grid = InProcessGrid(_manifests(cohort), config.to_run_config())
-    return run_federation(grid, config, log=lambda _: None), cohort / name
+    return run_in_process(cohort, name, **overrides)
 
 
 @pytest.fixture
@@ -53,8 +37,9 @@ def test_hooks(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def pooled_run(cohort):
-    return _run(cohort, "pooled", survival_mode="pooled", **VOXELWISE)
+def pooled_run(pooled_federation):
+    # shared with tests/test_federation_prior_residuals.py: the prior feature is in its Cox model too
+    return pooled_federation
 
 
 def test_records_round_trip_keep_dtypes_and_0d_arrays():
@@ -122,11 +107,9 @@ def test_federated_normative_moments_equal_central_ones(pooled_run, cohort):
     np.testing.assert_allclose(fitted.beta, reference.beta, rtol=1e-4, atol=1e-4)
 
 
-def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run, cohort):
+def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run, federated_federation):
     summary, run = pooled_run
-    federated_dir = cohort / "federated"
-    shutil.copytree(run / "dae", federated_dir / "dae")  # same global model: training is resumed, not redone
-    federated, _ = _run(cohort, "federated", survival_mode="federated", **VOXELWISE)
+    federated, federated_dir = federated_federation  # same global model: training is resumed, not redone
     assert federated["participation"] == summary["participation"]
     pooled_coef, federated_coef = summary["survival"]["coef"], federated["survival"]["coef"]
     assert list(pooled_coef) == list(federated_coef) and len(pooled_coef) >= 2
@@ -242,14 +225,24 @@ def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_h
     assert coef_a == coef_b
 
 
+# What these runs check is the DAE's aggregate: survival is fitted federated (no pooled bootstraps),
+# the prior residuals are off. Several local steps: FedProx's proximal gradient mu·(w − w_global)
+# is zero on a round's first step.
+STRATEGY_RUN = {"survival_mode": "federated", "prior_residuals": False, "local_epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def fedavg_3_epochs(cohort):
+    return _run(cohort, "fedavg-3-epochs", **STRATEGY_RUN)[1]
+
+
 @pytest.mark.parametrize("strategy", ["fedadam", "fedprox"])
-def test_fedadam_and_fedprox_complete_and_differ_from_fedavg(cohort, strategy):
+def test_fedadam_and_fedprox_complete_and_differ_from_fedavg(cohort, fedavg_3_epochs, strategy):
     """The selectable strategies really change the aggregate (not FedAvg under another name)."""
     from ndae.model import load_checkpoint
 
-    # Several local steps: FedProx's proximal gradient mu·(w − w_global) is zero on a round's first step.
-    _, fedavg_dir = _run(cohort, "fedavg-3-epochs", survival_mode="pooled", local_epochs=3)
-    _, run_dir = _run(cohort, strategy, survival_mode="pooled", strategy=strategy, proximal_mu=0.5, local_epochs=3)
+    fedavg_dir = fedavg_3_epochs
+    _, run_dir = _run(cohort, strategy, strategy=strategy, proximal_mu=0.5, **STRATEGY_RUN)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed", status
     fedavg = load_checkpoint(fedavg_dir / "dae" / "checkpoint.pt").model.state_dict()
