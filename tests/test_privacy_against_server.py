@@ -86,8 +86,9 @@ def _replies(grid, kind):
 
 # ---- 1. the noise cannot be regenerated --------------------------------------------------------
 def _one_round(cohort, name, node_config):
-    """One private run's first training round and moments release, from identical requests."""
-    config = _config(cohort, name, survival_mode="federated")
+    """One private run's first training round and moments release, from identical requests (the
+    prior residual step, whose release these runs do not compare, is off)."""
+    config = _config(cohort, name, survival_mode="federated", prior_residuals=False)
     grid = RecordingGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
                          node_config={**POLICY, "privacy-dir": str(cohort / name / "ledgers"), **node_config})
     run_federation(grid, config, log=lambda _: None)
