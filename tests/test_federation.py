@@ -183,9 +183,15 @@ def test_the_age_probe_is_run_on_the_trained_and_the_initial_encoders_latents(po
     assert f"| trained (global EMA) | {summary['latent_probe']['trained']['r']:.3f} |" in (run / "report.md").read_text()
 
 
+# Runs that check training and what follows a fault: survival fitted federated (no pooled
+# bootstraps), no prior residuals (the shared runs above check both).
+AFTER_TRAINING_CHEAP = {"survival_mode": "federated", "prior_residuals": False}
+
+
 @pytest.mark.slow
 def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort, test_hooks):
-    summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1)
+    summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1,
+                        **AFTER_TRAINING_CHEAP)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rounds[0]["sites"] == ["site1", "site3"] and "site2" in rounds[0]["missing"]
@@ -206,11 +212,11 @@ def test_too_few_sites_fails_the_run_and_says_so(cohort, test_hooks):
 def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_hooks):
     from ndae.model import load_checkpoint
 
-    _run(cohort, "uninterrupted", rounds=2, survival_mode="federated")
+    _run(cohort, "uninterrupted", rounds=2, **AFTER_TRAINING_CHEAP)
     with pytest.raises(SimulatedKill):
-        _run(cohort, "resumed", rounds=2, survival_mode="federated", stop_after_round=1)
+        _run(cohort, "resumed", rounds=2, stop_after_round=1, **AFTER_TRAINING_CHEAP)
     assert load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt").extra["federation"]["round"] == 1
-    _run(cohort, "resumed", rounds=2, survival_mode="federated")
+    _run(cohort, "resumed", rounds=2, **AFTER_TRAINING_CHEAP)
     a = load_checkpoint(cohort / "uninterrupted" / "dae" / "checkpoint.pt")
     b = load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt")
     assert a.step == b.step and a.extra["federation"]["round"] == 2
@@ -225,10 +231,9 @@ def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_h
     assert coef_a == coef_b
 
 
-# What these runs check is the DAE's aggregate: survival is fitted federated (no pooled bootstraps),
-# the prior residuals are off. Several local steps: FedProx's proximal gradient mu·(w − w_global)
-# is zero on a round's first step.
-STRATEGY_RUN = {"survival_mode": "federated", "prior_residuals": False, "local_epochs": 3}
+# What these runs check is the DAE's aggregate. Several local steps: FedProx's proximal gradient
+# mu·(w − w_global) is zero on a round's first step.
+STRATEGY_RUN = {**AFTER_TRAINING_CHEAP, "local_epochs": 3}
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +260,7 @@ def test_a_voxelwise_baseline_that_cannot_be_fitted_leaves_the_ndae_run_complete
     """The baseline is a yardstick: a site failing its query (here with min-sites = 3) is reported,
     and the NDAE model, its survival results and the report are all there."""
     summary, run = _run(cohort, "voxelwise-fault", rounds=0, min_sites=3, fault_site="site2",
-                        fault_phase="voxelwise_stats", survival_mode="pooled", **VOXELWISE)
+                        fault_phase="voxelwise_stats", survival_mode="pooled", prior_residuals=False, **VOXELWISE)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert "fewer than min-sites" in summary["voxelwise"]["not_computed"]
     assert "voxelwise" not in summary["survival"] and summary["survival"]["coef"]
