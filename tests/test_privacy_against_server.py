@@ -392,7 +392,7 @@ def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(coho
 
 def test_the_batch_a_server_asks_for_cannot_go_below_the_sites_floor(cohort, tmp_path):
     """A server asking for batch 1 would read n off the ledger's sample rate 1/ceil(n/B)."""
-    config = _config(cohort, "batch-one", batch_size=1, survival_mode="federated")
+    config = _config(cohort, "batch-one", batch_size=1, survival_mode="federated", prior_residuals=False)
     grid = InProcessGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
                          node_config={**POLICY, "privacy-dir": str(tmp_path / "ledgers"), "min-dp-batch-size": 4})
     run_federation(grid, config, log=lambda _: None)
