@@ -45,3 +45,27 @@ def _single_thread_torch():
     except ImportError:
         pass
     yield
+
+
+# ---- one small in-process federation, read by every file that checks a whole run -----------------
+@pytest.fixture(scope="session")
+def federation_cohort(tmp_path_factory) -> Path:
+    from tests.federation_runs import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("federation"))
+
+
+@pytest.fixture(scope="session")
+def pooled_federation(federation_cohort):
+    """(summary, run folder) of the shared pooled run (tests/federation_runs.py): read only."""
+    from tests.federation_runs import pooled_run
+
+    return pooled_run(federation_cohort)
+
+
+@pytest.fixture(scope="session")
+def federated_federation(federation_cohort, pooled_federation):
+    """(summary, run folder) of the shared federated run, resumed from the pooled run's DAE: read only."""
+    from tests.federation_runs import federated_run
+
+    return federated_run(federation_cohort, pooled_federation[1])

@@ -7,7 +7,6 @@ ServerApp body `run_federation` is the same function `server/server_app.py` call
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,38 +15,19 @@ import torch
 
 from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
-from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import arrays_to_record, frame_to_record, record_to_arrays, record_to_frame
-from ndae.federation.server.phases import Federation, FederationError, SimulatedKill, run_federation
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
+from ndae.federation.server.phases import FederationError, SimulatedKill
 
-SITES = ("site1", "site2", "site3")
+from tests.federation_runs import SITES, VOXELWISE, run_in_process
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("federation")
-    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=7, patients_per_site=6, seed=1)  # 21 controls: enough for the age probe
-    return root
-
-
-def _manifests(cohort):
-    return [cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES]
-
-
-# 16 events: one region keeps the voxel-wise Cox model (age, sex, precentral) at >= 5 events per covariate
-VOXELWISE = {"voxelwise_baseline": True, "voxelwise_regions": "precentral"}
-
-
-def _config(cohort, name, **overrides):
-    settings = {"rounds": 1, "batch_size": 4, "seed": 3, "voxelwise_baseline": False, **overrides}
-    return FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
+def cohort(federation_cohort):
+    return federation_cohort
 
 
 def _run(cohort, name, **overrides):
-    config = _config(cohort, name, **overrides)
-    grid = InProcessGrid(_manifests(cohort), config.to_run_config())
-    return run_federation(grid, config, log=lambda _: None), cohort / name
+    return run_in_process(cohort, name, **overrides)
 
 
 @pytest.fixture
@@ -57,16 +37,9 @@ def test_hooks(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def pooled_federation(cohort):
-    """The pooled run's `Federation` object after its run, and the summary it returned."""
-    config = _config(cohort, "pooled", survival_mode="pooled", **VOXELWISE)
-    federation = Federation(InProcessGrid(_manifests(cohort), config.to_run_config()), config, log=lambda _: None)
-    return federation, federation.run()
-
-
-@pytest.fixture(scope="module")
-def pooled_run(cohort, pooled_federation):
-    return pooled_federation[1], cohort / "pooled"
+def pooled_run(pooled_federation):
+    # shared with tests/test_federation_prior_residuals.py: the prior feature is in its Cox model too
+    return pooled_federation
 
 
 def test_records_round_trip_keep_dtypes_and_0d_arrays():
@@ -113,7 +86,11 @@ def test_run_directory_follows_the_contract(pooled_run):
 def test_a_run_leaves_no_state_beyond_what_federation_init_declares(pooled_federation):
     """The phases return their results (the summary is assembled from them) instead of leaving
     attributes on the Federation; the later phases get a PhaseContext, not the Federation."""
-    federation, summary = pooled_federation
+    from ndae.federation.server.phases import Federation
+    from tests.federation_runs import FEDERATIONS
+
+    summary, _ = pooled_federation
+    federation = FEDERATIONS["pooled"]
     fresh = Federation(federation.grid, federation.config, log=lambda _: None)
     assert set(vars(federation)) == set(vars(fresh))
     assert fresh.dae_config is None and federation.dae_config is not None
@@ -144,11 +121,9 @@ def test_federated_normative_moments_equal_central_ones(pooled_run, cohort):
     np.testing.assert_allclose(fitted.beta, reference.beta, rtol=1e-4, atol=1e-4)
 
 
-def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run, cohort):
+def test_pooled_and_federated_survival_give_the_same_cox_coefficients(pooled_run, federated_federation):
     summary, run = pooled_run
-    federated_dir = cohort / "federated"
-    shutil.copytree(run / "dae", federated_dir / "dae")  # same global model: training is resumed, not redone
-    federated, _ = _run(cohort, "federated", survival_mode="federated", **VOXELWISE)
+    federated, federated_dir = federated_federation  # same global model: training is resumed, not redone
     assert federated["participation"] == summary["participation"]
     pooled_coef, federated_coef = summary["survival"]["coef"], federated["survival"]["coef"]
     assert list(pooled_coef) == list(federated_coef) and len(pooled_coef) >= 2
@@ -222,9 +197,15 @@ def test_the_age_probe_is_run_on_the_trained_and_the_initial_encoders_latents(po
     assert f"| trained (global EMA) | {summary['latent_probe']['trained']['r']:.3f} |" in (run / "report.md").read_text()
 
 
+# Runs that check training and what follows a fault: survival fitted federated (no pooled
+# bootstraps), no prior residuals (the shared runs above check both).
+AFTER_TRAINING_CHEAP = {"survival_mode": "federated", "prior_residuals": False}
+
+
 @pytest.mark.slow
 def test_a_site_that_fails_a_round_is_dropped_and_reported(cohort, test_hooks):
-    summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1)
+    summary, run = _run(cohort, "dropout", rounds=2, fault_site="site2", fault_phase="train", fault_round=1,
+                        **AFTER_TRAINING_CHEAP)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rounds[0]["sites"] == ["site1", "site3"] and "site2" in rounds[0]["missing"]
@@ -245,11 +226,11 @@ def test_too_few_sites_fails_the_run_and_says_so(cohort, test_hooks):
 def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_hooks):
     from ndae.model import load_checkpoint
 
-    _run(cohort, "uninterrupted", rounds=2, survival_mode="federated")
+    _run(cohort, "uninterrupted", rounds=2, **AFTER_TRAINING_CHEAP)
     with pytest.raises(SimulatedKill):
-        _run(cohort, "resumed", rounds=2, survival_mode="federated", stop_after_round=1)
+        _run(cohort, "resumed", rounds=2, stop_after_round=1, **AFTER_TRAINING_CHEAP)
     assert load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt").extra["federation"]["round"] == 1
-    _run(cohort, "resumed", rounds=2, survival_mode="federated")
+    _run(cohort, "resumed", rounds=2, **AFTER_TRAINING_CHEAP)
     a = load_checkpoint(cohort / "uninterrupted" / "dae" / "checkpoint.pt")
     b = load_checkpoint(cohort / "resumed" / "dae" / "checkpoint.pt")
     assert a.step == b.step and a.extra["federation"]["round"] == 2
@@ -264,14 +245,23 @@ def test_resume_after_a_killed_server_equals_an_uninterrupted_run(cohort, test_h
     assert coef_a == coef_b
 
 
+# What these runs check is the DAE's aggregate. Several local steps: FedProx's proximal gradient
+# mu·(w − w_global) is zero on a round's first step.
+STRATEGY_RUN = {**AFTER_TRAINING_CHEAP, "local_epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def fedavg_3_epochs(cohort):
+    return _run(cohort, "fedavg-3-epochs", **STRATEGY_RUN)[1]
+
+
 @pytest.mark.parametrize("strategy", ["fedadam", "fedprox"])
-def test_fedadam_and_fedprox_complete_and_differ_from_fedavg(cohort, strategy):
+def test_fedadam_and_fedprox_complete_and_differ_from_fedavg(cohort, fedavg_3_epochs, strategy):
     """The selectable strategies really change the aggregate (not FedAvg under another name)."""
     from ndae.model import load_checkpoint
 
-    # Several local steps: FedProx's proximal gradient mu·(w − w_global) is zero on a round's first step.
-    _, fedavg_dir = _run(cohort, "fedavg-3-epochs", survival_mode="pooled", local_epochs=3)
-    _, run_dir = _run(cohort, strategy, survival_mode="pooled", strategy=strategy, proximal_mu=0.5, local_epochs=3)
+    fedavg_dir = fedavg_3_epochs
+    _, run_dir = _run(cohort, strategy, strategy=strategy, proximal_mu=0.5, **STRATEGY_RUN)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed", status
     fedavg = load_checkpoint(fedavg_dir / "dae" / "checkpoint.pt").model.state_dict()
@@ -284,7 +274,7 @@ def test_a_voxelwise_baseline_that_cannot_be_fitted_leaves_the_ndae_run_complete
     """The baseline is a yardstick: a site failing its query (here with min-sites = 3) is reported,
     and the NDAE model, its survival results and the report are all there."""
     summary, run = _run(cohort, "voxelwise-fault", rounds=0, min_sites=3, fault_site="site2",
-                        fault_phase="voxelwise_stats", survival_mode="pooled", **VOXELWISE)
+                        fault_phase="voxelwise_stats", survival_mode="pooled", prior_residuals=False, **VOXELWISE)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert "fewer than min-sites" in summary["voxelwise"]["not_computed"]
     assert "voxelwise" not in summary["survival"] and summary["survival"]["coef"]

@@ -3,12 +3,13 @@
 The sites send only summed statistics of their controls' residual region means; the server's fit
 from their sum must be the pooled (centralised) fit, and each site's patients must get the
 z-scores the centralised pipeline gives them (`ndae.deviation.prior_residuals` on the pooled data).
+The pooled and federated runs checked here are the ones tests/test_federation.py checks
+(tests/federation_runs.py): the prior feature is in their Cox model, the voxel-wise baseline on.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,14 +18,10 @@ import torch
 
 from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
-from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.server.errors import FederationError
-from ndae.federation.server.phases import run_federation
 from ndae.federation.server.prior_residual_phase import survival_features
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
-SITES = ("site1", "site2", "site3")
-FEATURES = "mahalanobis,z_prior_precentral"  # 18 patients: one region keeps the Cox model estimable
+from tests.federation_runs import PRIOR_FEATURES as FEATURES, SITES, run_in_process
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,23 +30,18 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("federation-prior")
-    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=7, patients_per_site=6, seed=1)
-    return root
+def cohort(federation_cohort):
+    return federation_cohort
 
 
 def _run(cohort, name, **overrides):
-    settings = {"rounds": 1, "batch_size": 4, "seed": 3, "voxelwise_baseline": False,
-                "survival_features": FEATURES, **overrides}
-    config = FederationConfig(run_dir=str(cohort / name), cache_dir=str(cohort / "cache"), **settings)
-    grid = InProcessGrid([cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES], config.to_run_config())
-    return run_federation(grid, config, log=lambda _: None), cohort / name
+    return run_in_process(cohort, name, **{"survival_features": FEATURES, **overrides})
 
 
 @pytest.fixture(scope="module")
-def pooled_run(cohort):
-    return _run(cohort, "pooled", survival_mode="pooled")
+def pooled_run(pooled_federation):
+    # shared with tests/test_federation.py: the voxel-wise baseline is on in it too
+    return pooled_federation
 
 
 def _central(cohort, run):
@@ -109,13 +101,12 @@ def test_the_cox_model_takes_the_prior_feature_and_the_report_says_so(pooled_run
     head = report.splitlines()[2:4]
     assert head[0].startswith("**Verdict (") and head[1].startswith("z_sem use: ")
     phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert phases == ["dae", "normative", "prior_residuals", "survival"]  # (voxelwise: off here)
+    assert phases == ["dae", "normative", "prior_residuals", "voxelwise", "survival"]
 
 
-def test_federated_survival_with_prior_features_equals_pooled_and_keeps_every_row(pooled_run, cohort):
+def test_federated_survival_with_prior_features_equals_pooled_and_keeps_every_row(pooled_run, federated_federation):
     summary, run = pooled_run
-    shutil.copytree(run / "dae", cohort / "federated" / "dae")  # the same global model: training is resumed
-    federated, folder = _run(cohort, "federated", survival_mode="federated")
+    federated, folder = federated_federation  # the same global model: training is resumed
     assert list(federated["survival"]["coef"]) == list(summary["survival"]["coef"])
     np.testing.assert_allclose(list(federated["survival"]["coef"].values()),
                                list(summary["survival"]["coef"].values()), rtol=1e-7, atol=1e-5)

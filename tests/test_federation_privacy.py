@@ -95,9 +95,16 @@ def test_private_run_writes_ledgers_and_the_audit_recomputes_the_reported_epsilo
         mechanisms = [e["mechanism"] for e in entries]
         # DP releases first (training, the z_sem moments, the prior residuals' moments), then what
         # federated Cox asked (declared, no epsilon), then the concordance counts
-        assert mechanisms[:3] == ["dp-sgd", "gaussian-moments", "gaussian-moments"] and mechanisms[-1] == "risk-summary"
-        cox_rounds = summary["survival"]["newton_message_rounds"] + summary["survival"]["covariates_only"]["newton_message_rounds"]
-        assert set(mechanisms[3:-1]) == {"cox-terms"} and len(mechanisms) - 4 == cox_rounds  # full + covariates-only fits
+        assert mechanisms[:3] == ["dp-sgd", "gaussian-moments", "gaussian-moments"]
+        if "cox_refused" in summary["survival"]:
+            # the DP noise can leave 12 patients' events perfectly ordered: no finite Cox model, the run
+            # still completes; the queries the fit asked before it stopped are all in the ledger
+            assert len(mechanisms) > 3 and set(mechanisms[3:]) == {"cox-terms"}
+        else:
+            assert mechanisms[-1] == "risk-summary"
+            cox_rounds = (summary["survival"]["newton_message_rounds"]
+                          + summary["survival"]["covariates_only"]["newton_message_rounds"])
+            assert set(mechanisms[3:-1]) == {"cox-terms"} and len(mechanisms) - 4 == cox_rounds  # full + covariates-only
         assert entries[0]["records_touched"] == 0 and entries[0]["details"]["round"] == 1  # counts are not public
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries[:3]]
         recomputed = epsilon_of(history, heads[site]["delta"], "rdp")
@@ -178,9 +185,11 @@ def test_dp_moments_with_zero_noise_give_the_exact_federated_normative_fit(priva
     _, source = private_run
     for name in ("exact", "zero-noise"):
         shutil.copytree(source / "dae", cohort / name / "dae")
-    _run(cohort, "exact", privacy=False, node_config={"require-privacy": "false"})  # the comparison: no DP
+    # What is compared is the normative model: the steps after it are the cheapest the run allows.
+    after = {"survival_mode": "federated", "prior_residuals": False, "voxelwise_baseline": False}
+    _run(cohort, "exact", privacy=False, node_config={"require-privacy": "false"}, **after)  # the comparison: no DP
     _run(cohort, "zero-noise", moments_noise_multiplier=0.0, moments_covariate_clip=1e6, moments_latent_clip=1e6,
-         node_config={"budget-epsilon": "inf", "max-epsilon-per-run": "inf"})  # a noise-free release has epsilon inf
+         node_config={"budget-epsilon": "inf", "max-epsilon-per-run": "inf"}, **after)  # a noise-free release has epsilon inf
     with np.load(cohort / "exact" / "normative" / "sufficient_stats.npz") as a, \
             np.load(cohort / "zero-noise" / "normative" / "sufficient_stats.npz") as b:
         for key in ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y"):

@@ -86,8 +86,9 @@ def _replies(grid, kind):
 
 # ---- 1. the noise cannot be regenerated --------------------------------------------------------
 def _one_round(cohort, name, node_config):
-    """One private run's first training round and moments release, from identical requests."""
-    config = _config(cohort, name, survival_mode="federated")
+    """One private run's first training round and moments release, from identical requests (the
+    prior residual step, whose release these runs do not compare, is off)."""
+    config = _config(cohort, name, survival_mode="federated", prior_residuals=False)
     grid = RecordingGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
                          node_config={**POLICY, "privacy-dir": str(cohort / name / "ledgers"), **node_config})
     run_federation(grid, config, log=lambda _: None)
@@ -428,7 +429,7 @@ def test_survival_queries_name_only_the_runs_covariates_with_a_bounded_beta(coho
 
 def test_the_batch_a_server_asks_for_cannot_go_below_the_sites_floor(cohort, tmp_path):
     """A server asking for batch 1 would read n off the ledger's sample rate 1/ceil(n/B)."""
-    config = _config(cohort, "batch-one", batch_size=1, survival_mode="federated")
+    config = _config(cohort, "batch-one", batch_size=1, survival_mode="federated", prior_residuals=False)
     grid = InProcessGrid([_manifest(cohort, "site1"), _manifest(cohort, "site2")], config.to_run_config(),
                          node_config={**POLICY, "privacy-dir": str(tmp_path / "ledgers"), "min-dp-batch-size": 4})
     run_federation(grid, config, log=lambda _: None)
