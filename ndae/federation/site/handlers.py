@@ -123,24 +123,7 @@ def handle_deviations(message: Message, gate: Gate) -> dict:
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
     table = patient_survival_table(site, message.content["dae"], dae_config, normative, features,
                                    device=config.device, extra=prior_features)
-    voxel_columns: list[str] = []
-    voxelwise_error = ""
-    if VOXELWISE_KEY in message.content:  # the baseline's region z-scores: more columns of the same rows
-        from ndae.errors import NdaeError
-        from ndae.federation.records import config_to_voxelwise
-        from ndae.federation.site.survival_queries import is_voxelwise_score
-        from ndae.federation.site.voxelwise import patient_voxelwise_features
-
-        try:  # the baseline is a yardstick: if it fails here, the site still answers with its NDAE scores
-            voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
-            voxel_columns = [c for c in voxel.columns if c != "subject"]
-            if not all(is_voxelwise_score(c) for c in voxel_columns) or set(voxel_columns) & set(table.columns):
-                raise NdaeError("the voxel-wise baseline's columns are not region scores")
-            table = table.merge(voxel, on="subject", how="left", validate="one_to_one")
-        except (NdaeError, OSError, ValueError, KeyError) as error:
-            # A deployed site's error texts (cache paths, subject ids) stay in its log, as in `errors_without_data`.
-            text = "" if policy.deployed else (str(error).splitlines()[0][:200] if str(error) else "")
-            voxelwise_error = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    table, voxel_columns, voxelwise_error = _with_voxelwise_scores(message, site, policy, table)
     from ndae.federation.site.example_maps import write_example_maps
 
     # A few patients' maps, into the site's own folder where its policy allows; nothing of them is sent.
@@ -150,6 +133,39 @@ def handle_deviations(message: Message, gate: Gate) -> dict:
     context.state[FEATURES_KEY] = ConfigRecord({"features": [*features, *voxel_columns]})
     # The counts first: in a private run their ledger line comes before the pooled rows'.
     counts = score_histograms(histograms, gate, message.content["dae"], dae_config, normative, table)
+    reply = _deviations_reply(gate, table, features, voxelwise_error, prior_swap, share_rows)
+    reply.update(counts)
+    return reply
+
+
+def _with_voxelwise_scores(message: Message, site, policy, table):
+    """(the patients' table with the voxel-wise baseline's region z-scores merged in, their column
+    names, why the baseline could not score them or ""). The baseline is a yardstick: if it fails
+    here, the site still answers with its NDAE scores."""
+    if VOXELWISE_KEY not in message.content:
+        return table, [], ""
+    from ndae.errors import NdaeError
+    from ndae.federation.records import config_to_voxelwise
+    from ndae.federation.site.survival_queries import is_voxelwise_score
+    from ndae.federation.site.voxelwise import patient_voxelwise_features
+
+    try:
+        voxel = patient_voxelwise_features(site, config_to_voxelwise(message.content[VOXELWISE_KEY]))
+        columns = [c for c in voxel.columns if c != "subject"]
+        if not all(is_voxelwise_score(c) for c in columns) or set(columns) & set(table.columns):
+            raise NdaeError("the voxel-wise baseline's columns are not region scores")
+        return table.merge(voxel, on="subject", how="left", validate="one_to_one"), columns, ""
+    except (NdaeError, OSError, ValueError, KeyError) as error:
+        # A deployed site's error texts (cache paths, subject ids) stay in its log, as in `errors_without_data`.
+        text = "" if policy.deployed else (str(error).splitlines()[0][:200] if str(error) else "")
+        return table, [], f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _deviations_reply(gate: Gate, table, features: list[str], voxelwise_error: str, prior_swap,
+                      share_rows: bool) -> dict:
+    """The reply's fields the site computes for the server (the release layer decides what of
+    them leaves): counts, the covariate moments, why the baseline failed, the prior swap test and,
+    when asked and allowed, the pooled rows."""
     reply = {}
     if gate.sends("counts"):
         reply["counts"] = MetricRecord({"patients": int(len(table)), "events": int(table["event"].sum())})
@@ -167,7 +183,6 @@ def handle_deviations(message: Message, gate: Gate) -> dict:
             record_declared(gate.privacy(), "shared-scores", columns=list(rows.columns), content=POOLED_ROW_CONTENT)
             table = rows
         reply["rows"] = frame_to_record(table)
-    reply.update(counts)
     return reply
 
 
