@@ -23,7 +23,6 @@ from ndae.federation.records import PRIOR_KEY, normative_to_config, record_to_ar
 from ndae.federation.site.privacy import PRIOR_RESIDUAL_STATISTIC
 from ndae.normative import DesignSpec, NormativeModel
 from ndae.privacy.ledger import read_ledger
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
 SUBJECT_ID = re.compile(r"S1\d{3}")  # the synthetic cohort's subject ids
@@ -37,31 +36,17 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The cohort, the site's data, an untrained DAE and random normative models of the right sizes."""
-    from ndae.federation.records import ema_weights_record
-    from ndae.federation.server.strategy import dae_config_for
     from ndae.federation.site.prior_residuals import prior_region_means
-    from ndae.federation.site.data import load_site, site_cache_dir
-    from ndae.federation.site.statistics import covariates
-    from ndae.federation.site.training import build_dae
+    from ndae.testing.site_world import untrained_site
 
     root = tmp_path_factory.mktemp("attack-prior")
-    make_synthetic_cohort(root / "cohort", sites=1, controls_per_site=7, patients_per_site=6, seed=5)
-    manifest = root / "cohort" / "sites" / "site1" / "manifest.csv"
-    config = _config(root)
-    site = load_site(manifest, prepared_dir=site_cache_dir({"manifest": str(manifest)}, manifest, config.cache_dir))
-    dae = dae_config_for(config, int(site.data.images.shape[1]))
-    torch.manual_seed(0)
-    _, ema = build_dae(dae.to_dict(), "cpu")
-    frame = covariates(site, np.ones(len(site.data.subjects), bool))
-    rng = np.random.default_rng(0)
-    z_sem = NormativeModel().fit(frame, rng.normal(size=(len(frame), dae.model.z_sem_dim)))
-    weights = ema_weights_record(ema)
-    columns = prior_region_means(site, weights, dae.to_dict(), z_sem, site.controls, "cpu").columns
+    world = untrained_site(root, _config(root), controls=7, patients=6, seed=5)
+    site, frame, rng = world["site"], world["frame"], world["rng"]
+    columns = prior_region_means(site, world["weights"], world["dae"], world["z_sem"], site.controls, "cpu").columns
     controls = frame[site.controls].reset_index(drop=True)
     residual = NormativeModel().fit(controls, rng.normal(size=(len(controls), len(columns))) * 0.1,
                                     feature_names=columns)
-    return {"root": root, "manifest": manifest, "site": site, "dae": dae.to_dict(), "weights": weights,
-            "z_sem": z_sem, "residual": residual, "columns": columns, "frame": frame}
+    return {**world, "residual": residual, "columns": columns}
 
 
 def _config(root, **overrides):

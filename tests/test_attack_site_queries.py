@@ -22,9 +22,8 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import normative_to_config
 from ndae.federation.site.context import FEATURES_KEY, STATE_KEY
-from ndae.normative import DesignSpec, NormativeModel
+from ndae.normative import DesignSpec
 from ndae.privacy.ledger import read_ledger
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
 SUBJECT_ID = re.compile(r"S1\d{3}")  # the synthetic cohort's subject ids
@@ -39,24 +38,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ndae.federation.records import ema_weights_record
-    from ndae.federation.server.strategy import dae_config_for
-    from ndae.federation.site.data import load_site, site_cache_dir
-    from ndae.federation.site.statistics import covariates
-    from ndae.federation.site.training import build_dae
+    from ndae.testing.site_world import untrained_site
 
     root = tmp_path_factory.mktemp("attack-site")
-    make_synthetic_cohort(root / "cohort", sites=1, controls_per_site=CONTROLS, patients_per_site=PATIENTS, seed=5)
-    manifest = root / "cohort" / "sites" / "site1" / "manifest.csv"
-    config = _config(root)
-    site = load_site(manifest, prepared_dir=site_cache_dir({"manifest": str(manifest)}, manifest, config.cache_dir))
-    dae = dae_config_for(config, int(site.data.images.shape[1]))
-    torch.manual_seed(0)
-    _, ema = build_dae(dae.to_dict(), "cpu")
-    frame = covariates(site, np.ones(len(site.data.subjects), bool))
-    z_sem = NormativeModel().fit(frame, np.random.default_rng(0).normal(size=(len(frame), dae.model.z_sem_dim)))
-    return {"root": root, "manifest": manifest, "dae": dae.to_dict(), "weights": ema_weights_record(ema),
-            "z_sem": z_sem}
+    return untrained_site(root, _config(root), controls=CONTROLS, patients=PATIENTS, seed=5)
 
 
 def _config(root, **overrides):

@@ -3,9 +3,7 @@ field, within seconds, with nothing written outside the output folder."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -19,23 +17,11 @@ from ndae.data.manifest import read_manifest
 from ndae.data.nifti import load_nifti
 from ndae.data.subject_ids import subject_file
 from ndae.errors import InvalidImageError, ManifestError
+from tests.timeouts import within
 
 HEADER = "subject,site,image,age,sex,group,mask"
 
 
-@contextlib.contextmanager
-def within(seconds: int):
-    """Fail (instead of hanging the suite) when the body runs longer than `seconds`."""
-    def expire(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")

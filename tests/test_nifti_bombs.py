@@ -3,9 +3,7 @@ voxels are read) or before registration, with an error naming the file and the f
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import signal
 import time
 
 import nibabel as nib
@@ -16,21 +14,9 @@ from ndae.cli import main
 from ndae.data.nifti import image_file_problem, load_nifti
 from ndae.data.preprocess import prepare_subject
 from ndae.errors import InvalidImageError
+from tests.timeouts import within
 
 
-@contextlib.contextmanager
-def within(seconds: int):
-    """Fail (instead of hanging the suite) when the body runs longer than `seconds`."""
-    def expire(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _raw_nifti(path, header: nib.Nifti1Header, data: bytes = b""):

@@ -9,15 +9,9 @@ import pytest
 
 
 def _capture(monkeypatch, module):
-    saved = {}
-    original = module.atomic_save_figure
+    from tests.figure_capture import capture_figures
 
-    def capture(path, figure, **kwargs):
-        saved[str(path).rsplit("/", 1)[-1]] = figure
-        original(path, figure, **kwargs)
-
-    monkeypatch.setattr(module, "atomic_save_figure", capture)
-    return saved
+    return capture_figures(monkeypatch, module)
 
 
 def test_training_loss_per_round_and_site(tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -19,8 +18,6 @@ from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
 from ndae.federation.records import normative_to_config, record_to_frame
 from ndae.federation.site.context import STATE_KEY
-from ndae.normative import NormativeModel
-from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 CONTROLS, PATIENTS = 5, 4
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -33,24 +30,11 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ndae.federation.records import ema_weights_record
-    from ndae.federation.server.strategy import dae_config_for
-    from ndae.federation.site.data import load_site, site_cache_dir
-    from ndae.federation.site.statistics import covariates
-    from ndae.federation.site.training import build_dae
+    from ndae.testing.site_world import untrained_site
 
     root = tmp_path_factory.mktemp("example-maps")
-    make_synthetic_cohort(root / "cohort", sites=1, controls_per_site=CONTROLS, patients_per_site=PATIENTS, seed=7)
-    manifest = root / "cohort" / "sites" / "site1" / "manifest.csv"
-    config = _config(root)
-    site = load_site(manifest, prepared_dir=site_cache_dir({"manifest": str(manifest)}, manifest, config.cache_dir))
-    dae = dae_config_for(config, int(site.data.images.shape[1]))
-    torch.manual_seed(0)
-    _, ema = build_dae(dae.to_dict(), "cpu")
-    frame = covariates(site, np.ones(len(site.data.subjects), bool))
-    z_sem = NormativeModel().fit(frame, np.random.default_rng(0).normal(size=(len(frame), dae.model.z_sem_dim)))
-    return {"root": root, "manifest": manifest, "dae": dae.to_dict(), "weights": ema_weights_record(ema),
-            "z_sem": z_sem, "maps": manifest.parent / "example_maps"}
+    world = untrained_site(root, _config(root), controls=CONTROLS, patients=PATIENTS, seed=7)
+    return {**world, "maps": world["manifest"].parent / "example_maps"}
 
 
 def _config(root, **overrides):

@@ -20,16 +20,9 @@ def patients():
 def _captured_figures(monkeypatch):
     """The matplotlib Figures the survival figure module saves, kept for inspection."""
     import ndae.survival.figures as figures
+    from tests.figure_capture import capture_figures
 
-    saved = {}
-    original = figures.atomic_save_figure
-
-    def capture(path, figure, **kwargs):
-        saved[str(path).rsplit("/", 1)[-1]] = figure
-        original(path, figure, **kwargs)
-
-    monkeypatch.setattr(figures, "atomic_save_figure", capture)
-    return saved
+    return capture_figures(monkeypatch, figures)
 
 
 def test_time_dependent_auc_and_brier_are_sksurvs_on_out_of_fold_predictions(patients, tmp_path):

@@ -8,6 +8,8 @@ same fixtures as the tests:
   federation plumbing (`make_synthetic_cohort`).
 - `toy_cohort`: a tiny ALS cohort of ellipsoid brains with known severity and survival, for
   `ndae evaluate` and the baselines (`write_toy_cohort`, `toy_subject`).
+- `site_world`: one site with an untrained DAE and a random normative model (`untrained_site`), for the
+  tests of what a single site answers.
 - `signal_check`: does the NDAE chain carry the disease on such a cohort (`ndae_signal`): the
   test that fails on a chain without signal and the benchmark that sets its threshold.
 
