@@ -255,16 +255,21 @@ def test_cox_queries_return_aggregates_only_and_each_is_in_the_ledger(private_ru
     assert replies and all(set(c["terms"].keys()) == {"gradient", "hessian", "log_likelihood"} for c in replies)
     for site in SITES:
         cox = [e for e in read_ledger(run / "privacy" / f"{site}.jsonl") if e["mechanism"] == "cox-terms"]
+        if "cox_refused" in summary["survival"]:  # the DP noise left the events perfectly ordered: no finite model
+            assert cox and all(len(e["details"]["beta"]) == len(summary["survival"]["covariates"]) for e in cox)
+            continue
         fits = (summary["survival"], summary["survival"]["covariates_only"])  # the full and the covariates-only model
         assert len(cox) == sum(fit["newton_message_rounds"] for fit in fits)
         assert all(len(e["details"]["beta"]) in {len(fit["covariates"]) for fit in fits} for e in cox)
 
 
 def test_risk_summary_sends_no_kaplan_meier_rows(private_run):
-    _, grid, run = private_run
-    for content in _replies(grid, "query.risk_summary"):
+    summary, grid, run = private_run
+    replies = _replies(grid, "query.risk_summary")
+    for content in replies:
         assert content["summary"]["km"].numpy().size == 0
-    assert "private sites keep them" in (run / "report.md").read_text()
+    if "cox_refused" not in summary["survival"]:  # a refused Cox model asks for no risk summary
+        assert replies and "private sites keep them" in (run / "report.md").read_text()
 
 
 def _deviations_context(cohort, tmp_path, node_config, **request):
