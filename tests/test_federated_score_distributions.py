@@ -201,6 +201,29 @@ def test_a_site_refuses_hostile_bin_edges_in_one_line_without_data(world, tmp_pa
     assert not SUBJECT_ID.search(reason) and str(world["root"]) not in reason
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["other-edges", "bisecting-edges"])
+def test_a_private_site_counts_on_the_canonical_edges_only(world, tmp_path, narrow):
+    """Edges a hostile server chose (here 64 bins around one value, asked again with the window
+    moved: a bisection of one patient's score) are refused by a private site before any data is
+    read, even where its counts are declared public; the canonical edges are answered."""
+    from ndae.federation.site.score_histograms import histogram_edges
+
+    canonical = histogram_edges(world["dae"].model.z_sem_dim)["mahalanobis"]
+    asked = (np.linspace(10.0, 10.001, 65) if narrow else canonical * 1.01).tolist()
+    node = {"public-counts": "true"}
+    reply = _deviations(world, tmp_path / "hostile", privacy=True, node_config=node,
+                        edges={"scores": ["mahalanobis"], "edges-mahalanobis": asked})
+    assert reply.has_error() and "canonical edges" in reply.error.reason
+    assert not SUBJECT_ID.search(reply.error.reason) and str(world["root"]) not in reply.error.reason
+    fair = _deviations(world, tmp_path / "fair", privacy=True, node_config=node,
+                       edges={"scores": ["mahalanobis"], "edges-mahalanobis": canonical.tolist()})
+    assert not fair.has_error(), fair.error.reason if fair.has_error() else ""
+    assert "score-histograms" in fair.content
+    # a non-private run's server is trusted with the rows anyway: any valid edges are answered
+    assert not _deviations(world, tmp_path / "open", privacy=False,
+                           edges={"scores": ["mahalanobis"], "edges-mahalanobis": asked}).has_error()
+
+
 def test_a_site_counts_every_subject_once_in_the_open_ended_bins(world, tmp_path):
     from ndae.federation.records import record_to_arrays
 

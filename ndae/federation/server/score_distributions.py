@@ -23,22 +23,12 @@ from flwr.app import ConfigRecord
 
 from ndae.federation.records import normative_to_config, record_to_arrays
 from ndae.federation.site.score_histograms import (
-    BANDS, FOLDS_KEY, HISTOGRAM_KEY, HISTOGRAM_SCORES, REPLY_KEY, fold_model_key, fold_stats_key,
+    BANDS, BINS, FOLDS_KEY, HISTOGRAM_KEY, HISTOGRAM_SCORES, REPLY_KEY, fold_model_key, fold_stats_key, histogram_edges,
 )
 
 __all__ = ["FOLDS", "BINS", "collect", "deviations_request", "histogram_edges", "held_out_models", "normative_request"]
 
 FOLDS = 5
-BINS = 48
-
-
-def histogram_edges(z_sem_dim: int) -> dict[str, np.ndarray]:
-    """The bin edges of each score, from the latent dimension alone."""
-    from scipy.stats import chi
-
-    d = int(z_sem_dim)
-    return {"mahalanobis": np.geomspace(float(chi.ppf(0.001, d)) / 4, 16 * float(chi.ppf(0.999, d)), BINS + 1),
-            "cosine": 1.0 - np.geomspace(2.0, 1e-7, BINS + 1)}
 
 
 def normative_request(config) -> dict:

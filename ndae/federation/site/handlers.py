@@ -119,7 +119,8 @@ def handle_deviations(message: Message, gate: Gate) -> dict:
     features = _requested_features(settings, site, dae_config, prior=PRIOR_KEY in message.content)
     # The z_sem model is applied to the patients' covariate table: checked on its own content first.
     normative = checked_normative_model(message.content, site.name, dae_config)
-    histograms = checked_histogram_request(message.content, site.name, dae_config)  # before any data is read
+    histograms = checked_histogram_request(message.content, site.name, dae_config,  # before any data is read
+                                           private=bool(config.privacy))
     prior_features, prior_swap = patient_prior_features(message, context, config, site, dae_config, normative)
     table = patient_survival_table(site, message.content["dae"], dae_config, normative, features,
                                    device=config.device, extra=prior_features)

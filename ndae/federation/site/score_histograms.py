@@ -25,9 +25,9 @@ import numpy as np
 from ndae.federation.records import arrays_to_record
 from ndae.federation.site.context import SiteRefusal
 
-__all__ = ["BANDS", "FOLDS_KEY", "HISTOGRAM_KEY", "MAX_BINS", "MAX_FOLDS", "HISTOGRAM_SCORES", "REPLY_KEY",
+__all__ = ["BANDS", "BINS", "FOLDS_KEY", "HISTOGRAM_KEY", "MAX_BINS", "MAX_FOLDS", "HISTOGRAM_SCORES", "REPLY_KEY",
            "binned", "checked_histogram_request", "control_folds", "fold_model_key", "fold_stats_key",
-           "fold_statistics", "score_histograms"]
+           "fold_statistics", "histogram_edges", "score_histograms"]
 
 FOLDS_KEY = "calibration-folds"  # in the normative_stats and deviations configs: K
 HISTOGRAM_KEY = "score-histograms"  # the deviations query's request (scores and their edges)
@@ -85,10 +85,26 @@ def fold_statistics(site, weights, dae_config: dict, design: dict, folds_value, 
                                   site_column="site").to_arrays()) for k in range(folds)}
 
 
-def checked_histogram_request(content, site_name: str, dae_config: dict) -> dict | None:
+BINS = 48  # bins per score on the canonical edges
+
+
+def histogram_edges(z_sem_dim: int) -> dict[str, np.ndarray]:
+    """The canonical bin edges of each score, from the latent dimension alone (public knowledge;
+    the reasoning is in `ndae.federation.server.score_distributions`). A private site counts on
+    these and no others: edges a server chose could single out a patient's score."""
+    from scipy.stats import chi
+
+    d = int(z_sem_dim)
+    return {"mahalanobis": np.geomspace(float(chi.ppf(0.001, d)) / 4, 16 * float(chi.ppf(0.999, d)), BINS + 1),
+            "cosine": 1.0 - np.geomspace(2.0, 1e-7, BINS + 1)}
+
+
+def checked_histogram_request(content, site_name: str, dae_config: dict, *, private: bool = True) -> dict | None:
     """What the deviations query asks counts of, checked on the message alone (before any data is
     read): {"edges": {score: edges}, "models": [fold models] or []}; None when it asks none.
-    Edges: finite, strictly increasing, at most MAX_BINS bins; scores from HISTOGRAM_SCORES."""
+    Edges: finite, strictly increasing, at most MAX_BINS bins; scores from HISTOGRAM_SCORES; in a
+    private run exactly the canonical edges of the run's latent dimension (`histogram_edges`):
+    narrow bins of the server's choosing, asked again and again, would bisect one patient's score."""
     if HISTOGRAM_KEY not in content:
         return None
     request = content[HISTOGRAM_KEY]
@@ -108,6 +124,11 @@ def checked_histogram_request(content, site_name: str, dae_config: dict) -> dict
         if not 2 <= values.size <= MAX_BINS + 1 or not np.isfinite(values).all() or not np.all(np.diff(values) > 0):
             raise SiteRefusal(f"{refuse}: 'edges-{score}' must be 2 to {MAX_BINS + 1} finite, strictly increasing "
                               "numbers")
+        if private:
+            canonical = histogram_edges(int(dae_config["model"]["z_sem_dim"]))[score]
+            if values.shape != canonical.shape or not np.allclose(values, canonical, rtol=1e-12, atol=0.0):
+                raise SiteRefusal(f"{refuse}: in a private run 'edges-{score}' must be the canonical edges of the "
+                                  "run's latent dimension")
         edges[score] = values
     models = []
     if FOLDS_KEY in request:
