@@ -26,7 +26,8 @@ from ndae.federation.site.data import check_fault, site_info
 from ndae.federation.site.prior_residual_queries import handle_prior_residual_stats, patient_prior_features
 from ndae.federation.site.releases import Gate, release_layer
 from ndae.federation.site.score_histograms import FOLDS_KEY, checked_histogram_request, fold_statistics, score_histograms
-from ndae.federation.site.statistics import covariate_moments, normative_statistics, patient_survival_table
+from ndae.federation.site.statistics import (covariate_moments, encode_z_sem, normative_statistics,
+                                             patient_survival_table)
 from ndae.federation.site.survival_queries import handle_cox_terms, handle_risk_summary
 from ndae.federation.site.training import train_round
 
@@ -85,15 +86,20 @@ def handle_normative_stats(message: Message, gate: Gate) -> dict:
         stats, _ = private_normative_statistics(site, message.content["dae"], json.loads(settings["dae-config"]),
                                                 design, gate.privacy(), device=config.device)
         return {"stats": arrays_to_record(stats)}
-    reply = {}
-    for weights_key, stats_key in (("dae", "stats"), (INITIAL_WEIGHTS_KEY, INITIAL_STATS_KEY)):
-        if weights_key in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
-            stats = normative_statistics(site, message.content[weights_key], json.loads(settings["dae-config"]),
-                                         design, device=config.device)
-            reply[stats_key] = arrays_to_record(stats)
-    if FOLDS_KEY in settings:  # per-fold statistics: the held-out controls' calibration (score_histograms)
-        reply.update(fold_statistics(site, message.content["dae"], json.loads(settings["dae-config"]), design,
-                                     settings[FOLDS_KEY], config.seed, device=config.device))
+    dae_config = json.loads(settings["dae-config"])
+    # the controls encoded once with the global weights: their whole statistics and, when asked,
+    # their per-fold statistics (the held-out controls' calibration, score_histograms)
+    reply, z_sem = {}, None
+    if "dae" in message.content:
+        z_sem = encode_z_sem(site, message.content["dae"], dae_config, site.controls, config.device)
+        reply["stats"] = arrays_to_record(normative_statistics(site, None, dae_config, design, z_sem=z_sem))
+    if INITIAL_WEIGHTS_KEY in message.content:  # the initial weights: the age probe's yardstick (non-private runs)
+        reply[INITIAL_STATS_KEY] = arrays_to_record(normative_statistics(
+            site, message.content[INITIAL_WEIGHTS_KEY], dae_config, design, device=config.device))
+    if FOLDS_KEY in settings:
+        if z_sem is None:
+            raise KeyError("dae")  # per-fold statistics of which weights: none were sent
+        reply.update(fold_statistics(site, z_sem, design, settings[FOLDS_KEY], config.seed))
     return reply
 
 

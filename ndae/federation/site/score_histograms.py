@@ -68,16 +68,14 @@ def control_folds(n_controls: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def fold_statistics(site, weights, dae_config: dict, design: dict, folds_value, seed: int,
-                    device: str = "auto") -> dict:
-    """{fold_stats_key(k): the fold's summable statistics} for the normative_stats reply."""
-    from ndae.federation.site.statistics import covariates, encode_z_sem
+def fold_statistics(site, z_sem: np.ndarray, design: dict, folds_value, seed: int) -> dict:
+    """{fold_stats_key(k): the fold's summable statistics} for the normative_stats reply, from the
+    controls' z_sem the handler encoded once for its whole statistics."""
+    from ndae.federation.site.statistics import covariates
     from ndae.normative import DesignSpec, SufficientStats
 
     folds = _checked_folds(folds_value, site.name)
-    rows = site.controls
-    z_sem = encode_z_sem(site, weights, dae_config, rows, device)
-    table = covariates(site, rows)
+    table = covariates(site, site.controls)
     fold = control_folds(len(table), folds, seed)
     spec = DesignSpec.from_dict(design)
     return {fold_stats_key(k): arrays_to_record(

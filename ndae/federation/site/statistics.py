@@ -39,12 +39,15 @@ def covariates(site: SiteData, rows: np.ndarray) -> pd.DataFrame:
 
 
 # ---- normative moments ------------------------------------------------------------------------
-def normative_statistics(site: SiteData, weights, dae_config: dict, design: dict, device: str = "auto") -> dict:
-    """The controls' summable sufficient statistics of z_sem (no row leaves the site)."""
+def normative_statistics(site: SiteData, weights, dae_config: dict, design: dict, device: str = "auto",
+                         z_sem: np.ndarray | None = None) -> dict:
+    """The controls' summable sufficient statistics of z_sem (no row leaves the site). `z_sem`:
+    the controls' z_sem under `weights` when the caller has already encoded them."""
     from ndae.normative import DesignSpec, SufficientStats
 
     rows = site.controls
-    z_sem = encode_z_sem(site, weights, dae_config, rows, device)
+    if z_sem is None:
+        z_sem = encode_z_sem(site, weights, dae_config, rows, device)
     stats = SufficientStats.from_data(covariates(site, rows), z_sem, DesignSpec.from_dict(design), site_column="site")
     return stats.to_arrays()
 
