@@ -58,6 +58,37 @@ def test_harrell_matches_oracle_convention(weibull):
     )
 
 
+@pytest.mark.parametrize("n", [2, 3, 7, 25, 120])
+def test_harrell_equals_scikit_survival_to_the_last_bit_with_tied_times_risks_and_censoring(n):
+    """The numpy pair count is scikit-survival's `concordance_index_censored`: same comparable
+    pairs (an event against a censoring at its own time included, two events at one time not),
+    same ties in risk (within 1e-8), same value to the last bit."""
+    from sksurv.metrics import concordance_index_censored
+
+    rng = np.random.default_rng(n)
+    for draw in range(40):
+        time = rng.integers(1, 6, n).astype(float) if draw % 2 else rng.exponential(5.0, n)
+        event = rng.random(n) < 0.6
+        risk = np.round(rng.normal(size=n), 1) if draw % 3 else rng.normal(size=n)
+        risk[: n // 3] += 1e-9 * (draw % 4 == 0)  # within scikit-survival's tie tolerance
+        if not event.any():
+            assert np.isnan(harrell_c_index(time, event, risk))
+            continue
+        try:
+            expected = concordance_index_censored(event, time, risk)[0]
+        except ValueError:  # no comparable pair
+            assert np.isnan(harrell_c_index(time, event, risk))
+            continue
+        assert harrell_c_index(time, event.astype(int), risk) == expected, (draw, time, event, risk)
+
+
+def test_harrell_is_nan_where_scikit_survival_refuses_the_input():
+    assert np.isnan(harrell_c_index([1.0, 2.0, 3.0], [1, 1, 0], [0.1, np.nan, 0.3]))
+    assert np.isnan(harrell_c_index([1.0, np.inf, 3.0], [1, 1, 0], [0.1, 0.2, 0.3]))
+    assert np.isnan(harrell_c_index([2.0, 2.0], [1, 1], [0.1, 0.2]))  # two events at one time: no pair
+    assert np.isnan(harrell_c_index([1.0], [1], [0.1]))
+
+
 def test_ipcw_metrics_survive_test_times_beyond_train_follow_up(weibull):
     train, test = weibull.iloc[:200], weibull.iloc[200:].copy()
     # a test patient who died after the last training time: sksurv would raise without truncation

@@ -51,3 +51,43 @@ def test_a_real_effect_survives_validation():
     result = refit_bootstrap_c(table, ["x0"], n_boot=60, seed=0)
     assert result["lower"] > 0.55
     assert abs(result["corrected"] - result["apparent"]) < 0.02  # one covariate, 150 rows: little optimism
+
+
+def _stratified_table(seed: int, n: int = 45):
+    weibull = simulate_weibull_cox(n, [0.8, -0.5, 0.0], seed=seed)
+    table = weibull[["x0", "x1", "x2", "time", "event"]].copy()
+    table["site"] = np.repeat(["a", "b", "c"], n // 3)
+    return table
+
+
+def test_the_newton_refits_give_the_lifelines_refits_validated_c(monkeypatch):
+    """The bootstrap's refits by the stratified Newton of FederatedCoxFitter score every resample
+    as lifelines' own refits did (same resamples, same C to rounding), stratified and penalised."""
+    import ndae.survival.validated_c as validated_c
+    from ndae.survival.cox import CoxModel
+
+    table = _stratified_table(2)
+    covariates = ["x0", "x1", "x2"]
+    for penalizer, strata in ((0.0, ["site"]), (0.1, ["site"]), (0.0, None)):
+        fast = refit_bootstrap_c(table, covariates, penalizer=penalizer, strata=strata, n_boot=25, seed=1)
+        with monkeypatch.context() as patch:
+            patch.setattr(validated_c, "refit_cox", lambda sample, columns, pen, strat:
+                          CoxModel(penalizer=pen, strata=strat).fit(sample, "time", "event", covariates=columns))
+            lifelines = refit_bootstrap_c(table, covariates, penalizer=penalizer, strata=strata, n_boot=25, seed=1)
+        assert fast["n_boot"] == lifelines["n_boot"] == 25
+        for key in ("apparent", "optimism", "corrected", "out_of_bag_mean", "lower", "upper"):
+            assert abs(fast[key] - lifelines[key]) < 1e-9, (penalizer, strata, key, fast[key], lifelines[key])
+
+
+def test_a_resample_with_a_monotone_likelihood_is_refitted_by_lifelines():
+    from ndae.survival.cox import CoxModel
+    from ndae.survival.federated_cox import FederatedCoxFitter
+    from ndae.survival.validated_c import refit_cox
+
+    table = _stratified_table(4)
+    assert isinstance(refit_cox(table, ["x0", "x1"], 0.0, ["site"]), FederatedCoxFitter)
+    order = table["time"].rank().to_numpy()
+    table["separates"] = -order  # orders every event perfectly: no finite coefficient
+    table["event"] = 1
+    refit = refit_cox(table, ["separates"], 0.0, ["site"])
+    assert isinstance(refit, CoxModel)

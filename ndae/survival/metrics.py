@@ -28,19 +28,53 @@ def _survival_array(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     return Surv.from_arrays(event=np.asarray(event).astype(bool), time=np.asarray(time, dtype=float))
 
 
-def harrell_c_index(time: Sequence[float], event: Sequence[int], risk: Sequence[float]) -> float:
-    """Harrell's C of a risk (higher = fails sooner), from scikit-survival: over pairs whose earlier
-    time is an event, the fraction the risk orders correctly (ties in risk count ½). NaN when no
-    pair is comparable (e.g. no events). The project's one Harrell's C: every other caller uses it."""
-    from sksurv.metrics import concordance_index_censored
+# Above this many subjects the pair matrices of `_harrell_counts` would take too much memory;
+# scikit-survival's loop is used instead (its per-call input checks matter only for small n).
+_PAIRWISE_LIMIT = 2000
+_TIED_RISK = 1e-8  # scikit-survival's `tied_tol`: risks closer than this count as a tie
 
+
+def harrell_c_index(time: Sequence[float], event: Sequence[int], risk: Sequence[float]) -> float:
+    """Harrell's C of a risk (higher = fails sooner), as scikit-survival's
+    `concordance_index_censored` defines it: over pairs whose earlier time is an event (an event
+    is also comparable to a censoring at the same time), the fraction the risk orders correctly
+    (ties in risk count ½). NaN when no pair is comparable (e.g. no events) or an input is not
+    finite. The project's one Harrell's C: every other caller uses it.
+
+    Bootstraps call it thousands of times on tens of patients, where scikit-survival spends
+    nearly all its time checking its inputs; below `_PAIRWISE_LIMIT` subjects the same counts are
+    taken over the pair matrix in numpy (equal to scikit-survival's to the last bit: tests)."""
     time, risk = np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
     event = np.asarray(event, dtype=float) > 0
     if not event.any():
         return float("nan")
+    if len(time) > _PAIRWISE_LIMIT:
+        return _harrell_c_scikit_survival(time, event, risk)
+    if not (len(time) == len(event) == len(risk) >= 2) or not (np.isfinite(time).all() and np.isfinite(risk).all()):
+        return float("nan")  # what scikit-survival's input checks refuse
+    return _harrell_counts(time, event, risk)
+
+
+def _harrell_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    # pair (i, j) is comparable when i is an event and j outlived it (or was censored at its time)
+    comparable = event[:, None] & ((time[:, None] < time[None, :])
+                                   | ((time[:, None] == time[None, :]) & ~event[None, :]))
+    pairs = int(comparable.sum())
+    if pairs == 0:
+        return float("nan")
+    difference = risk[:, None] - risk[None, :]
+    tied = np.abs(difference) <= _TIED_RISK
+    concordant = int((comparable & (difference > 0) & ~tied).sum())
+    ties = int((comparable & tied).sum())
+    return float((concordant + 0.5 * ties) / pairs)
+
+
+def _harrell_c_scikit_survival(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    from sksurv.metrics import concordance_index_censored
+
     try:
-        return float(concordance_index_censored(event, time, risk)[0])
-    except ValueError:  # scikit-survival: no comparable pairs
+        return float(concordance_index_censored(event, time, risk, tied_tol=_TIED_RISK)[0])
+    except ValueError:  # scikit-survival: no comparable pairs, or inputs it refuses
         return float("nan")
 
 
