@@ -28,7 +28,7 @@ SITES = ("site1", "site2", "site3")
 # A tiny job: the `tiny` DAE's weights go to every site (rounds=0: no training round, which
 # would add ~2-4 min on 2 CPU cores), then normative model, deviations, survival, report.
 # The voxel-wise baseline is off here (its plumbing is tested in process: tests/test_federation.py and
-# through Flower's simulation engine: tests/test_flwr_run.py); on it would add a message round. So are
+# through Flower's simulation engine: tests/test_federation_flwr.py); on it would add a message round. So are
 # the prior residuals (tests/test_federation_prior_*.py, and through Flower: tests/test_federation_flwr.py).
 RUN_CONFIG = ("rounds=0 local-epochs=1 batch-size=4 seed=3 min-sites=3 round-timeout=240.0 voxelwise-baseline=false "
               "prior-residuals=false")

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from ndae.errors import NdaeError
 from ndae.federation.config import FederationConfig
 from ndae.federation.simulation import run_simulation
 from ndae.testing.synthetic_cohort import make_synthetic_cohort
@@ -51,14 +50,3 @@ def test_flwr_run_simulation_end_to_end(tmp_path, monkeypatch):
     # Everything the SuperLink started is gone (it ran under this test's private FLWR_HOME).
     assert not _processes_named(str(tmp_path)) or all(
         "pytest" in open(f"/proc/{p}/cmdline").read() for p in _processes_named(str(tmp_path)))
-
-
-@pytest.mark.slow
-def test_a_failed_federated_run_makes_the_job_fail(tmp_path, monkeypatch):
-    monkeypatch.setenv("NDAE_TEST_HOOKS", "1")
-    make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
-    config = FederationConfig(run_dir=str(tmp_path / "run"), cohort_dir=str(tmp_path / "cohort"),
-                              cache_dir=str(tmp_path / "cache"), rounds=1, min_sites=2, fault_site="site1",
-                              fault_phase="site_info")
-    with pytest.raises(NdaeError, match="federated run failed: FederationError"):
-        run_simulation(config.to_run_config(), num_sites=2, timeout=300)

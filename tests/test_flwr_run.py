@@ -142,7 +142,13 @@ def test_bare_flwr_run_stream_runs_the_small_demo_cohort_to_a_report(tmp_path):
     """The user's first command, on a simulation SuperLink as `flwr run .` starts one (runtime
     dependency installation on), with no cohort: the small demo cohort, to a report whose path the
     last lines name with how to stop the SuperLink. Private FLWR_HOME and free ports, so no other
-    run is touched."""
+    run is touched.
+
+    Only what a first run needs for its report: no training round, no voxel-wise baseline, no prior
+    residuals, Cox by federated Newton rounds rather than the pooled survival statistics. Those phases
+    are checked end to end elsewhere: training, the voxel-wise and the prior residual queries through
+    Flower's simulation engine (tests/test_federation_flwr.py), pooled survival over a TLS deployment
+    (tests/test_deploy_loopback.py) and in process (tests/test_federation.py)."""
     from ndae.child_processes import spawn_guarded
     from ndae.federation.simulation import _free_port, _stop, _wait_healthy, stage_app
 
@@ -168,7 +174,8 @@ def test_bare_flwr_run_stream_runs_the_small_demo_cohort_to_a_report(tmp_path):
         started = time.monotonic()
         run_dir = tmp_path / "run"
         done = subprocess.run([os.path.join(bin_dir, "flwr"), "run", ".", "--stream", "--run-config",
-                               f"run-dir='{run_dir}' rounds=1"], cwd=app, env=env,
+                               f"run-dir='{run_dir}' rounds=0 voxelwise-baseline=false prior-residuals=false "
+                               "survival-mode='federated'"], cwd=app, env=env,
                               capture_output=True, text=True, timeout=900)
         seconds = time.monotonic() - started
     finally:

@@ -1,11 +1,12 @@
 """Killed runs and reruns: children die with the parent, a run folder is locked,
 one rerun rule (refuse unless --resume / --force, before anything is written), `ndae demo`
-arguments checked before the cohort, and a site's refusal printed as the site's reason."""
+arguments checked before the cohort, and a site's refusal printed as the site's reason (the job fails)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -277,27 +278,44 @@ def test_site_reason_unwraps_ray_and_flower_errors():
         "RuntimeError: injected fault at site 'site2'"
 
 
-@pytest.mark.slow
-def test_a_site_refusal_in_the_flower_simulation_is_reported_as_the_sites_reason(tmp_path):
+@pytest.fixture(scope="module")
+def refused_simulation(tmp_path_factory):
+    """One Flower simulation that fails at its first phase: every site refuses the run (more canaries
+    than the sites' default policy trains on, max-audit-canaries 256). (the error, the run folder)"""
     from ndae.federation.config import FederationConfig
     from ndae.federation.simulation import run_simulation
     from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
-    make_synthetic_cohort(tmp_path / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
-    # More canaries than the sites' default policy trains on (max-audit-canaries 256): every site refuses.
-    config = FederationConfig(run_dir=str(tmp_path / "run"), cohort_dir=str(tmp_path / "cohort"),
-                              cache_dir=str(tmp_path / "cache"), rounds=1, min_sites=2, audit_canaries=300)
+    root = tmp_path_factory.mktemp("refused")
+    make_synthetic_cohort(root / "cohort", sites=2, controls_per_site=3, patients_per_site=3, seed=4)
+    config = FederationConfig(run_dir=str(root / "run"), cohort_dir=str(root / "cohort"),
+                              cache_dir=str(root / "cache"), rounds=1, min_sites=2, audit_canaries=300)
     with pytest.raises(NdaeError) as failed:
         run_simulation(config.to_run_config(), num_sites=2, timeout=300)
-    message = str(failed.value)
+    return failed.value, root / "run"
+
+
+@pytest.mark.slow
+def test_a_failed_federated_run_makes_the_job_fail(refused_simulation):
+    # A ClientApp that raises is an error reply; with fewer than min-sites answers the ServerApp
+    # fails, and so does the job (a ClientApp raising an injected fault through Flower, the run going
+    # on without that site: tests/test_federation_flwr.py::test_flwr_run_simulation_end_to_end).
+    error, _ = refused_simulation
+    assert isinstance(error, NdaeError) and re.search("federated run failed: FederationError", str(error))
+
+
+@pytest.mark.slow
+def test_a_site_refusal_in_the_flower_simulation_is_reported_as_the_sites_reason(refused_simulation):
+    error, run = refused_simulation
+    message = str(error)
     lines = message.splitlines()
     assert lines[0].startswith("federated run failed: FederationError: phase site_info: 0 site(s) answered")
     refusals = [line for line in lines[1:] if "(site_info): PolicyViolation: run config 'audit-canaries' = 300" in line]
     assert len(refusals) == 2 and all("max-audit-canaries" in line for line in refusals)
     assert "\x1b" not in message and "Traceback" not in message and "ray::" not in message
-    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    status = json.loads((run / "status.json").read_text())
     assert all(entry["reason"].startswith("error: PolicyViolation: ") for entry in status["missing"])
-    assert "PolicyViolation: run config 'audit-canaries' = 300" in (tmp_path / "run" / "report.md").read_text()
+    assert "PolicyViolation: run config 'audit-canaries' = 300" in (run / "report.md").read_text()
 
 
 def test_resuming_a_demo_killed_while_its_cohort_was_written_simulates_the_cohort_again(tmp_path, monkeypatch):
