@@ -37,6 +37,7 @@ def test_a_private_run_does_without_every_non_private_extra_and_says_why():
     with pytest.raises(KeyError):  # an extra the table does not name is an error, not a silent "asked"
         open_run.asks("per-subject-ages")
     assert (open_run.noisy_count, private.noisy_count) == ("", " (noisy DP count)")
+    assert (open_run.on_off, private.on_off) == ("off", "on")
     assert (open_run.summary({"site1": {}}), private.summary({"site1": {}})) == ({}, {"privacy": {"site1": {}}})
     assert open_run.km_withheld_lines({}) == [] and private.km_withheld_lines({"cox_refused": "monotone"}) == []
     assert "private sites keep them" in private.km_withheld_lines({})[-1]
