@@ -3,7 +3,9 @@
 - `phases`: the `Federation` class, the phases of one run read top to bottom (site info, DAE
   rounds, normative sums, deviations and survival); `run_federation` is the ServerApp's body.
 - `phase_context`: what the phases after the DAE get instead of the `Federation` (config, DAE
-  config, messenger, run files, log); each returns its result for the summary.
+  config, messenger, run files, log, release policy); each returns its result for the summary.
+- `release_policy`: what a private run changes at the server, asked by every phase and the
+  report instead of the privacy flag (non-DP extras it does without, noised sums to project).
 - `prior_residual_phase`, `voxelwise_phase`: the prior residuals' normative model and the
   voxel-wise baseline (its fit, and its Cox model beside the NDAE's).
 - `preflight`: a simulation without a cohort stops before any message, naming `ndae demo`.

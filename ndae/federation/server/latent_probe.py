@@ -45,17 +45,14 @@ def _probe(replies: Mapping[str, RecordDict], key: str, sites: list[str]) -> dic
                                 f"{str(error).splitlines()[0][:160] if str(error) else ''})"}
 
 
-def latent_probe(replies: Mapping[str, RecordDict], private: bool) -> dict[str, Any]:
-    """{"trained": probe, "init": probe, "trained_beats_init"?}; each probe may be {"not_computed": why}."""
+def latent_probe(replies: Mapping[str, RecordDict], withheld: str = "", initial_withheld: str = "") -> dict[str, Any]:
+    """{"trained": probe, "init": probe, "trained_beats_init"?}; each probe may be {"not_computed": why}.
+    `withheld`, `initial_withheld`: why the run does without either probe (private runs, `release_policy`)."""
     result: dict[str, Any] = {"method": "leave-one-site-out ridge of age on standardised z_sem (alpha by GCV), "
                                         "from the sites' normative statistics"}
-    if private:
-        # Clipped design rows do not read back as age (a young age reads as an older one at the
-        # default clip), and one site's noised sums can give n < 0 or an indefinite ZᵀZ: no honest probe.
-        why = ("a private run: the sites' statistics are noised and their design rows clipped, so the age they "
-               "encode is not the age (measured: 18 y reads as ~30 y at the default clip)")
-        result["trained"] = {"not_computed": why}
-        result["init"] = {"not_computed": why + "; the initial encoder's statistics would be another release"}
+    if withheld:
+        result["trained"] = {"not_computed": withheld}
+        result["init"] = {"not_computed": initial_withheld or withheld}
         return result
     both = sorted(s for s, c in replies.items() if "stats" in c and INITIAL_STATS_KEY in c)  # the same controls
     result["trained"] = _probe(replies, "stats", both)

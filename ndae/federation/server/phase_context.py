@@ -1,5 +1,6 @@
 """What a phase after site_info works with: the run's settings, the DAE config the sites agreed
-on, the message rounds to the sites, the run folder and the log.
+on, the message rounds to the sites, the run folder, the log and the run's release policy (what a
+private run changes at the server, `release_policy`).
 
 The phases outside `phases.py` (`prior_residual_phase`, `voxelwise_phase`, `survival_phase`) take
 this and the fitted models they need as arguments, never the `Federation` itself, so what each
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ndae.federation.config import FederationConfig
 from ndae.federation.server.messaging import SiteMessenger
+from ndae.federation.server.release_policy import ReleasePolicy
 from ndae.federation.server.run_files import RunFiles
 
 if TYPE_CHECKING:  # ndae.model imports torch; the server imports it only when a phase needs it
@@ -29,6 +31,11 @@ class PhaseContext:
     messenger: SiteMessenger
     files: RunFiles
     log: Callable[[str], None]
+    releases: ReleasePolicy | None = None  # None: built from `config`
+
+    def __post_init__(self):
+        if self.releases is None:
+            object.__setattr__(self, "releases", ReleasePolicy(self.config))
 
     @property
     def run_dir(self) -> Path:

@@ -41,6 +41,7 @@ from ndae.federation.records import (
 from ndae.federation.server.errors import FederationError, SimulatedKill
 from ndae.federation.server.messaging import RunState, SiteMessenger
 from ndae.federation.server.phase_context import PhaseContext
+from ndae.federation.server.release_policy import AGE_PROBE, AGE_PROBE_INITIAL, HELD_OUT_CALIBRATION, ReleasePolicy
 from ndae.federation.server.run_files import RunFiles
 from ndae.federation.server.survival_phase import SurvivalPhase
 from ndae.federation.server.strategy import dae_config_for, load_strategy_state, make_strategy, strategy_state
@@ -74,6 +75,7 @@ class Federation:
     def __init__(self, grid, config: FederationConfig, log: Callable[[str], None] = print):
         config = replace(config, survival_mode=config.effective_survival_mode)  # auto -> pooled / federated
         self.grid, self.config, self.log = grid, config, log
+        self.releases = ReleasePolicy(config)  # every privacy decision of the run
         self.run_dir = Path(config.run_dir).expanduser().resolve()
         self.files = RunFiles(self.run_dir)
         self.state = RunState()
@@ -86,10 +88,7 @@ class Federation:
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.privacy:
-            from ndae.federation.server.privacy import load_heads
-
-            self.privacy_heads = load_heads(self.run_dir)  # a resumed run keeps the heads it had
+        self.privacy_heads = self.releases.resumed_heads(self.run_dir)  # a resumed run keeps the heads it had
         self.files.write_status("running", self.state.missing)
         try:
             summary = self._run()
@@ -120,7 +119,7 @@ class Federation:
         t = time.time()
         normative = self.phase_normative(ema)
         self.timings["normative_s"] = time.time() - t
-        context = PhaseContext(self.config, self.dae_config, self.messenger, self.files, self.log)
+        context = PhaseContext(self.config, self.dae_config, self.messenger, self.files, self.log, self.releases)
         t = time.time()
         from ndae.federation.server.prior_residual_phase import fit_prior_residuals, survival_features
 
@@ -146,9 +145,8 @@ class Federation:
                                  "warnings": normative.warnings},
                    "latent_probe": normative.latent_probe, "voxelwise": voxelwise_info,
                    "prior_residuals": prior_info,
-                   "survival": survival, "participation": self.state.participation}
-        if self.config.privacy:
-            summary["privacy"] = self.privacy_heads
+                   "survival": survival, "participation": self.state.participation,
+                   **self.releases.summary(self.privacy_heads)}
         write_report(self.run_dir, self.config, summary, self.files.metrics())
         self.files.write_summary(summary)
         return summary
@@ -267,25 +265,23 @@ class Federation:
         from ndae.federation.server.latent_probe import INITIAL_WEIGHTS_KEY, initial_weights, latent_probe
         from ndae.federation.server.score_distributions import held_out_models, normative_request
 
+        releases = self.releases
         content = RecordDict({"dae": ema_weights_record(ema), "config": ConfigRecord({
             "dae-config": json.dumps(self.dae_config.to_dict()), "design": json.dumps(design.to_dict()),
-            **normative_request(self.config)})})  # + per-fold statistics: the held-out calibration
-        if not self.config.privacy:  # the age probe's yardstick, in the same reply
+            **normative_request(releases.asks(HELD_OUT_CALIBRATION))})})  # + per-fold statistics
+        if releases.asks(AGE_PROBE_INITIAL):  # the age probe's yardstick, in the same reply
             content[INITIAL_WEIGHTS_KEY] = initial_weights(self.dae_config)
         result = self.messenger.query("normative_stats", content)
-        stats = sum(SufficientStats.from_arrays(record_to_arrays(c["stats"])) for c in result.replies.values())
-        warnings: list[str] = []
-        if self.config.privacy and self.config.moments_noise_multiplier > 0:  # noised sums -> valid fit input
-            from ndae.privacy.moments_postprocessing import moments_noise_warnings, postprocess_noisy_stats
-
-            warnings = moments_noise_warnings({s: record_to_arrays(c["stats"]) for s, c in result.replies.items()})
-            for line in warnings:
-                self.log(f"[normative] warning: {line}")
-            stats = postprocess_noisy_stats(stats)
+        per_site = {s: record_to_arrays(c["stats"]) for s, c in result.replies.items()}
+        stats = sum(SufficientStats.from_arrays(arrays) for arrays in per_site.values())
+        stats, warnings = releases.fit_input("normative_stats", stats, per_site)  # noised sums -> valid fit input
+        for line in warnings:
+            self.log(f"[normative] warning: {line}")
         normative = NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
         normative.save(self.run_dir / "normative")
-        held_out = held_out_models(result.replies, list(normative.feature_names), self.config.privacy)
-        probe = latent_probe(result.replies, self.config.privacy)
+        held_out = held_out_models(result.replies, list(normative.feature_names),
+                                   releases.withheld(HELD_OUT_CALIBRATION))
+        probe = latent_probe(result.replies, releases.withheld(AGE_PROBE), releases.withheld(AGE_PROBE_INITIAL))
         self.log("[normative] age probe of z_sem: " + _probe_line(probe))
         atomic_save_npz(self.run_dir / "normative" / "sufficient_stats.npz", **stats.to_arrays())
         self.files.append_metrics({"phase": "normative", "sites": sorted(result.replies), "missing": result.missing,
@@ -296,10 +292,7 @@ class Federation:
     # ---- privacy ledgers -------------------------------------------------------------------
     def _record_privacy(self, replies: dict[str, RecordDict]) -> None:
         """Private runs: each answering site's ledger head and epsilon -> privacy/heads.json."""
-        if self.config.privacy:
-            from ndae.federation.server.privacy import record_replies
-
-            record_replies(self.run_dir, self.privacy_heads, replies, self.state.missing, self.log)
+        self.releases.record_ledgers(self.run_dir, self.privacy_heads, replies, self.state.missing, self.log)
 
 
 def _probe_line(probe: dict) -> str:

@@ -58,12 +58,7 @@ def fit_prior_residuals(context: PhaseContext, ema, normative,
         columns = _same_columns(result.replies)
         arrays = {s: record_to_arrays(c["stats"]) for s, c in result.replies.items()}
         stats = sum(SufficientStats.from_arrays(arrays[s]) for s in sorted(arrays))
-        warnings: list[str] = []
-        if config.privacy and config.prior_residual_noise_multiplier > 0:  # noised sums -> valid fit input
-            from ndae.privacy.moments_postprocessing import moments_noise_warnings, postprocess_noisy_stats
-
-            warnings = moments_noise_warnings(arrays)
-            stats = postprocess_noisy_stats(stats)
+        stats, warnings = context.releases.fit_input("prior_residual_stats", stats, arrays)  # noised -> fit input
         model = NormativeModel.from_stats(stats, columns)
     except (NdaeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
         # a site's reply is not trusted: a garbled one costs the run the prior features, not the run
@@ -128,12 +123,12 @@ def survival_features(requested: list[str], prior: dict[str, Any]) -> tuple[list
     return expanded, ""
 
 
-def swap_test(replies: dict[str, RecordDict], privacy: bool) -> dict[str, Any]:
+def swap_test(replies: dict[str, RecordDict], withheld: str = "") -> dict[str, Any]:
     """The swap test (how far x̂₀ moves when z_sem is swapped, relative to the residual) averaged
-    over the sites, weighted by their subjects; private runs: not sent by the sites."""
-    if privacy:
-        return {"not_computed": "a private run: the swap test is a statistic of each site's own subjects, not a "
-                                "differentially private release, so the sites keep it"}
+    over the sites, weighted by their subjects; `withheld`: why the sites keep it (private runs,
+    `release_policy`)."""
+    if withheld:
+        return {"not_computed": withheld}
     parts = {s: (float(c["prior-swap"]["relative-change"]), int(c["prior-swap"]["subjects"]))
              for s, c in replies.items() if "prior-swap" in c}
     subjects = sum(n for _, n in parts.values())

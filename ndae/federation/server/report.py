@@ -1,6 +1,7 @@
 """The federated run's `report.md`: what ran, which sites answered, privacy spent, the DAE rounds,
 the normative model and the survival results, all read from the run's summary and metrics; and
-the report of a run that stopped."""
+the report of a run that stopped. What a private run's report says differently (its ledgers, noised
+counts, what the sites kept) comes from the run's `release_policy`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ndae.federation.server.release_policy import ReleasePolicy
 from ndae.io import atomic_write_text
 
 __all__ = ["added_value_lines", "cox_model_lines", "added_value_reading", "latent_probe_lines", "prior_residual_lines", "voxelwise_lines", "write_failure_report", "write_report"]
@@ -23,13 +25,12 @@ def _fmt(value, digits: int = 3) -> str:
 
 def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> Path:
     survival = summary["survival"]
-    from ndae.federation.server.privacy import insecure_seed_lines
-
-    lines = ["# Federated NDAE run", "", *insecure_seed_lines(summary.get("privacy")), *headline_lines(summary, metrics, config),
+    releases = ReleasePolicy(config)
+    lines = ["# Federated NDAE run", "", *releases.opening_lines(summary), *headline_lines(summary, metrics, config),
              f"- sites: {len(summary['sites'])} ({', '.join(summary['sites'])}); min-sites {config.min_sites}",
              f"- DAE: preset `{config.dae_preset}`, {config.rounds} round(s) of {config.strategy} × "
              f"{config.local_epochs} local epoch(s), seed {config.seed}",
-             f"- survival mode: `{survival['mode']}` (" + _survival_mode_line(config, survival) + ")",
+             f"- survival mode: `{survival['mode']}` (" + _survival_mode_line(releases, survival) + ")",
              f"- wall time: {_fmt(summary['timings'].get('total_s'), 1)} s (DAE training "
              f"{_fmt(summary['timings'].get('dae_training_s'), 1)} s)", "",
              "## Sites", "", "| site | controls | patients | training rounds answered | patients scored | events |",
@@ -47,22 +48,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
                          f"{entry['reason'].splitlines()[0][:160] if entry['reason'] else ''} |")
     else:
         lines.append("None: every site answered every phase.")
-    if "privacy" in summary:
-        lines += ["", "## Privacy (per site, from its hash-chained ledger)", "",
-                  f"DP-SGD (Opacus `{config.dp_mode}`, max-grad-norm {config.max_grad_norm:g}) and Gaussian "
-                  f"normative moments (noise multiplier {config.moments_noise_multiplier:g}, clips: design row "
-                  f"{config.moments_covariate_clip:g}, z_sem {config.moments_latent_clip:g})"
-                  + (f", and the prior residuals' moments (noise multiplier {config.prior_residual_noise_multiplier:g}, "
-                     f"clip of the region means {config.prior_residual_clip:g})" if config.prior_residuals else "")
-                  + "; epsilon composed over "
-                  "every release of the site (RDP). Each site signs its ledger head with its own key; "
-                  "`ndae audit RUN --keys REGISTRY` verifies the chains, the heads in `privacy/heads.json` and their "
-                  "signatures against the consortium's registered keys.", "",
-                  "| site | epsilon spent | delta | budget epsilon | releases | final ledger hash |",
-                  "|---|---|---|---|---|---|"]
-        for site, head in sorted(summary["privacy"].items()):
-            lines.append(f"| {site} | {_fmt(head.get('epsilon'), 4)} | {head.get('delta', 0):.3g} | "
-                         f"{_fmt(head.get('budget_epsilon'))} | {head.get('entries')} | `{head.get('final_hash')}` |")
+    lines += releases.ledger_lines(summary)
     lines += ["", "## DAE training (per round)", "", "| round | sites | mean loss | seconds |", "|---|---|---|---|"]
     for entry in metrics:
         if entry.get("phase") == "dae":
@@ -71,8 +57,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     from ndae.reporting.federated_figures import normative_lines, survival_figure_lines, training_loss_lines
 
     lines += training_loss_lines(run_dir, metrics)
-    noisy = " (noisy DP count)" if config.privacy else ""
-    lines += ["", f"Normative model: {summary['normative']['n_controls']:.0f} controls{noisy} from "
+    lines += ["", f"Normative model: {summary['normative']['n_controls']:.0f} controls{releases.noisy_count} from "
               f"{', '.join(summary['normative']['sites'])} (`normative/`)."]
     lines += [f"- **warning**: {line}" for line in summary["normative"].get("warnings", [])]
     lines += normative_lines(run_dir, summary)
@@ -80,7 +65,7 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
 
     lines += score_distribution_lines(run_dir, survival.get("score_distributions"))
     lines += latent_probe_lines(summary.get("latent_probe"))
-    lines += prior_residual_lines(summary.get("prior_residuals"), survival, config.privacy)
+    lines += prior_residual_lines(summary.get("prior_residuals"), survival, releases.noisy_count)
     lines += ["", "## Survival", ""] + cox_model_lines(survival)
     pooled = survival.get("c_index_pooled")
     if pooled:
@@ -91,8 +76,8 @@ def write_report(run_dir: Path, config, summary: dict, metrics: list[dict]) -> P
     lines += voxelwise_lines(survival.get("voxelwise"), summary.get("voxelwise"), survival)
     if (survival.get("km") or {}).get("group_sizes"):
         lines += ["", "![Kaplan–Meier by within-site risk tertile](survival/km_risk_within_site_tertiles.png)"]
-    elif config.privacy and "cox_refused" not in survival:
-        lines += ["", "Kaplan–Meier counts per month are row-level on a small site: private sites keep them."]
+    else:
+        lines += releases.km_withheld_lines(survival)
     if "km_pooled" in survival:
         lines += ["", f"![Kaplan–Meier by pooled risk tertile](survival/km_risk.png) (log-rank p = "
                   f"{_fmt(survival['km_pooled'].get('p_value'), 3)})"]
@@ -186,16 +171,16 @@ def _comparison_reading(e: dict) -> str:
     return f"{interval}: the CI includes 0, no difference distinguishable at this sample size."
 
 
-def prior_residual_lines(info: dict | None, survival: dict, private: bool) -> list[str]:
+def prior_residual_lines(info: dict | None, survival: dict, noisy: str = "") -> list[str]:
     """The regional deviations from the diffusion prior: fitted or why not, whether the Cox model
-    takes them, and the swap test (does the decoder use z_sem at all?)."""
+    takes them, and the swap test (does the decoder use z_sem at all?). `noisy`: what follows the
+    count of controls (`ReleasePolicy.noisy_count`)."""
     if not info:
         return []
     lines = ["", "## Regional deviations from the diffusion prior", ""]
     if "not_computed" in info:
         lines.append(f"Not computed: {info['not_computed']}.")
         return lines + ([f"- {info['survival']}."] if info.get("survival") else [])
-    noisy = " (noisy DP count)" if private else ""
     lines.append(f"Each site's residual x − x̂₀(x_t | z_sem) of the DAE's denoiser (normative z_sem of the subject's "
                  f"covariates, and own z_sem), averaged per atlas region ({len(info['regions']) // 2} regions); a "
                  f"normative model of the residuals fitted on {info['n_controls']:.0f} controls{noisy} from "
@@ -234,7 +219,7 @@ def headline_lines(summary: dict, metrics: list[dict] = (), config=None) -> list
     chosen by the run's numbers."""
     from ndae.federation.server.verdict import verdict_lines
 
-    private = bool(getattr(config, "privacy", False)) or "privacy" in summary
+    private = (config is not None and ReleasePolicy(config).private) or "privacy" in summary
     return verdict_lines(summary, metrics, private=private,
                          target_epsilon=float(getattr(config, "target_epsilon", 0.0) or 0.0))
 
@@ -328,21 +313,16 @@ def _count(value) -> str:
     return "withheld" if value is None or (isinstance(value, (int, float)) and value < 0) else str(value)
 
 
-def _survival_mode_line(config, survival: dict) -> str:
+def _survival_mode_line(releases: ReleasePolicy, survival: dict) -> str:
     if survival["mode"] != "pooled":
         return "no patient row left any site: Newton rounds of summed gradients/Hessians"
-    if config.privacy:
-        from ndae.federation.site.privacy import POOLED_ROW_CONTENT
-
-        held = "; ".join(f"{k}: {v}" for k, v in POOLED_ROW_CONTENT.items())
-        return f"consenting sites shared patients' deviation scores, sex and event, with {held}"
-    return "sites shared patients' deviation scores with their subject ids, age, sex and follow-up"
+    return releases.pooled_rows_clause()
 
 
 def write_failure_report(run_dir: Path, config, error: str, missing: list[dict]) -> Path:
     """The report of a run that stopped: the error and every site's reason, as the sites gave them."""
     lines = ["# Federated NDAE run: failed", "", f"- error: {error.splitlines()[0][:500] if error else ''}",
-             f"- privacy: {'on' if config.privacy else 'off'}; survival mode `{config.effective_survival_mode}`", "",
+             f"- privacy: {ReleasePolicy(config).on_off}; survival mode `{config.effective_survival_mode}`", "",
              "## Sites that refused or did not answer", ""]
     if missing:
         lines += ["| phase | round | site | reason |", "|---|---|---|---|"]

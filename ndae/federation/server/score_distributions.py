@@ -31,20 +31,21 @@ __all__ = ["FOLDS", "BINS", "collect", "deviations_request", "histogram_edges", 
 FOLDS = 5
 
 
-def normative_request(config) -> dict:
-    """The normative_stats config's addition: per-fold statistics in a non-private run only (a
-    private site's would be exact moments, not a DP release)."""
-    return {} if config.privacy else {FOLDS_KEY: FOLDS}
+def normative_request(held_out: bool) -> dict:
+    """The normative_stats config's addition: per-fold statistics where the run asks for the
+    held-out calibration (non-private runs: a private site's would be exact moments, not a DP
+    release; `release_policy`)."""
+    return {FOLDS_KEY: FOLDS} if held_out else {}
 
 
-def held_out_models(replies: dict, feature_names: list[str], private: bool = False) -> tuple[list, str]:
-    """The K leave-one-fold-out models from the sites' fold statistics, or ([], why not)."""
+def held_out_models(replies: dict, feature_names: list[str], withheld: str = "") -> tuple[list, str]:
+    """The K leave-one-fold-out models from the sites' fold statistics, or ([], why not);
+    `withheld`: why the run did not ask for them (private runs)."""
     from ndae.errors import NdaeError
     from ndae.normative import NormativeModel, SufficientStats
 
-    if private:
-        return [], ("a private run: per-fold statistics of the controls would be exact moments, not a differentially "
-                    "private release, so no site sends them and no held-out model is fitted")
+    if withheld:
+        return [], withheld
     if not replies:
         return [], "no site answered the normative statistics query"
     without = sorted(s for s, c in replies.items() if any(fold_stats_key(k) not in c for k in range(FOLDS)))

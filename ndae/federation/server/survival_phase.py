@@ -23,6 +23,7 @@ from ndae.federation.server import survival as server_survival
 from ndae.federation.server.messaging import PhaseResult
 from ndae.federation.server.newton import beta_message, federated_cox
 from ndae.federation.server.phase_context import PhaseContext
+from ndae.federation.server.release_policy import PRIOR_SWAP
 from ndae.survival.federated_cox import MonotoneLikelihoodError
 
 __all__ = ["CoxFit", "SurvivalPhase"]
@@ -64,7 +65,7 @@ class SurvivalPhase:
         from ndae.federation.server import score_distributions
 
         score_dists = score_distributions.collect(result.replies, self._z_sem_dim(), *self.held_out,
-                                                  private=config.privacy)
+                                                  private=self.context.releases.private)
         # a site that could not score its patients against the voxel-wise baseline says why
         voxelwise_failures = {s: str(c["voxelwise-error"]["reason"]) for s, c in result.replies.items()
                               if "voxelwise-error" in c}
@@ -77,7 +78,7 @@ class SurvivalPhase:
         if prior is not None:
             from ndae.federation.server.prior_residual_phase import swap_test
 
-            prior_swap = swap_test(result.replies, config.privacy)
+            prior_swap = swap_test(result.replies, self.context.releases.withheld(PRIOR_SWAP))
         table = self._pooled_rows(result, sites_with_patients, voxelwise) if pooled else None
         beta, fit = self._fit_cox(table, covariates, sites_with_patients, out)
         reference_covariates = server_survival.covariates_only(covariates, features)

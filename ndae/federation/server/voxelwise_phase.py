@@ -26,6 +26,7 @@ from ndae.federation.server import survival as server_survival
 from ndae.federation.server.errors import FederationError
 from ndae.federation.server.newton import beta_message, federated_cox
 from ndae.federation.server.phase_context import PhaseContext
+from ndae.federation.server.release_policy import VOXELWISE_BASELINE
 
 if TYPE_CHECKING:
     from ndae.federation.server.survival_phase import CoxFit
@@ -42,9 +43,9 @@ def fit_voxelwise(context: PhaseContext) -> tuple[Any, dict[str, Any]]:
     config = context.config
     if not config.voxelwise_baseline:
         return None, {"not_computed": "run config voxelwise-baseline = false"}
-    if config.privacy:
-        return None, {"not_computed": "a private run: per-voxel moments are exact sums, not a differentially "
-                                      "private release, so no site is asked for them"}
+    withheld = context.releases.withheld(VOXELWISE_BASELINE)
+    if withheld:
+        return None, {"not_computed": withheld}
     started = time.time()
     # The baseline is a yardstick: whatever goes wrong with it (too few sites answer, a malformed
     # reply, too few controls) is reported, and the NDAE run goes on without it.
