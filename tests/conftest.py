@@ -47,6 +47,21 @@ def _single_thread_torch():
     yield
 
 
+# ---- the toy cohort `ndae evaluate` is checked on (tests/test_evaluate*.py) ------------------------
+@pytest.fixture(scope="session")
+def evaluation_toy_cohort(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest, truth) of the toy cohort with the generator's truth columns: read only. Its
+    prepared subjects sit in the manifest's default cache, shared by every test that reads it."""
+    from ndae.testing.toy_cohort import write_toy_cohort
+    from tests.test_evaluate import add_cohort_truth
+
+    # 12 controls: a quarter held out still leaves the 9 the normative models need
+    manifest, truth = write_toy_cohort(tmp_path_factory.mktemp("toy"), n_controls=12, n_patients=22, seed=0,
+                                       onset_column=True)
+    add_cohort_truth(truth)
+    return manifest, truth
+
+
 # ---- one small in-process federation, read by every file that checks a whole run -----------------
 @pytest.fixture(scope="session")
 def federation_cohort(tmp_path_factory) -> Path:

@@ -15,7 +15,6 @@ from ndae.errors import NdaeError
 from ndae.evaluation.comparison import cross_validate_models, model_feature_sets, summarise
 from ndae.evaluation.inputs import check_manifest, read_truth
 from ndae.evaluation.pipeline import EvaluationOptions
-from ndae.testing.toy_cohort import write_toy_cohort
 
 MODELS = ("covariates", "NDAE cosine", "NDAE centred cosine", "NDAE Mahalanobis", "NDAE deviation scores",
           "NDAE prior residual", "NDAE prior residual (own z_sem)", "regional normative z",
@@ -40,12 +39,8 @@ def add_cohort_truth(truth_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def toy_cohort(tmp_path_factory) -> tuple[Path, Path]:
-    # 12 controls: a quarter held out still leaves the 9 the normative models need
-    manifest, truth = write_toy_cohort(tmp_path_factory.mktemp("toy"), n_controls=12, n_patients=22, seed=0,
-                                       onset_column=True)
-    add_cohort_truth(truth)
-    return manifest, truth
+def toy_cohort(evaluation_toy_cohort) -> tuple[Path, Path]:
+    return evaluation_toy_cohort  # tests/conftest.py: shared with tests/test_evaluate_external_features.py
 
 
 def _rewrite(manifest: Path, tmp_path: Path, change) -> Path:

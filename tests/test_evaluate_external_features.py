@@ -24,14 +24,14 @@ SMOKE = ["--allow-cpu", "--preset", "tiny", "--bench-presets", "tiny", "--bench-
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from ndae.testing.toy_cohort import write_toy_cohort
-    from tests.test_evaluate import add_cohort_truth
+def cohort(evaluation_toy_cohort, tmp_path_factory):
+    """The toy cohort tests/test_evaluate.py evaluates (tests/conftest.py), prepared into its default
+    cache (where `ndae evaluate` without --cache reads), and the carry file made from it."""
+    from ndae.data.cache import default_cache_dir
 
     folder = tmp_path_factory.mktemp("gpu-toy")
-    manifest, truth = write_toy_cohort(folder, n_controls=12, n_patients=22, seed=0, onset_column=True)
-    add_cohort_truth(truth)
-    cache = folder / "cache"
+    manifest, truth = evaluation_toy_cohort
+    cache = default_cache_dir(manifest)
     payload, meta = gpu_prepare.build_carry(manifest, cache, 0.25, 0)
     carry = folder / "carry" / "cohort.npz"
     atomic_write_bytes(carry, payload)

@@ -2,9 +2,10 @@
 calibration, from counts only (`ndae.federation.site.score_histograms`,
 `ndae.federation.server.score_distributions`, `ndae.reporting.score_distributions`).
 
-One small non-private federation (1 round) through the real ClientApp/ServerApp code in process;
-the site's checks and the private run's withholding against the real handler with an untrained
-DAE and a random normative model (no training).
+The run's numbers and report are the shared pooled non-private federation's (tests/federation_runs.py:
+1 round through the real ClientApp/ServerApp code in process); the site's checks and the private
+run's withholding run against the real handler with an untrained DAE and a random normative model
+(no training).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from ndae.federation.config import FederationConfig
 from ndae.federation.inprocess import InProcessGrid
-from ndae.federation.server.phases import run_federation
 from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
@@ -34,13 +34,15 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def federated_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("score-distributions")
-    make_synthetic_cohort(root / "cohort", sites=3, controls_per_site=7, patients_per_site=6, seed=1)
-    config = FederationConfig(run_dir=str(root / "run"), cache_dir=str(root / "cache"), rounds=1, batch_size=4,
-                              seed=SEED, voxelwise_baseline=False, prior_residuals=False, survival_mode="pooled")
-    grid = InProcessGrid([root / "cohort" / "sites" / s / "manifest.csv" for s in SITES], config.to_run_config())
-    return run_federation(grid, config, log=lambda _: None), root
+def federated_run(pooled_federation):
+    """The shared pooled run (tests/federation_runs.py: the same 3-site cohort, seed 3, 1 round):
+    its score distributions and held-out calibration do not depend on the voxel-wise baseline or
+    the prior feature it also fits. (summary, cohort root, run folder); read only."""
+    from tests.federation_runs import FEDERATIONS
+
+    summary, run = pooled_federation
+    assert FEDERATIONS["pooled"].config.seed == SEED  # the controls' folds are drawn from the run's seed
+    return summary, run.parent, run
 
 
 def _binned(values, edges):
@@ -60,18 +62,18 @@ def test_the_summed_site_histograms_equal_the_histograms_of_the_pooled_scores(fe
     from ndae.model import load_checkpoint
     from ndae.normative import NormativeModel, SufficientStats
 
-    summary, root = federated_run
+    summary, root, run = federated_run
     result = summary["survival"]["score_distributions"]
     assert result["sites"] == list(SITES) and result["controls_held_out"] and result["folds"] >= 2
     edges = {s: np.asarray(e) for s, e in result["edges"].items()}
     assert set(edges) >= {"mahalanobis", "cosine"}
 
-    rows = pd.read_csv(root / "run" / "deviations.csv")
+    rows = pd.read_csv(run / "deviations.csv")
     assert len(rows) == 18
     for score in edges:
         np.testing.assert_array_equal(result["counts"]["patient"][score], _binned(rows[score], edges[score]))
 
-    checkpoint = load_checkpoint(root / "run" / "dae" / "checkpoint.pt")
+    checkpoint = load_checkpoint(run / "dae" / "checkpoint.pt")
     weights, dae = ema_weights_record(checkpoint.ema), checkpoint.config.to_dict()
     folds = result["folds"]
     per_site = {}
@@ -110,9 +112,9 @@ def test_the_summed_site_histograms_equal_the_histograms_of_the_pooled_scores(fe
 def test_the_report_draws_the_distributions_and_the_calibration_from_the_numbers(federated_run):
     from ndae.reporting.score_distributions import FIGURE, score_distribution_figure, tail_share
 
-    summary, root = federated_run
-    report = (root / "run" / "report.md").read_text()
-    assert f"]({FIGURE})" in report and (root / "run" / FIGURE).stat().st_size > 0
+    summary, _, run = federated_run
+    report = (run / "report.md").read_text()
+    assert f"]({FIGURE})" in report and (run / FIGURE).stat().st_size > 0
     assert "no control's score leaves a site" not in report
     result = summary["survival"]["score_distributions"]
     share, index = tail_share(result["counts"]["control"]["mahalanobis"], result["counts"]["patient"]["mahalanobis"],
@@ -169,8 +171,9 @@ def _deviations(world, tmp_path, *, privacy: bool, node_config=None, edges=None)
     from ndae.federation.server.score_distributions import deviations_request
 
     config = _config(world["root"], privacy=privacy)
-    node = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0, "privacy-dir": str(tmp_path / "ledger"),
-            **(node_config or {})} if privacy else {}
+    # example-maps off: the site's own maps (tests/test_site_example_maps.py) are not what is checked here
+    node = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0, "privacy-dir": str(tmp_path / "ledger")} if privacy else {}
+    node = {**node, "example-maps": "false", **(node_config or {})}
     grid = InProcessGrid([world["manifest"]], config.to_run_config(), node_config=node)
     content = RecordDict({"dae": world["weights"], "normative": normative_to_config(world["normative"]),
                           "config": ConfigRecord({"dae-config": json.dumps(world["dae"].to_dict()),

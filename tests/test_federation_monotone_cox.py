@@ -79,13 +79,14 @@ def _fitter_refusing(monkeypatch, which: str, error: Exception | None = None) ->
 
 def _run(cohort, name, private: bool):
     run_dir = cohort / name
+    # Neither the prior residual step nor the sites' example maps (drawn on their disks) bear on the Cox fit.
     settings = dict(rounds=0, batch_size=4, seed=3, survival_mode="federated", survival_features=FEATURES,
-                    voxelwise_baseline=False, cache_dir=str(cohort / "cache"))
-    node_config = None
+                    voxelwise_baseline=False, prior_residuals=False, cache_dir=str(cohort / "cache"))
+    node_config = {"example-maps": "false"}
     if private:
         settings["privacy"] = True
-        node_config = {"privacy-dir": str(run_dir / "privacy"), "budget-epsilon": BUDGET,
-                       "max-epsilon-per-run": BUDGET}
+        node_config.update({"privacy-dir": str(run_dir / "privacy"), "budget-epsilon": BUDGET,
+                            "max-epsilon-per-run": BUDGET})
     config = FederationConfig(run_dir=str(run_dir), **settings)
     manifests = [cohort / "cohort" / "sites" / s / "manifest.csv" for s in SITES]
     grid = InProcessGrid(manifests, config.to_run_config(), node_config=node_config)

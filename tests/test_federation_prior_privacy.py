@@ -24,7 +24,9 @@ from ndae.privacy.ledger import ACCOUNTED_MECHANISMS, read_ledger
 from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
-POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0}
+# example-maps: the sites' own deviation maps (drawn on their disks, never sent) are checked in
+# tests/test_site_example_maps.py and drawn in test_federation_privacy.py's private run, not here
+POLICY = {"budget-epsilon": 50.0, "max-epsilon-per-run": 50.0, "example-maps": "false"}
 
 
 @pytest.fixture(scope="module", autouse=True)

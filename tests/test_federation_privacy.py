@@ -24,6 +24,9 @@ from ndae.testing.synthetic_cohort import make_synthetic_cohort
 
 SITES = ("site1", "site2", "site3")
 BUDGET = 50.0
+# The sites' own example deviation maps (drawn on their disks, never sent; tests/test_site_example_maps.py)
+# are drawn in the shared private run; the runs that check one thing beside it skip drawing them.
+WITHOUT_MAPS = {"example-maps": "false"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -138,7 +141,8 @@ def test_a_site_over_budget_is_refused_and_the_run_goes_on_without_it(private_ru
     before = {s: (run / "privacy" / f"{s}.jsonl").read_bytes() for s in SITES}
     # site2's own budget (node config) leaves room for nothing more
     tight = summary["privacy"]["site2"]["epsilon"] + 0.01
-    summary, run = _run(cohort, "over-budget", {"site2": {"budget-epsilon": tight}}, rounds=2, min_sites=2)
+    summary, run = _run(cohort, "over-budget", {"site2": {"budget-epsilon": tight}}, node_config=WITHOUT_MAPS,
+                        rounds=2, min_sites=2)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     refused = [m for m in summary["missing"] if m["site"] == "site2"]
     assert {m["phase"] for m in refused} == {"train", "normative_stats"}  # not asked for prior residuals: no z_sem model from it
@@ -187,9 +191,9 @@ def test_dp_moments_with_zero_noise_give_the_exact_federated_normative_fit(priva
         shutil.copytree(source / "dae", cohort / name / "dae")
     # What is compared is the normative model: the steps after it are the cheapest the run allows.
     after = {"survival_mode": "federated", "prior_residuals": False, "voxelwise_baseline": False}
-    _run(cohort, "exact", privacy=False, node_config={"require-privacy": "false"}, **after)  # the comparison: no DP
+    _run(cohort, "exact", privacy=False, node_config={"require-privacy": "false", **WITHOUT_MAPS}, **after)  # the comparison: no DP
     _run(cohort, "zero-noise", moments_noise_multiplier=0.0, moments_covariate_clip=1e6, moments_latent_clip=1e6,
-         node_config={"budget-epsilon": "inf", "max-epsilon-per-run": "inf"}, **after)  # a noise-free release has epsilon inf
+         node_config={"budget-epsilon": "inf", "max-epsilon-per-run": "inf", **WITHOUT_MAPS}, **after)  # a noise-free release has epsilon inf
     with np.load(cohort / "exact" / "normative" / "sufficient_stats.npz") as a, \
             np.load(cohort / "zero-noise" / "normative" / "sufficient_stats.npz") as b:
         for key in ("n", "xtx", "xty", "sum_y", "sum_y2", "yty", "site_n", "site_sum_x", "site_sum_y"):
@@ -208,7 +212,7 @@ def test_pooled_scores_in_a_private_run_need_the_sites_consent(private_run, coho
     own = cohort / "site1-own-ledger"  # site1 keeps its ledger in its own folder: the run gets a verified copy
     consent = {"allow-pooled-scores": "true", "public-counts": "true"}
     summary, _ = _run(cohort, "pooled", {"site1": {**consent, "privacy-dir": str(own)}, "site3": consent},
-                      survival_mode="pooled", min_sites=2)
+                      node_config=WITHOUT_MAPS, survival_mode="pooled", min_sites=2)
     # site2 refuses before it reads anything (even its manifest: the server sees a node, not a site), and says why
     refused = summary["missing"]
     assert len(refused) == 1 and sorted(summary["sites"]) == ["site1", "site3"]
@@ -264,9 +268,10 @@ def test_canaries_are_trained_accounted_and_audited_at_each_site(cohort, capsys)
 
     # One bounded score in the Cox model: with 12 patients, the noised normative model's Mahalanobis
     # distances can order the events perfectly (a monotone likelihood: the run then fails naming the
-    # score, test_survival_federated_cox.py); measured once in CI. Survival is not what this test is about.
-    summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true"},
-                        survival_features="cosine")
+    # score, test_survival_federated_cox.py); measured once in CI. Survival is not what this test is
+    # about, nor are the prior residuals (their release is test_federation_prior_privacy.py's).
+    summary, run = _run(cohort, "canaries", audit_canaries=12, node_config={"public-counts": "true", **WITHOUT_MAPS},
+                        survival_features="cosine", prior_residuals=False)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     for site in SITES:
         canaries = read_canary_record(canary_record_path(run / "privacy", site))

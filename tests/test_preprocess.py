@@ -32,11 +32,20 @@ def ixi_manifest(ixi_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prepared_dir(ixi_manifest, tmp_path_factory):
+def preparation(ixi_manifest, tmp_path_factory):
+    """The cache every test reads, made as a run killed in the middle of subject 2 and run again
+    (each subject is registered once): (folder, counts of the first run, counts of the re-run)."""
     out = tmp_path_factory.mktemp("prepared")
-    counts = prepare_manifest(read_manifest(ixi_manifest), out, progress=False)
-    assert counts == {"prepared": 2, "cached": 0}
-    return out
+    manifest = read_manifest(ixi_manifest)
+    first = prepare_manifest(manifest.iloc[:1], out, progress=False)
+    # the kill in the middle of subject 2: a stray temp file, no JSON
+    (out / f".{SUBJECTS[1]}.npz.abc.tmp").write_bytes(b"partial")
+    return out, first, prepare_manifest(manifest, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(preparation):
+    return preparation[0]
 
 
 def _dice(a, b):
@@ -113,12 +122,10 @@ def test_cache_is_reused_and_invalidated(prepared_dir, ixi_manifest, tmp_path):
     assert load_prepared(tmp_path, SUBJECTS[0]).slices.shape == (1, 96, 80)
 
 
-def test_resume_after_partial_run(ixi_manifest, prepared_dir, tmp_path):
+def test_resume_after_partial_run(preparation):
     """A killed run leaves finished subjects intact; the re-run only does the rest."""
-    _copy_subject(prepared_dir, SUBJECTS[0], tmp_path)
-    # Simulate a kill in the middle of subject 2: a stray temp file, no JSON.
-    (tmp_path / f".{SUBJECTS[1]}.npz.abc.tmp").write_bytes(b"partial")
-    counts = prepare_manifest(read_manifest(ixi_manifest), tmp_path, progress=False)
+    _, first, counts = preparation
+    assert first == {"prepared": 1, "cached": 0}
     assert counts == {"prepared": 1, "cached": 1}
 
 
