@@ -9,13 +9,6 @@ resample refits the model, as Harrell's bootstrap validation does:
   corrected C = apparent C − mean optimism (Harrell, Regression Modeling Strategies, §5.3);
 - the interval is the percentile interval of each refit's C on the rows its resample left out
   (out-of-bag): what a model fitted this way scores on patients it has not seen.
-
-The refits only need coefficients, so they run the Newton–Raphson of `FederatedCoxFitter` over
-the resample's strata (the Efron likelihood and ridge penalty lifelines maximises; the two agree
-to lifelines' tolerance: tests/test_survival_validated_c.py) rather than lifelines' `fit`, which
-also computes baseline hazards, summaries and plotting values every refit would throw away.
-A resample whose likelihood that Newton refuses (monotone: the coefficients run off to infinity)
-is refitted by lifelines, as before, so the same resamples count.
 """
 
 from __future__ import annotations
@@ -28,22 +21,7 @@ import pandas as pd
 
 from ndae.errors import NdaeError
 from ndae.survival.cox import CoxModel
-from ndae.survival.federated_cox import FederatedCoxFitter
 from ndae.survival.metrics import harrell_c_index
-
-
-def refit_cox(sample: pd.DataFrame, covariates: list[str], penalizer: float, strata: Sequence[str] | None):
-    """A Cox model of `sample` with lifelines' coefficients and `predict_log_partial_hazard`
-    (up to a constant, which no C-index sees): the stratified Newton first, lifelines where it
-    refuses the likelihood."""
-    if strata:
-        parts = {str(key): rows for key, rows in sample.groupby(list(strata), sort=True)}
-    else:
-        parts = {"all": sample}
-    try:
-        return FederatedCoxFitter(penalizer=penalizer).fit(parts, "time", "event", covariates=covariates)
-    except NdaeError:
-        return CoxModel(penalizer=penalizer, strata=strata).fit(sample, "time", "event", covariates=covariates)
 
 
 def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penalizer: float = 0.0,
@@ -66,7 +44,7 @@ def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penaliz
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                refit = refit_cox(sample, covariates, penalizer, strata)
+                refit = CoxModel(penalizer=penalizer, strata=strata).fit(sample, "time", "event", covariates=covariates)
         except NdaeError:
             continue
         on_sample = harrell_c_index(sample["time"], sample["event"], refit.predict_log_partial_hazard(sample))

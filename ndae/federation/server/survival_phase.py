@@ -26,7 +26,7 @@ from ndae.federation.server.phase_context import PhaseContext
 from ndae.federation.server.release_policy import PRIOR_SWAP
 from ndae.survival.federated_cox import MonotoneLikelihoodError
 
-__all__ = ["CoxFit", "SurvivalPhase"]
+__all__ = ["CoxFit", "Deviations", "SurvivalPhase"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,16 @@ class CoxFit:
     table: pd.DataFrame | None  # the pooled rows (pooled mode only)
     sites: list[str]  # the sites in the fit
     counts: dict[str, dict[str, int]]  # patients/events per site, where a site's policy declares them
+
+
+@dataclass(frozen=True)
+class Deviations:
+    """What the sites' answers to the deviations query give the later steps."""
+    result: PhaseResult
+    counts: dict[str, dict[str, int]]  # patients/events per site, where a site's policy declares them
+    sites_with_patients: list[str]
+    voxelwise_failures: dict[str, str]  # why a site could not score its patients against the voxel-wise baseline
+    table: pd.DataFrame | None  # the pooled rows (pooled mode only)
 
 
 class SurvivalPhase:
@@ -58,7 +68,7 @@ class SurvivalPhase:
         against it too, and its Cox model is compared with the NDAE's (`voxelwise_phase`).
         `prior`: the prior residuals' normative model (or None): the sites add their patients'
         z-scores against it (`z_prior_*`) to their scores."""
-        config, features, log = self.context.config, self.features, self.context.log
+        config, features = self.context.config, self.features
         pooled = config.survival_mode == "pooled"
         out = self.context.run_dir / "survival"
         result = self._ask_for_deviations(ema, normative, voxelwise, prior, pooled)
@@ -80,6 +90,7 @@ class SurvivalPhase:
 
             prior_swap = swap_test(result.replies, self.context.releases.withheld(PRIOR_SWAP))
         table = self._pooled_rows(result, sites_with_patients, voxelwise) if pooled else None
+        deviations = Deviations(result, counts, sites_with_patients, voxelwise_failures, table)
         beta, fit = self._fit_cox(table, covariates, sites_with_patients, out)
         reference_covariates = server_survival.covariates_only(covariates, features)
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
@@ -95,8 +106,7 @@ class SurvivalPhase:
             if voxelwise is not None:
                 survival["voxelwise"] = {"not_computed": "the NDAE's Cox model has no finite fit to compare with"}
         else:
-            survival.update(self._with_finite_model(result, beta, fit, table, covariates, reference_covariates,
-                                                    sites_with_patients, counts, voxelwise, voxelwise_failures, out))
+            survival.update(self._with_finite_model(deviations, beta, fit, covariates, reference_covariates, voxelwise))
         survival.update(_totals(counts, result.replies))
         from ndae.io import atomic_write_json, finite_or_null
 
@@ -109,24 +119,24 @@ class SurvivalPhase:
         self.context.files.append_metrics(line)
         return survival
 
-    def _with_finite_model(self, result: PhaseResult, beta: np.ndarray, fit: dict, table, covariates: list[str],
-                           reference_covariates: list[str], sites_with_patients: list[str], counts: dict,
-                           voxelwise, voxelwise_failures: dict[str, str], out: Path) -> dict[str, Any]:
+    def _with_finite_model(self, deviations: Deviations, beta: np.ndarray, fit: dict, covariates: list[str],
+                           reference_covariates: list[str], voxelwise) -> dict[str, Any]:
         """What the full model's β gives: the covariates-only model beside it, the risk summary
         (C-index, KM, the added value), the voxel-wise comparison and, pooled, the extras."""
-        config, log, pooled = self.context.config, self.context.log, table is not None
-        cox_sites = fit.get("sites_in_cox", sites_with_patients)
+        config, log, table = self.context.config, self.context.log, deviations.table
+        pooled, out = table is not None, self.context.run_dir / "survival"
+        cox_sites = fit.get("sites_in_cox", deviations.sites_with_patients)
         # The nested covariates-only model (the full model minus the scores): what imaging adds is
         # measured against it, on the same patients and pairs.
         reference, covariates_only = (self._covariates_only_cox(table, reference_covariates, cox_sites, out)
                                       if reference_covariates else (None, None))
-        ndae = CoxFit(beta, covariates, reference, table, cox_sites, counts)
-        c_index, km, within_site = self._risk_summary(ndae, sites_with_patients, out)
+        ndae = CoxFit(beta, covariates, reference, table, cox_sites, deviations.counts)
+        c_index, km, within_site = self._risk_summary(ndae, deviations.sites_with_patients, out)
         voxelwise_result = None
         if voxelwise is not None:
             from ndae.federation.server.voxelwise_phase import compare_with_voxelwise
 
-            voxelwise_result = compare_with_voxelwise(self.context, voxelwise, ndae, voxelwise_failures)
+            voxelwise_result = compare_with_voxelwise(self.context, voxelwise, ndae, deviations.voxelwise_failures)
         extras = server_survival.pooled_survival_extras(table, beta, covariates, out) if pooled else {}
         cross_validated = None
         if pooled and reference is not None:
