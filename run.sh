@@ -25,8 +25,8 @@ command=${1:-demo}
 shift || true
 case "$command" in
     demo) exec ndae demo "$@" ;;
-    # Two workers (pytest-xdist); tests/conftest.py groups each module with the modules whose
-    # expensive session fixtures it shares, so every fixture still runs once. NDAE_TEST_WORKERS=0: one process.
-    test) exec python -m pytest -q -p no:cacheprovider -n "${NDAE_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@" ;;
+    # Two workers (pytest-xdist), each module on one worker, the modules with slow tests first
+    # (tests/conftest.py). NDAE_TEST_WORKERS=0: one process.
+    test) exec python -m pytest -q -p no:cacheprovider -n "${NDAE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" ;;
     *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
 esac
