@@ -25,8 +25,8 @@ command=${1:-demo}
 shift || true
 case "$command" in
     demo) exec ndae demo "$@" ;;
-    # Two workers (pytest-xdist), each module on one worker, the modules with slow tests first
-    # (tests/conftest.py). NDAE_TEST_WORKERS=0: one process.
-    test) exec python -m pytest -q -p no:cacheprovider -n "${NDAE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" ;;
+    # Two workers (pytest-xdist): a module, with the modules sharing its expensive session fixtures,
+    # runs on one worker, slow ones first (tests/conftest.py). NDAE_TEST_WORKERS=0: one process.
+    test) exec python -m pytest -q -p no:cacheprovider -n "${NDAE_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@" ;;
     *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
 esac

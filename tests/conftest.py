@@ -86,16 +86,55 @@ def federated_federation(federation_cohort, pooled_federation):
     return federated_run(federation_cohort, pooled_federation[1])
 
 
-# ---- two workers (`bash run.sh test` runs pytest-xdist with --dist loadfile) ---------------------
+# ---- two workers (`bash run.sh test` runs pytest-xdist with --dist loadgroup) ---------------------
+# loadgroup keeps a group on one worker by suffixing the test ids, which pytest 9.2 no longer reads
+# (pyproject.toml pins pytest below it; tests/test_xdist_groups.py checks the groups hold).
+# Cheap session fixtures every module may use: sharing them is no reason to keep modules together.
+CHEAP_SESSION_FIXTURES = {"ixi_dir"}
+
+
+def _expensive_session_fixtures(item) -> set[str]:
+    """The non-autouse session fixtures of this conftest (or tests/) that `item` uses."""
+    names = set()
+    for name in item.fixturenames:
+        definitions = item._fixtureinfo.name2fixturedefs.get(name)
+        if not definitions or name in CHEAP_SESSION_FIXTURES:
+            continue
+        definition = definitions[-1]
+        # autouse ones are used by every test (`_autouse`: pytest >= 8.1; without it every module
+        # would be one group: slower, never wrong)
+        if getattr(definition, "_autouse", False):
+            continue
+        if definition.scope == "session" and getattr(definition.func, "__module__", "").startswith("tests"):
+            names.add(name)
+    return names
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under xdist each module runs on one worker (`--dist loadfile`: its module fixtures run
-    once), modules in the order of `items` (`--no-loadscope-reorder`). Modules holding a `slow`
-    test are handed out first, so that the longest work (the TLS deployment, mostly waiting on
-    message polls) does not start last on one worker while the other idles. The session fixtures
-    shared by several modules run at most once per worker."""
-    # the controller sees `-n`; a worker (where the order is used) sees only its own id
+    """Under xdist, each test runs on the worker of its group: its module (module fixtures run
+    once), merged with every module that shares an expensive session fixture with it (that
+    fixture runs once). Modules holding a `slow` test are handed out first, so that the longest
+    work does not start last on one worker while the other idles."""
+    # the controller sees `-n`; a worker (where the groups are read) sees only its own id
     if not (getattr(config.option, "numprocesses", None) or os.environ.get("PYTEST_XDIST_WORKER")):
         return
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: order kept within
+    modules = {item.module.__name__: None for item in items}  # collection order
+    parent = {module: module for module in modules}
+
+    def root(module):
+        while parent[module] != module:
+            parent[module] = parent[parent[module]]
+            module = parent[module]
+        return module
+
+    owner: dict[str, str] = {}
+    for item in items:
+        for fixture in _expensive_session_fixtures(item):
+            first = owner.setdefault(fixture, item.module.__name__)
+            parent[root(item.module.__name__)] = root(first)
+    slow_groups = {root(item.module.__name__) for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(root(item.module.__name__)))
+    items.sort(key=lambda item: root(item.module.__name__) not in slow_groups)  # stable: order kept within
