@@ -37,7 +37,7 @@ def _private_ndae_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread_torch():
-    # CI has 2 cores; tests run in one process, so one intra-op thread keeps timings stable.
+    # CI has 2 cores and the suite two workers: one intra-op thread each keeps them from fighting over the cores.
     try:
         import torch
 
