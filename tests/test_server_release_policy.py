@@ -59,6 +59,8 @@ def test_only_a_private_runs_noised_sums_are_post_processed_into_a_fit_input(que
     from ndae.privacy.moments_postprocessing import moments_noise_warnings, postprocess_noisy_stats
 
     per_site = {s: _site_stats(k, s) for k, s in enumerate(("site1", "site2"))}
+    # site2 declares noise that swamps its sums: the private fit input comes with its warning
+    per_site["site2"] = replace(per_site["site2"], dp_noise_variance=np.full(3, 1e6))
     stats = sum(per_site[s] for s in sorted(per_site))
     arrays = {s: p.to_arrays() for s, p in per_site.items()}
     unchanged, warnings = ReleasePolicy(FederationConfig()).fit_input(query, stats, arrays)
@@ -70,6 +72,7 @@ def test_only_a_private_runs_noised_sums_are_post_processed_into_a_fit_input(que
     assert projected.to_arrays().keys() == expected.keys()
     assert all(np.array_equal(projected.to_arrays()[k], expected[k]) for k in expected)
     assert warnings == moments_noise_warnings(arrays)
+    assert len(warnings) == 1 and "'site2'" in warnings[0], warnings
 
 
 def test_a_phase_asks_the_runs_release_policy_not_the_flag(tmp_path):

@@ -45,7 +45,7 @@ def _probe(replies: Mapping[str, RecordDict], key: str, sites: list[str]) -> dic
                                 f"{str(error).splitlines()[0][:160] if str(error) else ''})"}
 
 
-def latent_probe(replies: Mapping[str, RecordDict], withheld: str = "", initial_withheld: str = "") -> dict[str, Any]:
+def latent_probe(replies: Mapping[str, RecordDict], withheld: str, initial_withheld: str) -> dict[str, Any]:
     """{"trained": probe, "init": probe, "trained_beats_init"?}; each probe may be {"not_computed": why}.
     `withheld`, `initial_withheld`: why the run does without either probe (private runs, `release_policy`)."""
     result: dict[str, Any] = {"method": "leave-one-site-out ridge of age on standardised z_sem (alpha by GCV), "

@@ -123,7 +123,7 @@ def survival_features(requested: list[str], prior: dict[str, Any]) -> tuple[list
     return expanded, ""
 
 
-def swap_test(replies: dict[str, RecordDict], withheld: str = "") -> dict[str, Any]:
+def swap_test(replies: dict[str, RecordDict], withheld: str) -> dict[str, Any]:
     """The swap test (how far x̂₀ moves when z_sem is swapped, relative to the residual) averaged
     over the sites, weighted by their subjects; `withheld`: why the sites keep it (private runs,
     `release_policy`)."""

@@ -44,7 +44,6 @@ class CoxFit:
 @dataclass(frozen=True)
 class Deviations:
     """What the sites' answers to the deviations query give the later steps."""
-    result: PhaseResult
     counts: dict[str, dict[str, int]]  # patients/events per site, where a site's policy declares them
     sites_with_patients: list[str]
     voxelwise_failures: dict[str, str]  # why a site could not score its patients against the voxel-wise baseline
@@ -90,7 +89,7 @@ class SurvivalPhase:
 
             prior_swap = swap_test(result.replies, self.context.releases.withheld(PRIOR_SWAP))
         table = self._pooled_rows(result, sites_with_patients, voxelwise) if pooled else None
-        deviations = Deviations(result, counts, sites_with_patients, voxelwise_failures, table)
+        deviations = Deviations(counts, sites_with_patients, voxelwise_failures, table)
         beta, fit = self._fit_cox(table, covariates, sites_with_patients, out)
         reference_covariates = server_survival.covariates_only(covariates, features)
         survival: dict[str, Any] = {"mode": config.survival_mode, "covariates": covariates, "counts": counts,
