@@ -37,10 +37,7 @@ def _private_ndae_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread_torch():
-    # CI has 2 cores and the suite two workers: one intra-op thread each keeps them from fighting
-    # over the cores; the processes the tests start (Flower's apps, `ndae` commands) inherit it.
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, "1")
+    # CI has 2 cores and the suite two workers: one intra-op thread each keeps them from fighting over the cores.
     try:
         import torch
 
