@@ -38,7 +38,7 @@ def normative_request(held_out: bool) -> dict:
     return {FOLDS_KEY: FOLDS} if held_out else {}
 
 
-def held_out_models(replies: dict, feature_names: list[str], withheld: str = "") -> tuple[list, str]:
+def held_out_models(replies: dict, feature_names: list[str], withheld: str) -> tuple[list, str]:
     """The K leave-one-fold-out models from the sites' fold statistics, or ([], why not);
     `withheld`: why the run did not ask for them (private runs)."""
     from ndae.errors import NdaeError
