@@ -22,12 +22,20 @@ import pandas as pd
 from ndae.errors import NdaeError
 from ndae.survival.cox import CoxModel
 from ndae.survival.metrics import harrell_c_index
+from ndae.survival.refit import coefficients
+
+
+def _log_partial_hazard(df: pd.DataFrame, covariates: list[str], beta: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """`CoxModel.predict_log_partial_hazard` of a refit: (x − training mean)·β."""
+    return (df[covariates].to_numpy(dtype=float) - means) @ beta
 
 
 def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penalizer: float = 0.0,
                       strata: Sequence[str] | None = None, n_boot: int = 200, seed: int = 0,
                       alpha: float = 0.05) -> dict[str, float]:
     """`apparent`, optimism-`corrected` C, out-of-bag `lower`/`upper` percentiles, `n_boot` used."""
+    from lifelines.exceptions import ConvergenceError
+
     covariates = list(covariates)
     model = CoxModel(penalizer=penalizer, strata=strata).fit(table, "time", "event", covariates=covariates)
     time, event = table["time"].to_numpy(float), table["event"].to_numpy(float)
@@ -44,15 +52,17 @@ def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penaliz
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                refit = CoxModel(penalizer=penalizer, strata=strata).fit(sample, "time", "event", covariates=covariates)
-        except NdaeError:
-            continue
-        on_sample = harrell_c_index(sample["time"], sample["event"], refit.predict_log_partial_hazard(sample))
-        on_original = harrell_c_index(time, event, refit.predict_log_partial_hazard(table))
+                # only β and the centring are read: the same lifelines fit as CoxModel.fit, without
+                # what it computes for a person to read (tests/test_survival_refit.py)
+                beta, means = coefficients(sample, "time", "event", covariates, penalizer=penalizer, strata=strata)
+        except ConvergenceError:
+            continue  # CoxModel.fit raises it as an NdaeError: a resample that cannot be fitted
+        on_sample = harrell_c_index(sample["time"], sample["event"], _log_partial_hazard(sample, covariates, beta, means))
+        on_original = harrell_c_index(time, event, _log_partial_hazard(table, covariates, beta, means))
         optimism.append(on_sample - on_original)
         if event[left_out].sum() > 0 and len(left_out) > 1:
             out_of_bag.append(harrell_c_index(time[left_out], event[left_out],
-                                              refit.predict_log_partial_hazard(table.iloc[left_out])))
+                                              _log_partial_hazard(table.iloc[left_out], covariates, beta, means)))
     if not optimism:
         raise NdaeError(f"bootstrap validation: none of {n_boot} resamples could be refitted")
     oob = np.asarray([c for c in out_of_bag if np.isfinite(c)])

@@ -17,7 +17,7 @@ from ndae.federation.server.errors import FederationError
 from ndae.io import atomic_save_figure, atomic_write_json, atomic_write_text, finite_or_null
 
 __all__ = ["CLINICAL", "covariates_only", "cross_validated_added_value", "cross_validated_added_value_or_reason",
-           "fit_pooled_cox", "km_from_counts", "pooled_survival_extras", "pooled_table", "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
+           "fit_pooled_cox", "km_from_counts", "pooled_cox_coefficients", "pooled_survival_extras", "pooled_table", "save_federated_cox", "save_pooled_cox", "survival_covariates", "within_site_added_value"]
 
 CLINICAL = ("age", "sex_female")
 TERTILES = ("low", "middle", "high")
@@ -54,6 +54,9 @@ def pooled_table(tables: list[pd.DataFrame], features: list[str], run_dir: Path)
     return table
 
 
+POOLED_FIT_OPTIONS = {"precision": 1e-13, "r_precision": 1e-15}
+
+
 def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
     """lifelines' stratified (by site) Efron Cox on the pooled rows, run to full convergence
     (its default stops ~1e-6 early), so pooled and federated modes agree to rounding."""
@@ -65,8 +68,18 @@ def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
     columns = [*covariates, "time", "event", "site"]
     frame = table[columns].copy()
     frame["event"] = frame["event"].astype(int)
-    return CoxPHFitter().fit(frame, "time", "event", strata=["site"],
-                             fit_options={"precision": 1e-13, "r_precision": 1e-15})
+    return CoxPHFitter().fit(frame, "time", "event", strata=["site"], fit_options=POOLED_FIT_OPTIONS)
+
+
+def pooled_cox_coefficients(table: pd.DataFrame, covariates: list[str]) -> np.ndarray:
+    """`fit_pooled_cox(table, covariates).params_` in `covariates` order, by the same lifelines fit
+    without what it computes for a person to read (`ndae.survival.refit`): for refits whose
+    coefficients alone are used. Raises what `fit_pooled_cox` raises."""
+    from ndae.survival._validation import validate_survival_frame
+    from ndae.survival.refit import coefficients
+
+    validate_survival_frame(table, covariates, "time", "event", ["site"], where="pooled Cox fit")
+    return coefficients(table, "time", "event", covariates, strata=["site"], fit_options=POOLED_FIT_OPTIONS)[0]
 
 
 def save_pooled_cox(out: Path, fitter, covariates: list[str]) -> None:
@@ -192,8 +205,7 @@ def cross_validated_added_value(table: pd.DataFrame, covariates: list[str], refe
     for k in range(len(test_folds)):
         test = labels == k
         for name, columns in (("model", covariates), ("reference", reference_covariates)):
-            fitted = fit_pooled_cox(table[~test], columns)
-            risks[name][test] = table.loc[test, columns].to_numpy(float) @ fitted.params_.reindex(columns).to_numpy()
+            risks[name][test] = table.loc[test, columns].to_numpy(float) @ pooled_cox_coefficients(table[~test], columns)
     if not all(np.isfinite(r).all() for r in risks.values()):
         raise FederationError("cross-validated added value: a fold's Cox fit gave non-finite risks")
     c_model = fold_concordance(time, event, risks["model"], test_folds, uno=False)["harrell_c"]
