@@ -52,3 +52,14 @@ def test_a_real_effect_survives_validation():
     assert result["lower"] > 0.55
     assert abs(result["corrected"] - result["apparent"]) < 0.02  # one covariate, 150 rows: little optimism
 
+
+
+def test_a_resample_without_a_comparable_pair_is_dropped_not_averaged():
+    """Resamples of a tiny table often hold no comparable pair: their optimism is undefined. They
+    are dropped like the unfittable ones (the refit by CoxModel.fit used to raise lifelines'
+    ZeroDivisionError 'No admissable pairs' out of the whole validation)."""
+    table = pd.DataFrame({"x": [0.1, 0.5, 1.5, 0.3, 0.8, 1.2, 0.0], "time": [2., 6, 6, 1, 3, 3, 0.5],
+                          "event": [0, 1, 1, 0, 1, 1, 1], "site": ["A"] * 3 + ["B"] * 4})
+    result = refit_bootstrap_c(table, ["x"], strata=["site"], n_boot=50, seed=1)
+    assert np.isfinite(result["corrected"]) and np.isfinite(result["optimism"])
+    assert 0 < result["n_boot"] < 50

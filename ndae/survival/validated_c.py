@@ -58,6 +58,8 @@ def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penaliz
         except ConvergenceError:
             continue  # CoxModel.fit raises it as an NdaeError: a resample that cannot be fitted
         on_sample = harrell_c_index(sample["time"], sample["event"], _log_partial_hazard(sample, covariates, beta, means))
+        if not np.isfinite(on_sample):
+            continue  # no comparable pair in the resample: its optimism is undefined (dropped, counted below)
         on_original = harrell_c_index(time, event, _log_partial_hazard(table, covariates, beta, means))
         optimism.append(on_sample - on_original)
         if event[left_out].sum() > 0 and len(left_out) > 1:
