@@ -200,6 +200,9 @@ def test_a_node_config_typo_is_refused_naming_it():
 def _context(run_config, node_config):
     from flwr.app import Context
 
+    from ndae.federation.inprocess import _set_task_identity
+
+    _set_task_identity()  # the tests build Messages, which need the process's task identity (alone, no run set it)
     return Context(run_id=1, node_id=1, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config))
 
 
@@ -272,6 +275,9 @@ def test_risk_summary_sends_no_kaplan_meier_rows(private_run):
         assert replies and "private sites keep them" in (run / "report.md").read_text()
 
 
+_GLOBAL_MODELS: dict = {}  # (cohort, DAE config) -> (EMA DAE, normative model): read only
+
+
 def _deviations_context(cohort, tmp_path, node_config, **request):
     """A site that has scored its patients (phase 'deviations' answered) for a hostile server."""
     from ndae.federation.site.handlers import handle_deviations
@@ -285,12 +291,15 @@ def _deviations_context(cohort, tmp_path, node_config, **request):
     config = _config(cohort, "hostile", **request)
     site = load_site(_manifest(cohort, "site1"), config.cache_dir)
     cfg = dae_config_for(config, site.data.images.shape[1])
-    model = build_model(cfg, seed=0)
-    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
-    stats = sum(SufficientStats.from_arrays(normative_statistics(
-        load_site(_manifest(cohort, s), config.cache_dir), dae_to_record(ema.model, ema), cfg.to_dict(),
-        DesignSpec().to_dict())) for s in SITES)
-    normative = NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
+    key = (str(cohort), json.dumps(cfg.to_dict(), sort_keys=True))
+    if key not in _GLOBAL_MODELS:  # the same untrained DAE and its normative model for every such site
+        model = build_model(cfg, seed=0)
+        ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+        stats = sum(SufficientStats.from_arrays(normative_statistics(
+            load_site(_manifest(cohort, s), config.cache_dir), dae_to_record(ema.model, ema), cfg.to_dict(),
+            DesignSpec().to_dict())) for s in SITES)
+        _GLOBAL_MODELS[key] = ema, NormativeModel.from_stats(stats, [f"z_sem_{k}" for k in range(stats.n_features)])
+    ema, normative = _GLOBAL_MODELS[key]
     context = _context(config.to_run_config(), {**POLICY, "privacy-dir": str(tmp_path / "ledger"),
                                                 "manifest": str(_manifest(cohort, "site1")), **node_config})
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ndae.survival.metrics import harrell_c_index
 from ndae.survival.validated_c import refit_bootstrap_c
@@ -63,3 +64,16 @@ def test_a_resample_without_a_comparable_pair_is_dropped_not_averaged():
     result = refit_bootstrap_c(table, ["x"], strata=["site"], n_boot=50, seed=1)
     assert np.isfinite(result["corrected"]) and np.isfinite(result["optimism"])
     assert 0 < result["n_boot"] < 50
+
+
+def test_only_a_refit_lifelines_cannot_converge_is_dropped_other_errors_propagate(monkeypatch):
+    import ndae.survival.validated_c as validated_c
+
+    table = pd.DataFrame({"x": np.linspace(0, 1, 12), "time": np.arange(1.0, 13.0), "event": [1, 0] * 6})
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("a refit that fails for another reason")
+
+    monkeypatch.setattr(validated_c, "coefficients", broken)
+    with pytest.raises(np.linalg.LinAlgError, match="another reason"):
+        refit_bootstrap_c(table, ["x"], n_boot=5, seed=0)

@@ -33,7 +33,11 @@ def _log_partial_hazard(df: pd.DataFrame, covariates: list[str], beta: np.ndarra
 def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penalizer: float = 0.0,
                       strata: Sequence[str] | None = None, n_boot: int = 200, seed: int = 0,
                       alpha: float = 0.05) -> dict[str, float]:
-    """`apparent`, optimism-`corrected` C, out-of-bag `lower`/`upper` percentiles, `n_boot` used."""
+    """`apparent`, optimism-`corrected` C, out-of-bag `lower`/`upper` percentiles, `n_boot` used.
+
+    A resample is dropped (not counted in `n_boot`) when the model cannot be fitted on it (no event,
+    a constant covariate, lifelines' ConvergenceError) or it holds no comparable pair; pairs are
+    Harrell's over all rows, across strata too, as in the apparent C."""
     from lifelines.exceptions import ConvergenceError
 
     covariates = list(covariates)
