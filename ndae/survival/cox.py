@@ -100,6 +100,20 @@ def lifelines_fit_arguments(duration_col, event_col, covariates, where: str):
     return event_col, covariates, list(duration_col)  # the old order: covariates, duration, event
 
 
+def lifelines_table(df: pd.DataFrame, covariates: Sequence[str], duration_col: str, event_col: str,
+                    strata: Sequence[str] | None = None) -> pd.DataFrame:
+    """The columns a lifelines Cox fit is given (covariates, duration, event, strata), the event as
+    int: every fit here builds its input this way, so that refits equal the fits they stand for."""
+    table = df[[*covariates, duration_col, event_col, *(strata or [])]].copy()
+    table[event_col] = table[event_col].astype(int)
+    return table
+
+
+def log_partial_hazard(df: pd.DataFrame, covariates: Sequence[str], beta: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """(x − training mean)·β of the rows of `df`; higher = higher risk."""
+    return (df[list(covariates)].to_numpy(dtype=float) - means) @ beta
+
+
 def _covariate_index(names: Sequence[str]) -> pd.Index:
     return pd.Index(list(names), name="covariate")  # as lifelines names it
 
@@ -153,9 +167,7 @@ class CoxModel(CoxResults):
         for column in covariates:
             if df[column].nunique() < 2:
                 raise NdaeError(f"Cox fit: covariate column {column!r} is constant; drop it")
-        columns = [*covariates, duration_col, event_col, *(self.strata or [])]
-        table = df[columns].copy()
-        table[event_col] = table[event_col].astype(int)
+        table = lifelines_table(df, covariates, duration_col, event_col, self.strata)
         fitter = CoxPHFitter(penalizer=self.penalizer, alpha=self.alpha)
         try:
             fitter.fit(table, duration_col=duration_col, event_col=event_col, strata=self.strata)
@@ -187,8 +199,7 @@ class CoxModel(CoxResults):
         missing = [c for c in self.covariates if c not in df.columns]
         if missing:
             raise NdaeError(f"Cox predict: missing column(s) {missing}")
-        x = df[self.covariates].to_numpy(dtype=float) - self.means_.to_numpy()
-        return x @ self.params_.to_numpy()
+        return log_partial_hazard(df, self.covariates, self.params_.to_numpy(), self.means_.to_numpy())
 
     def predict_survival_function(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
         """S(t | x) for each row (n × len(times)); after `load` from the saved baseline hazard."""

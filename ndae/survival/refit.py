@@ -17,12 +17,16 @@ different; the equality test guards the rest.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ndae.survival.cox import lifelines_table
 
+
+@functools.cache
 def _fitter_class():
     from lifelines.fitters.coxph_fitter import SemiParametricPHFitter
 
@@ -53,9 +57,6 @@ def _fitter_class():
     return CoefficientsOnlyPHFitter
 
 
-_FITTER = None
-
-
 def coefficients(df: pd.DataFrame, duration_col: str, event_col: str, covariates: Sequence[str], *,
                  penalizer: float = 0.0, strata: Sequence[str] | None = None,
                  fit_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -63,14 +64,10 @@ def coefficients(df: pd.DataFrame, duration_col: str, event_col: str, covariates
     event, strata], duration_col, event_col, strata=strata, fit_options=fit_options)` fits (as
     `CoxModel.fit` and `fit_pooled_cox` call it), in `covariates` order. Raises lifelines'
     ConvergenceError where that fit raises it; the caller has checked the table as they do."""
-    global _FITTER
-    if _FITTER is None:
-        _FITTER = _fitter_class()
     strata = list(strata) if strata else None
-    table = df[[*covariates, duration_col, event_col, *(strata or [])]].copy()
-    table[event_col] = table[event_col].astype(int)
+    table = lifelines_table(df, covariates, duration_col, event_col, strata)
     # as CoxPHFitter._fit_model_breslow builds and calls its SemiParametricPHFitter
-    fitter = _FITTER(penalizer=penalizer, l1_ratio=0.0, strata=strata, alpha=0.05, label=None)
+    fitter = _fitter_class()(penalizer=penalizer, l1_ratio=0.0, strata=strata, alpha=0.05, label=None)
     fitter.fit(table, duration_col, event_col=event_col, show_progress=False, initial_point=None, strata=strata,
                weights_col=None, cluster_col=None, robust=False, batch_mode=None, timeline=None, formula=None,
                entry_col=None, fit_options=fit_options)

@@ -20,14 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ndae.errors import NdaeError
-from ndae.survival.cox import CoxModel
+from ndae.survival.cox import CoxModel, log_partial_hazard
 from ndae.survival.metrics import harrell_c_index
 from ndae.survival.refit import coefficients
-
-
-def _log_partial_hazard(df: pd.DataFrame, covariates: list[str], beta: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """`CoxModel.predict_log_partial_hazard` of a refit: (x − training mean)·β."""
-    return (df[covariates].to_numpy(dtype=float) - means) @ beta
 
 
 def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penalizer: float = 0.0,
@@ -61,14 +56,14 @@ def refit_bootstrap_c(table: pd.DataFrame, covariates: Sequence[str], *, penaliz
                 beta, means = coefficients(sample, "time", "event", covariates, penalizer=penalizer, strata=strata)
         except ConvergenceError:
             continue  # CoxModel.fit raises it as an NdaeError: a resample that cannot be fitted
-        on_sample = harrell_c_index(sample["time"], sample["event"], _log_partial_hazard(sample, covariates, beta, means))
+        on_sample = harrell_c_index(sample["time"], sample["event"], log_partial_hazard(sample, covariates, beta, means))
         if not np.isfinite(on_sample):
             continue  # no comparable pair in the resample: its optimism is undefined (dropped, counted below)
-        on_original = harrell_c_index(time, event, _log_partial_hazard(table, covariates, beta, means))
+        on_original = harrell_c_index(time, event, log_partial_hazard(table, covariates, beta, means))
         optimism.append(on_sample - on_original)
         if event[left_out].sum() > 0 and len(left_out) > 1:
             out_of_bag.append(harrell_c_index(time[left_out], event[left_out],
-                                              _log_partial_hazard(table.iloc[left_out], covariates, beta, means)))
+                                              log_partial_hazard(table.iloc[left_out], covariates, beta, means)))
     if not optimism:
         raise NdaeError(f"bootstrap validation: none of {n_boot} resamples could be refitted")
     oob = np.asarray([c for c in out_of_bag if np.isfinite(c)])

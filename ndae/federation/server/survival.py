@@ -63,11 +63,10 @@ def fit_pooled_cox(table: pd.DataFrame, covariates: list[str]):
     from lifelines import CoxPHFitter
 
     from ndae.survival._validation import validate_survival_frame
+    from ndae.survival.cox import lifelines_table
 
     validate_survival_frame(table, covariates, "time", "event", ["site"], where="pooled Cox fit")
-    columns = [*covariates, "time", "event", "site"]
-    frame = table[columns].copy()
-    frame["event"] = frame["event"].astype(int)
+    frame = lifelines_table(table, covariates, "time", "event", ["site"])
     return CoxPHFitter().fit(frame, "time", "event", strata=["site"], fit_options=POOLED_FIT_OPTIONS)
 
 
