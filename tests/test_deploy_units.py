@@ -210,6 +210,37 @@ def test_flower_still_has_the_hook_point():
     assert "CLIENT_APP_RAISED_EXCEPTION" in source
 
 
+def test_the_site_runs_flowers_own_clientapp_command_without_the_supernodes_server_side():
+    """The wrapper runs Flower's `flwr_clientapp` (same code) through the hooked runner, and its
+    process does not import the SuperNode's SQL object store (a third of every message's start)."""
+    script = ("import sys\n"
+              "from ndae.deploy import approved_clientapp as a\n"
+              "hook = a.install_hook()\n"
+              "command = a._flower_clientapp_command()\n"
+              "from flwr.supernode.runtime import run_clientapp as runner\n"
+              "print(runner.install_from_fab is hook, command.__module__, 'sqlalchemy' in sys.modules)\n"
+              "import flwr.supernode.cli.flwr_clientapp\n"
+              "flower = sys.modules['flwr.supernode.cli.flwr_clientapp'].flwr_clientapp\n"
+              "print(command.__code__.co_code == flower.__code__.co_code,\n"
+              "      command.__globals__['run_clientapp'] is runner.run_clientapp)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=DEPLOY.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "flwr.supernode.cli.flwr_clientapp", "False", "True", "True"], done.stdout
+
+
+def test_a_site_answering_a_cox_query_imports_no_scipy_lifelines_or_torch():
+    """Flower starts a fresh ClientApp process for every message at every site: the modules a
+    federated Cox query needs load without scipy, lifelines or torch (half a CPU-second each time)."""
+    script = ("import sys\n"
+              "import client.client_app\n"
+              "import ndae.survival.federated_cox, ndae.deviation.scores\n"
+              "from ndae.federation.site import survival_queries\n"
+              "print(sorted(m for m in ('scipy', 'lifelines', 'sksurv', 'torch') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=DEPLOY.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 # --- scripts and configuration -----------------------------------------------------------------
 def test_scripts_are_executable_and_parse():
     scripts = sorted(DEPLOY.glob("*.sh")) + [DEPLOY / "bin" / "flwr-clientapp"]

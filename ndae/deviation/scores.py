@@ -35,7 +35,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import cho_factor, cho_solve
 
 from ndae.errors import NdaeError
 from ndae.normative.model import NormativeModel
@@ -127,6 +126,10 @@ def mahalanobis(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarr
 
 
 def _mahalanobis(model: NormativeModel, residual: np.ndarray, known: np.ndarray) -> np.ndarray:
+    # Imported here: a site answering a Cox query imports this module for SCORE_COLUMNS only,
+    # and scipy.linalg is a quarter-second of that message's start.
+    from scipy.linalg import cho_factor, cho_solve
+
     covariance, _ = residual_covariance(model)
     distance = np.empty(len(residual))
     for rows, extra in ((known, 0.0), (~known, model.site_variance)):

@@ -1,35 +1,32 @@
-"""Survival analysis of deviation scores: pooled and federated Cox, metrics, Kaplan–Meier."""
+"""Survival analysis of deviation scores: pooled and federated Cox, metrics, Kaplan–Meier.
 
-from ndae.survival.cox import CoxModel, hazard_ratio_table
-from ndae.survival.federated_cox import (
-    FederatedCoxFitter,
-    site_covariate_moments,
-    site_partial_likelihood_terms,
-)
-from ndae.survival.kaplan_meier import KaplanMeierResult, kaplan_meier_by_tertile
-from ndae.survival.metrics import (
-    CrossValidationResult,
-    cross_validate_cox,
-    harrell_c_index,
-    integrated_brier,
-    time_dependent_auc,
-    uno_c_index,
-)
-from ndae.survival.oracle import oracle_c_index
+The names below load on first use (PEP 562): a site answering a federated Cox query imports
+`ndae.survival.federated_cox` in a fresh process for every message, and must not pay for
+lifelines, scikit-survival and scipy.stats that the other submodules need.
+"""
 
-__all__ = [
-    "CoxModel",
-    "CrossValidationResult",
-    "FederatedCoxFitter",
-    "KaplanMeierResult",
-    "cross_validate_cox",
-    "harrell_c_index",
-    "hazard_ratio_table",
-    "integrated_brier",
-    "kaplan_meier_by_tertile",
-    "oracle_c_index",
-    "site_covariate_moments",
-    "site_partial_likelihood_terms",
-    "time_dependent_auc",
-    "uno_c_index",
-]
+import importlib
+
+_WHERE = {
+    "CoxModel": "cox", "hazard_ratio_table": "cox",
+    "FederatedCoxFitter": "federated_cox", "site_covariate_moments": "federated_cox",
+    "site_partial_likelihood_terms": "federated_cox",
+    "KaplanMeierResult": "kaplan_meier", "kaplan_meier_by_tertile": "kaplan_meier",
+    "CrossValidationResult": "metrics", "cross_validate_cox": "metrics", "harrell_c_index": "metrics",
+    "integrated_brier": "metrics", "time_dependent_auc": "metrics", "uno_c_index": "metrics",
+    "oracle_c_index": "oracle",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ndae.errors import NdaeError
 from ndae.io import atomic_write_json, atomic_write_text
@@ -33,6 +32,8 @@ HAZARD_RATIO_FILE = "hazard_ratios.csv"
 
 def hazard_ratio_table(coef: pd.Series, se: pd.Series, alpha: float = 0.05) -> pd.DataFrame:
     """Tidy table: one row per covariate with HR = exp(coef) and its Wald (1 - alpha) CI."""
+    from scipy import stats  # here, not at the top: a site's Cox-query process never needs it
+
     z_critical = stats.norm.ppf(1 - alpha / 2)
     z = coef / se
     return pd.DataFrame(
@@ -68,6 +69,8 @@ class CoxResults:
     def summary(self) -> pd.DataFrame:
         """lifelines' `summary`: one row per covariate, columns coef, exp(coef), se(coef), the
         (1 − alpha) intervals of both, cmp to, z, p, -log2(p)."""
+        from scipy import stats
+
         level, z = _level(self.alpha)
         intervals = self.confidence_intervals_
         with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
@@ -87,6 +90,8 @@ class CoxResults:
 
 
 def _level(alpha: float) -> tuple[float, float]:
+    from scipy import stats
+
     return 100 * (1 - alpha), float(stats.norm.ppf(1 - alpha / 2))
 
 
