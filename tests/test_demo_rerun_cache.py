@@ -50,10 +50,11 @@ def demo_setup(tmp_path, monkeypatch):
         from flwr.app import Context, RecordDict
 
         from ndae.federation.site.context import site_of
+        from ndae.federation.site.data import site_info
 
-        for node in range(n_sites):
-            site_of(Context(run_id=1, node_id=node, node_config={"partition-id": node, "num-partitions": n_sites},
-                            state=RecordDict(), run_config=dict(run_config)))
+        for node in range(n_sites):  # a site's first message (site_info) reads its prepared slices
+            site_info(site_of(Context(run_id=1, node_id=node, node_config={"partition-id": node, "num-partitions": n_sites},
+                                      state=RecordDict(), run_config=dict(run_config)))[2])
         (Path(run_config["run-dir"]) / "report.md").write_text("# report\n")
 
     monkeypatch.setattr(ndae.federation.simulation, "run_simulation", federation)

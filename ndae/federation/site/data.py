@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,20 +19,39 @@ _SITE_CACHE: dict[tuple[str, float, str], "SiteData"] = {}
 _IGNORED_REQUESTS: set[str] = set()  # run-config cache-dirs already warned about (once per process)
 
 
-@dataclass
 class SiteData:
-    name: str
-    manifest_path: Path
-    data: Any  # ndae.data.dataset.SliceDataset (images, masks, ages, sexes, subjects, ...)
-    prepared_dir: Path | None = None  # the site's cache of prepared subjects (the 3-D volumes)
+    """The site: its name and manifest now; its prepared slices (`data`) on first use.
+
+    Flower starts a new ClientApp process for every message, and a federated Cox query (one per
+    Newton step) needs the site's name, its counts and the survival table kept in the node state,
+    not its images: preparing and stacking every subject's slices is done only for the messages
+    that read them (site_info, training, statistics, deviations)."""
+
+    def __init__(self, name: str, manifest_path: Path, manifest, prepared_dir: Path):
+        self.name = name
+        self.manifest_path = manifest_path
+        self.manifest = manifest  # validated (ndae.data.manifest.read_manifest)
+        self.prepared_dir = prepared_dir  # the site's cache of prepared subjects (the 3-D volumes)
+        self._data = None
+
+    @property
+    def data(self):
+        """ndae.data.dataset.SliceDataset (images, masks, ages, sexes, subjects, ...), in the
+        manifest's row order; prepared subjects are checked against their sources as they load."""
+        if self._data is None:
+            from ndae.data.dataset import load_slice_dataset
+
+            self._data = load_slice_dataset(self.manifest_path, self.prepared_dir, manifest=self.manifest,
+                                            progress=False)
+        return self._data
 
     @property
     def controls(self) -> np.ndarray:
-        return np.asarray(self.data.groups) == "control"
+        return self.manifest["group"].to_numpy(str) == "control"
 
     @property
     def patients(self) -> np.ndarray:
-        return np.asarray(self.data.groups) == "als"
+        return self.manifest["group"].to_numpy(str) == "als"
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -106,10 +124,11 @@ def simulated_site_key(manifest_path: Path) -> str:
 
 
 def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: str | Path | None = None) -> SiteData:
-    """The site's prepared slices (memoised per process: every phase reads the same data), from
+    """The site (memoised per process: every phase reads the same data); its prepared slices, on
+    first use of `.data`, from
     `prepared_dir` (what `site_cache_dir` chose), else the folder a simulated node would use
     (`cache_dir` as the run config's cache root)."""
-    from ndae.data.dataset import load_slice_dataset
+    from ndae.data.manifest import read_manifest
 
     path = Path(manifest_path).resolve()
     if not path.is_file():
@@ -119,11 +138,11 @@ def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: s
         prepared_dir = site_cache_dir({}, path, cache_dir)
     key = (str(path), path.stat().st_mtime, str(prepared_dir))
     if key not in _SITE_CACHE:
-        data = load_slice_dataset(path, Path(prepared_dir), progress=False)
-        names = sorted({str(s) for s in np.asarray(data.sites)})
+        manifest = read_manifest(path).reset_index(drop=True)
+        names = sorted({str(s) for s in manifest["site"].to_numpy(str)})
         if len(names) != 1:
             raise NdaeError(f"{path}: a site's manifest must name exactly one site, found {names}")
-        _SITE_CACHE[key] = SiteData(names[0], path, data, Path(prepared_dir))
+        _SITE_CACHE[key] = SiteData(names[0], path, manifest, Path(prepared_dir))
     return _SITE_CACHE[key]
 
 
