@@ -210,6 +210,13 @@ def test_flower_still_has_the_hook_point():
     assert "CLIENT_APP_RAISED_EXCEPTION" in source
 
 
+def _fresh_process(script: str) -> str:
+    """What `script` prints in a new Python process, as Flower starts a ClientApp: nothing imported yet."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=DEPLOY.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def test_the_site_runs_flowers_own_clientapp_command_without_the_supernodes_server_side():
     """The wrapper runs Flower's `flwr_clientapp` (same code) through the hooked runner, and its
     process does not import the SuperNode's SQL object store (a third of every message's start)."""
@@ -223,9 +230,7 @@ def test_the_site_runs_flowers_own_clientapp_command_without_the_supernodes_serv
               "flower = sys.modules['flwr.supernode.cli.flwr_clientapp'].flwr_clientapp\n"
               "print(command.__code__.co_code == flower.__code__.co_code,\n"
               "      command.__globals__['run_clientapp'] is runner.run_clientapp)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=DEPLOY.parent)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "flwr.supernode.cli.flwr_clientapp", "False", "True", "True"], done.stdout
+    assert _fresh_process(script).split() == ["True", "flwr.supernode.cli.flwr_clientapp", "False", "True", "True"]
 
 
 def test_a_site_answering_a_cox_query_imports_no_scipy_lifelines_or_torch():
@@ -236,9 +241,7 @@ def test_a_site_answering_a_cox_query_imports_no_scipy_lifelines_or_torch():
               "import ndae.survival.federated_cox, ndae.deviation.scores\n"
               "from ndae.federation.site import survival_queries\n"
               "print(sorted(m for m in ('scipy', 'lifelines', 'sksurv', 'torch') if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=DEPLOY.parent)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]", done.stdout
+    assert _fresh_process(script).strip() == "[]"
 
 
 # --- scripts and configuration -----------------------------------------------------------------
