@@ -133,7 +133,7 @@ def warm_caches(cohort: Path, cache: Path) -> None:
 
     load_slice_dataset(cohort / "manifest.csv", cache, progress=False)
     for manifest in sorted((cohort / "sites").glob("*/manifest.csv")):
-        load_site(manifest, str(cache))
+        load_site(manifest, str(cache)).data  # `.data` prepares and loads the slices
 
 
 # ---- one run in a fresh process ---------------------------------------------------------------

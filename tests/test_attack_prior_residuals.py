@@ -316,6 +316,31 @@ def test_the_swap_test_stays_at_a_private_site(world, tmp_path):
     assert "prior-swap" not in reply.content
 
 
+@pytest.mark.parametrize("private", [True, False])
+def test_a_damaged_prepared_cache_is_the_sites_own_error_not_a_refusal_of_the_query(world, tmp_path, private):
+    """A site's slices load on the first message that reads them: when that is a deviations query
+    with the prior residual model, a damaged cache is still reported as the site's (its log in a
+    private run; the file and what to do otherwise), not as the server's DAE config."""
+    from ndae.federation.site.data import _SITE_CACHE
+
+    damaged = sorted(world["site"].prepared_dir.glob("*.npz"))[0]
+    original = damaged.read_bytes()
+    try:
+        damaged.write_bytes(b"not a zip archive")
+        _SITE_CACHE.clear()
+        grid, node = _grid(world, tmp_path, node_config=None if private else {}, privacy=private)
+        reason = _reason(_ask(grid, node, "query.deviations", _deviations_query(world)))
+    finally:
+        damaged.write_bytes(original)
+        _SITE_CACHE.clear()
+    assert "DAE config" not in reason, reason
+    if private:
+        assert "could not answer query.deviations (NdaeError)" in reason and "site's log" in reason, reason
+        _leaks_nothing(reason, world)
+    else:
+        assert "unreadable" in reason and "prepare again" in reason, reason
+
+
 # ---- a non-private run: the old scores are unchanged --------------------------------------------
 def test_a_non_private_runs_cosine_and_mahalanobis_are_unchanged_by_the_prior_features(world, tmp_path):
     grid, node = _grid(world, tmp_path, node_config={}, privacy=False)

@@ -233,6 +233,17 @@ def test_the_site_runs_flowers_own_clientapp_command_without_the_supernodes_serv
     assert _fresh_process(script).split() == ["True", "flwr.supernode.cli.flwr_clientapp", "False", "True", "True"]
 
 
+def test_a_flower_clientapp_command_that_bypasses_the_hooked_runner_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+
+    impostor = tmp_path / "flwr_clientapp.py"  # a future Flower whose command runs another runner
+    impostor.write_text("def run_clientapp(**kwargs):\n    pass\n\ndef flwr_clientapp():\n    run_clientapp()\n")
+    real = importlib.util.spec_from_file_location
+    monkeypatch.setattr(importlib.util, "spec_from_file_location", lambda name, path: real(name, impostor))
+    with pytest.raises(RuntimeError, match="refusing to run unchecked apps"):
+        approved_clientapp._flower_clientapp_command()
+
+
 def test_a_site_answering_a_cox_query_imports_no_scipy_lifelines_or_torch():
     """Flower starts a fresh ClientApp process for every message at every site: the modules a
     federated Cox query needs load without scipy, lifelines or torch (half a CPU-second each time)."""

@@ -127,7 +127,7 @@ def prewarm(manifests: list[str], cache_dir: str) -> None:
     from ndae.federation.site.data import load_site
 
     for manifest in manifests:
-        load_site(manifest, cache_dir)
+        load_site(manifest, cache_dir).data  # `.data` prepares and loads the slices
 
 
 def run_all(args, cohorts: dict[int, Path], centrals: dict[int, Path]) -> dict[tuple[int, str], dict]:

@@ -89,6 +89,11 @@ def _flower_clientapp_command():
         return flwr_clientapp
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    from flwr.supernode.runtime import run_clientapp as runner
+
+    if module.__dict__.get("run_clientapp") is not runner.run_clientapp:  # fail closed: the hooked runner only
+        raise RuntimeError("ndae site control: Flower's flwr_clientapp does not call the runner whose "
+                           "install_from_fab is checked; refusing to run unchecked apps (pin flwr 1.42)")
     return module.flwr_clientapp
 
 

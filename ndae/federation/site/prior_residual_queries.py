@@ -96,6 +96,7 @@ def prior_score_columns(site, dae_config: dict) -> list[str]:
     atlas regions its slices cut: no subject is read)."""
     from ndae.federation.site.prior_residuals import prior_region_columns
 
+    site.data  # the site's own slices load here, outside the try: a damaged cache is not the query's fault
     try:
         return ["z_" + c for c in prior_region_columns(site, dae_config)]
     except (NdaeError, TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
@@ -278,6 +279,7 @@ def patient_prior_features(message: Message, context: Context, config: Federatio
     _refuse_prior_residuals_unless_requested(config, site.name)
     from ndae.federation.site.prior_residuals import patient_prior_features, prior_region_columns, prior_region_means
 
+    site.data  # loaded outside the try below (see prior_score_columns)
     try:
         columns = prior_region_columns(site, dae_config)
     except (NdaeError, TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
