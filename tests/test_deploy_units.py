@@ -219,7 +219,7 @@ def _fresh_process(script: str) -> str:
 
 def test_the_site_runs_flowers_own_clientapp_command_without_the_supernodes_server_side():
     """The wrapper runs Flower's `flwr_clientapp` (same code) through the hooked runner, and its
-    process does not import the SuperNode's SQL object store (a third of every message's start)."""
+    process does not import the SuperNode's SQL object store (paid on every message)."""
     script = ("import sys\n"
               "from ndae.deploy import approved_clientapp as a\n"
               "hook = a.install_hook()\n"
@@ -246,7 +246,7 @@ def test_a_flower_clientapp_command_that_bypasses_the_hooked_runner_is_refused(t
 
 def test_a_site_answering_a_cox_query_imports_no_scipy_lifelines_or_torch():
     """Flower starts a fresh ClientApp process for every message at every site: the modules a
-    federated Cox query needs load without scipy, lifelines or torch (half a CPU-second each time)."""
+    federated Cox query needs load without scipy, lifelines or torch (paid on every Newton step)."""
     script = ("import sys\n"
               "import client.client_app\n"
               "import ndae.survival.federated_cox, ndae.deviation.scores\n"

@@ -74,8 +74,8 @@ def install_hook():
 def _flower_clientapp_command():
     """Flower's own `flwr_clientapp` entry point, read from its module file without running its
     package's `__init__`: that imports the SuperNode's server side (its SQL object store through
-    sqlalchemy), which a ClientApp process never uses and which cost about a third of this
-    process's start (0.5 of ~1.4 CPU-seconds) on every message at every site. Falls back to the
+    sqlalchemy), which a ClientApp process never uses and which is paid on every message at every
+    site (measured: benchmarks/RESULTS.md, "A site's ClientApp process per message"). Falls back to the
     plain import where the file is not where flwr 1.42 keeps it."""
     import importlib.util
 

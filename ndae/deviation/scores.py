@@ -127,7 +127,7 @@ def mahalanobis(model: NormativeModel, covariates: pd.DataFrame, z_sem: np.ndarr
 
 def _mahalanobis(model: NormativeModel, residual: np.ndarray, known: np.ndarray) -> np.ndarray:
     # Imported here: a site answering a Cox query imports this module for SCORE_COLUMNS only,
-    # and scipy.linalg is a quarter-second of that message's start.
+    # and scipy.linalg would be a large part of that message's start.
     from scipy.linalg import cho_factor, cho_solve
 
     covariance, _ = residual_covariance(model)
