@@ -13,14 +13,12 @@ see the same machine; CPU-seconds of each child from getrusage.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,17 +60,14 @@ def main(argv: list[str]) -> int:
                 times["this"].append(_child_cpu(ROOT))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+    from benchmarks.common import append_raw_row
+
     median = {k: statistics.median(v) for k, v in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    row = {"commit": commit, "baseline": baseline, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "samples": samples, "cpu_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
-           "median_s": {k: round(v, 3) for k, v in median.items()}, "ratio": round(median["baseline"] / median["this"], 2)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    row = append_raw_row(RESULTS, {
+        "baseline": baseline, "samples": samples, "cpu_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "median_s": {k: round(v, 3) for k, v in median.items()}, "ratio": round(median["baseline"] / median["this"], 2)})
     print(f"ClientApp process start to a Cox query's imports, median CPU-s over {samples}: "
-          f"{baseline} {median['baseline']:.2f}, {commit} {median['this']:.2f} ({row['ratio']:.2f}x)")
+          f"{baseline} {median['baseline']:.2f}, {row['commit']} {median['this']:.2f} ({row['ratio']:.2f}x)")
     return 0
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ndae.io import atomic_write_text
@@ -37,6 +40,18 @@ def provenance() -> dict[str, str]:
     return {"machine": machine_description(),
             "command": "python -m benchmarks." + " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]]),
             "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
+
+
+def append_raw_row(path: Path, row: dict) -> dict:
+    """Append `row`, headed by this checkout's commit and the time (UTC), as one JSON line of the
+    raw results file `path` (kept so that the next session can continue from them); returns it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS_DIR.parent, capture_output=True,
+                            text=True).stdout.strip()
+    row = {"commit": commit, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **row}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    return row
 
 
 def write_section(name: str, title: str, body: str, run: dict[str, str] | None = None,

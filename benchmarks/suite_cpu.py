@@ -15,7 +15,6 @@ results are appended to benchmarks/results/suite_cpu.jsonl (commit, modules, rc,
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -48,13 +47,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    from benchmarks.common import append_raw_row
+
     for modules in argv:
-        row = {"commit": commit, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **measure(modules)}
-        with open(RESULTS, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        row = append_raw_row(RESULTS, measure(modules))
         print(f"{row['modules']}: rc {row['rc']}, wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s "
               f"({row['cpu_s'] / max(row['wall_s'], 1e-9):.2f} cores)", flush=True)
     return 0

@@ -42,7 +42,7 @@ KINDS = (  # first match of the command line wins
 def _kind(cmdline: bytes) -> str:
     text = cmdline.decode(errors="replace")
     for needle, kind in KINDS:
-        if needle.replace("\0", "\x00") in text:
+        if needle in text:
             return kind
     argv = [a for a in text.split("\0") if a]
     name = (argv[0].rsplit("/", 1)[-1] if argv else "?")
@@ -51,27 +51,38 @@ def _kind(cmdline: bytes) -> str:
     return name[:60]
 
 
+def _processes() -> dict[tuple[str, str], float]:
+    """{(pid, start time): CPU-seconds so far} of every process now running; a pid reused by a
+    later process has another start time, so it is another key."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[(pid, fields[19])] = (int(fields[11]) + int(fields[12])) / TICK  # starttime; utime + stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def _sample(seen: dict, stop: threading.Event) -> None:
     while not stop.is_set():
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                cpu = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-                start = fields[19]
-                key = (pid, start)
-                if key not in seen:
-                    seen[key] = [_kind(Path(f"/proc/{pid}/cmdline").read_bytes()), cpu]
-                seen[key][1] = cpu
-            except (OSError, ValueError, IndexError):
-                pass
+        for key, cpu in _processes().items():
+            if key not in seen:
+                try:
+                    seen[key] = [_kind(Path(f"/proc/{key[0]}/cmdline").read_bytes()), cpu]
+                except OSError:
+                    continue
+            seen[key][1] = cpu
         stop.wait(0.25)
 
 
 def main(argv: list[str]) -> int:
+    from benchmarks.common import append_raw_row
+
     seen: dict = {}
     stop = threading.Event()
-    before = {(pid, None) for pid in filter(str.isdigit, os.listdir("/proc"))}
+    before = set(_processes())
     with tempfile.TemporaryDirectory() as tmp:
         per_test = Path(tmp) / "tests.jsonl"
         env = {**os.environ, "NDAE_TEST_CPU_FILE": str(per_test)}
@@ -87,25 +98,20 @@ def main(argv: list[str]) -> int:
         tests = [json.loads(line) for line in per_test.read_text().splitlines()] if per_test.exists() else []
     kinds: dict[str, float] = collections.Counter()
     counts: dict[str, int] = collections.Counter()
-    for (pid, _), (kind, cpu) in seen.items():
-        if (pid, None) in before:
+    for key, (kind, cpu) in seen.items():
+        if key in before:
             continue  # running before the suite: not its work
         kinds[kind] += cpu
         counts[kind] += 1
     modules: dict[str, float] = collections.Counter()
     for row in tests:
         modules[row["module"]] += row["cpu_s"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     last = (LOG.read_text().strip().splitlines() or [""])[-1]
-    row = {"commit": commit, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": done.returncode,
-           "wall_s": round(wall, 1), "pytest": last,
+    row = {"rc": done.returncode, "wall_s": round(wall, 1), "pytest": last,
            "kinds": {k: [round(v, 1), counts[k]] for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
            "modules": {k: round(v, 1) for k, v in sorted(modules.items(), key=lambda kv: -kv[1])},
            "top_tests": {r["test"]: r["cpu_s"] for r in sorted(tests, key=lambda r: -r["cpu_s"])[:60]}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    row = append_raw_row(RESULTS, row)
     print(f"{last} (pytest's output: {LOG})\nwall {wall:.0f} s; CPU-seconds by process kind [processes]:")
     for kind, (cpu, n) in list(row["kinds"].items())[:20]:
         print(f"  {cpu:8.1f}  {kind} [{n}]")

@@ -124,10 +124,9 @@ def simulated_site_key(manifest_path: Path) -> str:
 
 
 def load_site(manifest_path: str | Path, cache_dir: str = "", *, prepared_dir: str | Path | None = None) -> SiteData:
-    """The site (memoised per process: every phase reads the same data); its prepared slices, on
-    first use of `.data`, from
-    `prepared_dir` (what `site_cache_dir` chose), else the folder a simulated node would use
-    (`cache_dir` as the run config's cache root)."""
+    """The site (memoised per process: every phase reads the same data), whose prepared slices
+    load on first use of `.data` from `prepared_dir` (what `site_cache_dir` chose), else from the
+    folder a simulated node would use (`cache_dir` as the run config's cache root)."""
     from ndae.data.manifest import read_manifest
 
     path = Path(manifest_path).resolve()
